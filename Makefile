@@ -1,0 +1,37 @@
+# ringside: `make test` sets everything up and runs every check; `make demo` runs ringside on a
+# local three-member etcd cluster. Both work on a fresh Debian/Ubuntu machine.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: test lint typecheck pytest etcd demo clean
+
+$(STAMP): setup.cfg pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "ringside needs Python 3.11+"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	@touch $@
+
+etcd:
+	@scripts/ensure-etcd.sh
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy --strict sidecar
+
+pytest: $(STAMP) etcd
+	$(BIN)/pytest
+
+test: lint typecheck pytest
+
+demo: $(STAMP) etcd
+	$(BIN)/python -m sidecar.demo
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,210 @@
+"""The ``ringside`` command line.
+
+Every command takes the same configuration options (`config_options`), and every operator
+mistake (a `ConfigError`, which includes identity and inventory errors) ends the same way: one
+``ringside: error: ...`` line on stderr and exit code 2, never a traceback. Click's own usage
+errors exit 2 as well.
+
+Example::
+
+    $ ringside identity --node-id hetzner-cpu1
+    $ RINGSIDE_LEASE_TTL=30 ringside config --check
+"""
+
+import dataclasses
+import functools
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+import click
+from click.core import ParameterSource
+
+from sidecar import __version__
+from sidecar.config import LoadedConfig, load_config, render_with_sources
+from sidecar.errors import ConfigError
+from sidecar.identity import HostFacts, IdentityError, SourceReport, resolve_identity
+from sidecar.inventory import load_inventory
+
+EXIT_CONFIG_ERROR: Final = 2
+
+Result = TypeVar("Result")
+
+_CONFIG_OPTIONS: Final = (
+    click.option(
+        "--config",
+        "config_path",
+        type=click.Path(path_type=Path),
+        help="YAML config file (default: $RINGSIDE_CONFIG, else defaults only).",
+    ),
+    click.option("--cluster", help="Cluster name; keys live under /ringside/<cluster>/."),
+    click.option("--node-id", help="This node's id; overrides every other identity source."),
+    click.option("--etcd-endpoints", metavar="URL[,URL...]", help="etcd client URLs."),
+    click.option("--lease-ttl", type=int, metavar="SECONDS", help="Membership lease TTL (2-600)."),
+    click.option("--http-listen", metavar="HOST:PORT", help="Local HTTP API address."),
+    click.option(
+        "--leader-eligible/--not-leader-eligible",
+        default=None,
+        help="Whether this node campaigns for leadership.",
+    ),
+    click.option(
+        "--inventory",
+        type=click.Path(path_type=Path),
+        help="The orchestrator's distributed_hosts.yaml.",
+    ),
+    click.option(
+        "--allow-unknown-node",
+        is_flag=True,
+        help="Accept a node id that is not a host in the inventory.",
+    ),
+)
+_FLAG_PARAMS: Final = frozenset(
+    {
+        "cluster",
+        "node_id",
+        "etcd_endpoints",
+        "lease_ttl",
+        "http_listen",
+        "leader_eligible",
+        "inventory",
+        "allow_unknown_node",
+    }
+)
+
+
+@dataclass(frozen=True)
+class ConfigRequest:
+    """The config file a command was pointed at and the config flags the user actually passed.
+
+    `flags` is keyed by option name (``{"--lease-ttl": 30}``), as `load_config` expects.
+    """
+
+    path: Path | None
+    flags: Mapping[str, object]
+
+    def load(self, env: Mapping[str, str] | None = None) -> LoadedConfig:
+        """Load and validate the configuration against `env` (default: the process's)."""
+        return load_config(self.path, os.environ if env is None else env, self.flags)
+
+
+def config_options(command: Callable[..., Result]) -> Callable[..., Result]:
+    """Add the shared configuration options; the command receives them as `config_request`.
+
+    Only options given on the command line become flags, so a flag never hides an environment
+    variable or a file setting the user did not mean to override.
+    """
+
+    @functools.wraps(command)
+    def with_config_request(*args: Any, **kwargs: Any) -> Result:
+        ctx = click.get_current_context()
+        flags: dict[str, object] = {}
+        for param in ctx.command.params:
+            name = param.name
+            if name in _FLAG_PARAMS:
+                value = kwargs.pop(name)
+                if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE:
+                    flags[_option_name(param, value)] = value
+        request = ConfigRequest(path=kwargs.pop("config_path"), flags=flags)
+        return command(*args, config_request=request, **kwargs)
+
+    decorated: Callable[..., Result] = with_config_request
+    for option in reversed(_CONFIG_OPTIONS):
+        decorated = option(decorated)
+    return decorated
+
+
+def _option_name(param: click.Parameter, value: object) -> str:
+    if value is False and isinstance(param, click.Option) and param.secondary_opts:
+        return param.secondary_opts[0]
+    return param.opts[0]
+
+
+class _RingsideGroup(click.Group):
+    """Turns operator mistakes into one stderr line and exit code 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConfigError as error:
+            click.echo(f"ringside: error: {' '.join(str(error).splitlines())}", err=True)
+            ctx.exit(EXIT_CONFIG_ERROR)
+
+
+@click.group(cls=_RingsideGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ringside")
+def ringside() -> None:
+    """ringside: etcd-backed membership and leader election for the orchestrator."""
+
+
+@ringside.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@config_options
+def identity(config_request: ConfigRequest, as_json: bool) -> None:
+    """Show this node's id, the source it came from, and what every source offered.
+
+    Exits 2 when an explicit id is rejected or no source gives a usable one.
+    """
+    loaded = config_request.load()
+    try:
+        result = resolve_identity(loaded, os.environ, HostFacts.gather())
+    except IdentityError as error:
+        if as_json:
+            click.echo(_identity_json(None, None, error.reports, error=str(error)))
+        else:
+            click.echo(_report_table(error.reports), err=True)
+        raise
+    if as_json:
+        click.echo(_identity_json(result.node_id, result.source, result.reports))
+        return
+    click.echo(f"node id: {result.node_id} (from {result.source})")
+    click.echo(_report_table(result.reports))
+
+
+@ringside.command("config")
+@click.option("--check", is_flag=True, help="Only validate; print 'config ok' or the error.")
+@config_options
+def show_config(config_request: ConfigRequest, check: bool) -> None:
+    """Validate the configuration; print it as YAML with each setting's source.
+
+    A configured inventory is read too, so a broken inventory fails here rather than at start.
+    """
+    loaded = config_request.load()
+    if loaded.config.inventory is not None:
+        load_inventory(loaded.config.inventory)
+    if check:
+        click.echo("config ok")
+        return
+    click.echo(render_with_sources(loaded), nl=False)
+
+
+def main() -> None:
+    """Console entry point of the ``ringside`` script."""
+    ringside(prog_name="ringside")
+
+
+def _report_table(reports: Sequence[SourceReport]) -> str:
+    rows = [(report.source, report.value or "-", report.outcome) for report in reports]
+    source_width = max(len(row[0]) for row in rows)
+    value_width = max(len(row[1]) for row in rows)
+    return "\n".join(
+        f"  {source:<{source_width}}  {value:<{value_width}}  {outcome}"
+        for source, value, outcome in rows
+    )
+
+
+def _identity_json(
+    node_id: str | None,
+    source: str | None,
+    reports: Sequence[SourceReport],
+    error: str | None = None,
+) -> str:
+    document = {
+        "node_id": node_id,
+        "source": source,
+        "error": error,
+        "sources": [dataclasses.asdict(report) for report in reports],
+    }
+    return json.dumps(document)

@@ -1,0 +1,245 @@
+"""A throwaway etcd cluster on loopback: real `etcd` processes, free ports, temporary data.
+
+The tests, the benchmarks and `make demo` all need a real three-member etcd without any
+setup. Each member can be stopped, killed, paused (SIGSTOP: the process and its sockets stay,
+nothing answers, like a frozen VM) and brought back, so failure tests act on real Raft.
+
+On Linux every member is tied to the process that started it (PR_SET_PDEATHSIG): if the test
+run dies, even by SIGKILL, the kernel kills the members too, so none are left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+from sidecar.deadline import Deadline
+from sidecar.store.etcd import EtcdStore
+
+_PR_SET_PDEATHSIG = 1
+
+
+class LocalClusterError(RuntimeError):
+    """etcd is missing, or a member did not come up in time."""
+
+
+def find_etcd() -> str:
+    """The etcd binary: $RINGSIDE_ETCD_BINARY, else `etcd` on PATH."""
+    configured = os.environ.get("RINGSIDE_ETCD_BINARY")
+    found = configured or shutil.which("etcd")
+    if not found or not os.access(found, os.X_OK):
+        raise LocalClusterError(
+            "no etcd binary found: install Debian's etcd-server (apt-get install etcd-server) "
+            "or set RINGSIDE_ETCD_BINARY to an etcd 3.4+ binary"
+        )
+    return found
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+@dataclass
+class EtcdMember:
+    """One etcd member process, and the knobs to hurt it."""
+
+    name: str
+    client_port: int
+    peer_port: int
+    data_dir: Path
+    args: list[str] = field(default_factory=list)
+    process: subprocess.Popen[bytes] | None = None
+    paused: bool = False
+    _log: IO[bytes] | None = None
+
+    @property
+    def client_url(self) -> str:
+        return f"http://127.0.0.1:{self.client_port}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://127.0.0.1:{self.peer_port}"
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def start(self) -> None:
+        if self.running:
+            return
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.data_dir.parent / f"{self.name}.log", "ab")  # noqa: SIM115
+        preexec = _die_with_parent if sys.platform.startswith("linux") else None
+        self.process = subprocess.Popen(
+            # prctl in the child, before exec: the only way to tie its life to ours.
+            self.args,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=preexec,  # noqa: PLW1509
+        )
+        self.paused = False
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 10.0) -> None:
+        """Stop the member (SIGTERM: graceful; SIGKILL: a crash) and wait for it to exit."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            if self.paused:
+                self.process.send_signal(signal.SIGCONT)
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+        self.paused = False
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def pause(self) -> None:
+        if self.running and not self.paused:
+            assert self.process is not None
+            self.process.send_signal(signal.SIGSTOP)
+            self.paused = True
+
+    def resume(self) -> None:
+        if self.running and self.paused:
+            assert self.process is not None
+            self.process.send_signal(signal.SIGCONT)
+            self.paused = False
+
+    def health(self, timeout: float = 1.0) -> bool:
+        """etcd's own /health: true only while this member has a leader and quorum."""
+        try:
+            with urllib.request.urlopen(self.client_url + "/health", timeout=timeout) as r:
+                answer: Any = json.loads(r.read())
+        except (OSError, ValueError, urllib.error.URLError):
+            return False
+        return isinstance(answer, dict) and answer.get("health") == "true"
+
+
+class LocalEtcdCluster:
+    """`size` etcd members on 127.0.0.1, started together, each with its own data dir.
+
+    >>> with LocalEtcdCluster(Path("/tmp/x")) as cluster:   # doctest: +SKIP
+    ...     store = cluster.client()
+    """
+
+    def __init__(self, base_dir: Path, *, size: int = 3, etcd_binary: str | None = None) -> None:
+        self.base_dir = base_dir
+        binary = etcd_binary or find_etcd()
+        token = f"ringside-{os.getpid()}-{time.monotonic_ns()}"
+        self.members = [
+            EtcdMember(f"m{i}", free_port(), free_port(), base_dir / f"m{i}.data")
+            for i in range(size)
+        ]
+        initial = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
+        for m in self.members:
+            m.args = [
+                binary,
+                f"--name={m.name}",
+                f"--data-dir={m.data_dir}",
+                f"--listen-client-urls={m.client_url}",
+                f"--advertise-client-urls={m.client_url}",
+                f"--listen-peer-urls={m.peer_url}",
+                f"--initial-advertise-peer-urls={m.peer_url}",
+                f"--initial-cluster={initial}",
+                "--initial-cluster-state=new",
+                f"--initial-cluster-token={token}",
+                "--logger=zap",
+                "--log-level=warn",
+            ]
+
+    @property
+    def client_urls(self) -> list[str]:
+        return [m.client_url for m in self.members]
+
+    def start(self, timeout: float = 30.0) -> None:
+        for m in self.members:
+            m.start()
+        self.wait_healthy(timeout)
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        """Wait until every running, unpaused member reports health (leader + quorum)."""
+        deadline = Deadline(timeout)
+        while True:
+            live = [m for m in self.members if m.running and not m.paused]
+            sick = [m.name for m in live if not m.health()]
+            if live and not sick:
+                return
+            dead = [m.name for m in self.members if m.process is not None and not m.running]
+            if deadline.expired or dead:
+                logs = self.base_dir
+                raise LocalClusterError(
+                    f"etcd members not healthy after {timeout:.0f}s: unhealthy={sick} "
+                    f"exited={dead}; logs in {logs}"
+                )
+            time.sleep(0.05)
+
+    def heal(self, timeout: float = 30.0) -> None:
+        """Bring every member back (resume the paused, restart the stopped) and wait."""
+        for m in self.members:
+            m.resume()
+            m.start()
+        self.wait_healthy(timeout)
+
+    def leader(self) -> EtcdMember:
+        """The member that is the Raft leader now (asks each member's status)."""
+        for m in self.members:
+            if not m.running or m.paused:
+                continue
+            request = urllib.request.Request(m.client_url + "/v3/maintenance/status", b"{}")
+            try:
+                with urllib.request.urlopen(request, timeout=1.0) as r:
+                    status = json.loads(r.read())
+            except (OSError, ValueError):
+                continue
+            if status.get("leader") and status["leader"] == status["header"]["member_id"]:
+                return m
+        raise LocalClusterError("no member is the etcd leader")
+
+    def client(self, **options: Any) -> EtcdStore:
+        return EtcdStore.connect(self.client_urls, **options)
+
+    def close(self) -> None:
+        for m in self.members:
+            m.kill()
+        shutil.rmtree(self.base_dir, ignore_errors=True)
+
+    def __enter__(self) -> LocalEtcdCluster:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,236 @@
+"""What a sidecar's settings are and the rules each must satisfy.
+
+The models are frozen and forbid unknown keys, so a typo in a config file is an error instead
+of a setting that is silently ignored. Checks live here as pydantic validators; where a value
+came from (default, file, environment, flag) is `sidecar.config`'s business.
+
+Example::
+
+    settings = RingsideConfig.model_validate({"lease_ttl": 30, "http": {"listen": "[::1]:9000"}})
+    settings.http.port          # 9000
+    settings.etcd.endpoints     # ("http://127.0.0.1:2379",)
+"""
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Annotated, Any, Final, Self
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+_DNS_LABEL: Final = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def field_error(
+    loc: tuple[int | str, ...], message: str, related: str | None = None
+) -> PydanticCustomError:
+    """A validation error filed under `loc`, relative to the model or field being validated.
+
+    `related` names another dotted field whose source the error line should also show.
+    """
+    ctx: dict[str, Any] = {"loc": loc}
+    if related is not None:
+        ctx["related"] = related
+    return PydanticCustomError("ringside", message, ctx)
+
+
+def split_host_port(listen: str) -> tuple[str, int]:
+    """Split ``host:port`` (IPv6 as ``[::1]:8776``); raise ValueError saying what is wrong."""
+    host, sep, port_text = listen.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{listen!r} is not host:port, e.g. 127.0.0.1:8776 or [::1]:8776")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} in brackets is not an IPv6 address") from None
+    elif ":" in host:
+        raise ValueError(f"{listen!r}: write an IPv6 address in brackets, e.g. [::1]:8776")
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"{listen!r}: the port must be a number from 1 to 65535")
+    return host, int(port_text)
+
+
+def _dns_label(value: str) -> str:
+    if not _DNS_LABEL.fullmatch(value):
+        rule = "1-63 of a-z, 0-9 and '-', no '-' at either end"
+        raise ValueError(f"{value!r} is not a DNS label ({rule})")
+    return value
+
+
+def _etcd_url(value: str) -> str:
+    url = urlsplit(value)
+    if url.scheme not in ("http", "https"):
+        raise ValueError(f"{value!r} must start with http:// or https://")
+    try:
+        port = url.port
+    except ValueError:
+        raise ValueError(f"{value!r} has a port outside 1-65535") from None
+    if not url.hostname or port is None:
+        raise ValueError(f"{value!r} needs a host and a port, e.g. http://10.0.0.1:2379")
+    if url.path not in ("", "/") or url.query or url.fragment:
+        raise ValueError(f"{value!r} must not have a path, query or fragment")
+    return value
+
+
+def _readable_file(path: Path) -> Path:
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as e:
+        raise ValueError(f"cannot read {path}: {e.strerror or e}") from None
+    return path
+
+
+DnsLabel = Annotated[str, AfterValidator(_dns_label)]
+EtcdUrl = Annotated[str, AfterValidator(_etcd_url)]
+ReadableFile = Annotated[Path, AfterValidator(_readable_file)]
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TlsSettings(_Settings):
+    """Client TLS for etcd: a CA bundle to trust, and optionally a client certificate."""
+
+    ca: ReadableFile | None = None
+    cert: ReadableFile | None = None
+    key: ReadableFile | None = None
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> Self:
+        if self.cert is not None and self.key is None:
+            raise field_error(("key",), "is required when cert is set")
+        if self.key is not None and self.cert is None:
+            raise field_error(("cert",), "is required when key is set")
+        return self
+
+
+class EtcdSettings(_Settings):
+    """How to reach the etcd voters. A voter may be listed twice: public IP and tailnet IP."""
+
+    endpoints: tuple[EtcdUrl, ...] = ("http://127.0.0.1:2379",)
+    request_timeout: float = Field(default=1.5, gt=0)
+    tls: TlsSettings | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: ReadableFile | None = None
+    _file_password: str | None = PrivateAttr(default=None)
+
+    @field_validator("endpoints")
+    @classmethod
+    def _some_urls_each_once(cls, endpoints: tuple[str, ...]) -> tuple[str, ...]:
+        if not endpoints:
+            raise ValueError("needs at least one URL, e.g. http://10.0.0.1:2379")
+        first_index: dict[str, int] = {}
+        for index, url in enumerate(endpoints):
+            if url in first_index:
+                message = f"{url} is already listed as etcd.endpoints[{first_index[url]}]"
+                raise field_error((index,), message)
+            first_index[url] = index
+        return endpoints
+
+    @model_validator(mode="after")
+    def _credentials(self) -> Self:
+        if self.password is not None and self.password_file is not None:
+            raise field_error(("password_file",), "set password or password_file, not both")
+        if self.password_file is not None:
+            try:
+                secret = self.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+            except (OSError, UnicodeDecodeError) as e:
+                message = f"cannot read {self.password_file}: {e}"
+                raise field_error(("password_file",), message) from None
+            if not secret:
+                raise field_error(("password_file",), f"{self.password_file} is empty")
+            self._file_password = secret
+        if self.effective_password is not None and not self.username:
+            raise field_error(("username",), "is required when a password is set")
+        if self.username and self.effective_password is None:
+            raise field_error(("password",), "is required when username is set (or password_file)")
+        return self
+
+    @property
+    def effective_password(self) -> str | None:
+        """The password to send: from `password`, or read from `password_file` at load time."""
+        if self.password is not None:
+            return self.password.get_secret_value()
+        return self._file_password
+
+
+class HttpSettings(_Settings):
+    """The local HTTP API the orchestrator talks to; 8776 is free on every orchestrator node."""
+
+    listen: str = "127.0.0.1:8776"
+    token: str | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _is_host_port(cls, listen: str) -> str:
+        split_host_port(listen)
+        return listen
+
+    @property
+    def host(self) -> str:
+        """The address to bind, without IPv6 brackets."""
+        return split_host_port(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        """The TCP port to bind."""
+        return split_host_port(self.listen)[1]
+
+
+class LeaderSettings(_Settings):
+    """Whether this node campaigns, and how early it stops claiming before its lease can expire."""
+
+    eligible: bool = False
+    validity_margin: float = Field(default=2.0, ge=0)
+    on_elected: str | None = None
+    on_demoted: str | None = None
+    hook_timeout: float = Field(default=10.0, gt=0)
+
+
+class IdentitySettings(_Settings):
+    """Where node identity files live; configurable so tests and unusual hosts can move them."""
+
+    node_id_file: Path = Path("/etc/ringrift/node-id")
+    p2p_defaults_file: Path = Path("/etc/default/ringrift-p2p")
+    allow_unknown_node: bool = False
+
+
+class RingsideConfig(_Settings):
+    """The whole validated configuration of one sidecar."""
+
+    cluster: DnsLabel = "ringrift"
+    node_id: str | None = None
+    etcd: EtcdSettings = Field(default_factory=EtcdSettings)
+    lease_ttl: int = Field(default=10, ge=2, le=600)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    leader: LeaderSettings = Field(default_factory=LeaderSettings)
+    labels: dict[str, str] = Field(default_factory=dict)
+    inventory: Path | None = None
+    identity: IdentitySettings = Field(default_factory=IdentitySettings)
+
+    @model_validator(mode="after")
+    def _deadlines_fit_in_lease(self) -> Self:
+        """A request or margin as long as the lease would let the lease expire unnoticed."""
+        checks = (("etcd", "request_timeout"), ("leader", "validity_margin"))
+        for section, name in checks:
+            seconds = getattr(getattr(self, section), name)
+            if seconds >= self.lease_ttl:
+                message = f"{seconds} s must be less than lease_ttl ({self.lease_ttl} s)"
+                raise field_error((section, name), message, related="lease_ttl")
+        return self

@@ -1,0 +1,380 @@
+"""Transport to etcd's v3 JSON gateway: several endpoints, one deadline per request, TLS, auth.
+
+etcd serves its gRPC API as JSON under `/v3/` on every client port. This module knows how to
+reach it and nothing about what the calls mean (that is `sidecar.store.etcd`):
+
+- each request goes to the endpoint that answered last; on a timeout, a refused connection,
+  or an etcd answer that says "this member cannot serve you now" (no leader, request timed
+  out), it moves on to the next endpoint, until every endpoint was tried once or the
+  request's deadline is spent;
+- every endpoint's reachability is recorded as a side effect, so health reporting needs no
+  extra requests;
+- with a username, an auth token is fetched on first use and again when etcd says it is no
+  longer valid (etcd's simple tokens expire after five idle minutes);
+- etcd's errors become `sidecar.store.errors` exceptions here; no aiohttp exception leaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from sidecar.deadline import Deadline
+from sidecar.store.errors import (
+    AuthFailed,
+    Compacted,
+    FutureRevision,
+    InvalidRequest,
+    ProtocolError,
+    StoreError,
+    StoreUnavailable,
+)
+from sidecar.store.model import EndpointState
+
+JsonObject = dict[str, Any]
+
+# gRPC status codes that mean "this member cannot serve the request now": try the next one.
+_RETRY_ELSEWHERE = {1, 2, 4, 13, 14}  # cancelled, unknown, deadline exceeded, internal, unavailable
+_UNAUTHENTICATED = 16
+_PERMISSION_DENIED = 7
+_NOT_FOUND = 5
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files for TLS to etcd: the CA that signed the members' certificates, and
+    optionally a client certificate and key for etcd's `--client-cert-auth`."""
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+
+    def context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.ca) if self.ca else None)
+        if self.cert is not None:
+            ctx.load_cert_chain(str(self.cert), str(self.key) if self.key else None)
+        return ctx
+
+
+class EtcdApiError(StoreError):
+    """etcd understood the request and refused it; `code` is the gRPC status code."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class _EndpointFailed(Exception):
+    """This endpoint could not serve the request; the caller tries the next one."""
+
+
+def translate(code: int, message: str) -> StoreError:
+    """Map an etcd error answer to the store's exception for it."""
+    if "compacted" in message:
+        return Compacted(message, 0)
+    if "future revision" in message:
+        return FutureRevision(message)
+    if code in (_UNAUTHENTICATED, _PERMISSION_DENIED) or "authentication failed" in message:
+        return AuthFailed(message)
+    if code == _NOT_FOUND:
+        return EtcdApiError(code, message)  # the caller knows which lease was meant
+    return InvalidRequest(message)
+
+
+class EtcdGateway:
+    """HTTP client for a list of etcd endpoints. Create and use it inside one event loop."""
+
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        *,
+        request_timeout: float = 1.5,
+        tls: TlsFiles | None = None,
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
+        if not endpoints:
+            raise ValueError("at least one etcd endpoint is needed")
+        self.endpoints = tuple(url.rstrip("/") for url in endpoints)
+        self.request_timeout = request_timeout
+        self._ssl: ssl.SSLContext | bool = tls.context() if tls else True
+        self._credentials = (username, password or "") if username else None
+        self._token: str | None = None
+        self._preferred = 0
+        self._states = {url: EndpointState(url) for url in self.endpoints}
+        self._session: aiohttp.ClientSession | None = None
+
+    # --- public --------------------------------------------------------------------------
+
+    async def call(
+        self, path: str, body: JsonObject, *, budget_s: float | None = None
+    ) -> JsonObject:
+        """POST `body` to `path` on the first endpoint that serves it; raise otherwise.
+
+        The whole call, all endpoints included, ends within `budget_s` (default: one
+        request timeout per endpoint).
+        """
+        deadline = Deadline(budget_s if budget_s is not None else self._budget())
+        failures: list[str] = []
+        for endpoint in self._rotation():
+            if deadline.expired:
+                break
+            try:
+                return await self._post(endpoint, path, body, deadline)
+            except _EndpointFailed as e:
+                failures.append(f"{endpoint}: {e}")
+        raise StoreUnavailable("no etcd endpoint answered: " + "; ".join(failures or ["timed out"]))
+
+    async def call_endpoint(self, endpoint: str, path: str, body: JsonObject) -> JsonObject:
+        """POST to exactly `endpoint`, without failing over (health checks use this)."""
+        try:
+            return await self._post(
+                endpoint.rstrip("/"), path, body, Deadline(self.request_timeout)
+            )
+        except _EndpointFailed as e:
+            raise StoreUnavailable(f"{endpoint}: {e}") from None
+
+    @asynccontextmanager
+    async def stream(self, path: str, body: JsonObject) -> AsyncIterator[tuple[str, LineReader]]:
+        """Open a streamed POST (a watch) on the first endpoint that accepts it.
+
+        Yields the endpoint and a reader of the JSON objects it sends, one per line. The
+        connection closes when the block ends.
+        """
+        failures: list[str] = []
+        for endpoint in self._rotation():
+            try:
+                response = await self._open(endpoint, path, body)
+            except _EndpointFailed as e:
+                failures.append(f"{endpoint}: {e}")
+                continue
+            reader = LineReader(response)
+            try:
+                yield endpoint, reader
+            finally:
+                reader.cancel()
+                response.close()
+            return
+        raise StoreUnavailable("no etcd endpoint accepted the watch: " + "; ".join(failures))
+
+    def mark_failed(self, endpoint: str, reason: str) -> None:
+        """Record that `endpoint` failed outside a request (e.g. a watch went silent)."""
+        state = self._states.get(endpoint)
+        if state is not None:
+            self._states[endpoint] = replace(
+                state, reachable=False, last_error=reason, failures=state.failures + 1
+            )
+        if self.endpoints[self._preferred] == endpoint:
+            self._preferred = (self._preferred + 1) % len(self.endpoints)
+
+    def states(self) -> tuple[EndpointState, ...]:
+        return tuple(self._states[url] for url in self.endpoints)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # --- mechanics -----------------------------------------------------------------------
+
+    def _budget(self) -> float:
+        return self.request_timeout * len(self.endpoints)
+
+    def _rotation(self) -> list[str]:
+        """Endpoints in the order to try: the last good one first."""
+        n = len(self.endpoints)
+        return [self.endpoints[(self._preferred + i) % n] for i in range(n)]
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(ssl=self._ssl, limit=0, enable_cleanup_closed=True)
+            self._session = aiohttp.ClientSession(connector=connector)
+        return self._session
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": self._token} if self._token else {}
+
+    async def _post(
+        self, endpoint: str, path: str, body: JsonObject, deadline: Deadline
+    ) -> JsonObject:
+        retried_auth = False
+        while True:
+            if self._credentials and self._token is None:
+                await self._authenticate(endpoint, deadline)
+            try:
+                return await self._post_once(endpoint, path, body, deadline)
+            except EtcdApiError as e:
+                if e.code == _UNAUTHENTICATED and self._credentials and not retried_auth:
+                    self._token, retried_auth = None, True
+                    continue
+                raise translate(e.code, e.message) from None
+
+    async def _authenticate(self, endpoint: str, deadline: Deadline) -> None:
+        assert self._credentials is not None
+        name, password = self._credentials
+        try:
+            answer = await self._post_once(
+                endpoint, "/v3/auth/authenticate", {"name": name, "password": password}, deadline
+            )
+        except EtcdApiError as e:
+            raise AuthFailed(f"etcd refused user {name!r}: {e.message}") from None
+        token = answer.get("token")
+        if not isinstance(token, str) or not token:
+            raise ProtocolError(f"{endpoint} answered authenticate without a token")
+        self._token = token
+
+    async def _post_once(
+        self, endpoint: str, path: str, body: JsonObject, deadline: Deadline
+    ) -> JsonObject:
+        started = time.monotonic()
+        timeout = aiohttp.ClientTimeout(
+            total=max(0.001, min(self.request_timeout, deadline.remaining()))
+        )
+        try:
+            async with self._client().post(
+                endpoint + path, json=body, headers=self._headers(), timeout=timeout
+            ) as response:
+                raw = await response.read()
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            self._record(endpoint, ok=False, error=_describe(e))
+            raise _EndpointFailed(_describe(e)) from None
+        answer = self._decode(endpoint, status, raw)
+        self._record(endpoint, ok=True, latency=time.monotonic() - started)
+        if endpoint in self.endpoints:
+            self._preferred = self.endpoints.index(endpoint)
+        return answer
+
+    def _decode(self, endpoint: str, status: int, raw: bytes) -> JsonObject:
+        """Turn an answer into JSON, an `EtcdApiError`, or an endpoint failure."""
+        try:
+            answer = json.loads(raw)
+        except ValueError:
+            reason = f"HTTP {status}, not etcd JSON: {raw[:60]!r}"
+            self._record(endpoint, ok=False, error=reason)
+            raise _EndpointFailed(reason) from None
+        if not isinstance(answer, dict):
+            raise ProtocolError(f"{endpoint} answered {type(answer).__name__}, not an object")
+        if status == 200 and "error" not in answer:
+            return answer
+        code = answer.get("code")
+        message = str(answer.get("message") or answer.get("error") or f"HTTP {status}")
+        if not isinstance(code, int) or code in _RETRY_ELSEWHERE:
+            self._record(endpoint, ok=False, error=message)
+            raise _EndpointFailed(message)
+        raise EtcdApiError(code, message)
+
+    async def _open(self, endpoint: str, path: str, body: JsonObject) -> aiohttp.ClientResponse:
+        """Start a streamed POST; only connecting and the response head are time-limited."""
+        if self._credentials and self._token is None:
+            await self._authenticate(endpoint, Deadline(self.request_timeout))
+        timeout = aiohttp.ClientTimeout(
+            total=None, connect=self.request_timeout, sock_connect=self.request_timeout
+        )
+        try:
+            response = await asyncio.wait_for(
+                self._client().post(
+                    endpoint + path, json=body, headers=self._headers(), timeout=timeout
+                ),
+                self.request_timeout,
+            )
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            self._record(endpoint, ok=False, error=_describe(e))
+            raise _EndpointFailed(_describe(e)) from None
+        if response.status != 200:
+            raw = await response.read()
+            response.release()
+            self._decode(endpoint, response.status, raw)  # raises for any error answer
+            raise _EndpointFailed(f"HTTP {response.status}")
+        self._record(endpoint, ok=True)
+        return response
+
+    def _record(
+        self, endpoint: str, *, ok: bool, error: str | None = None, latency: float | None = None
+    ) -> None:
+        state = self._states.get(endpoint)
+        if state is None:  # a member's URL that is not configured: health checks only
+            return
+        if ok:
+            self._states[endpoint] = replace(
+                state,
+                reachable=True,
+                last_error=None,
+                last_ok=time.monotonic(),
+                last_latency_s=latency if latency is not None else state.last_latency_s,
+            )
+        else:
+            self._states[endpoint] = replace(
+                state, reachable=False, last_error=error, failures=state.failures + 1
+            )
+
+
+class LineReader:
+    """Reads newline-separated JSON objects from a streamed response.
+
+    A read that outlives its timeout is kept, not cancelled, so no bytes are ever lost
+    between a timeout and the next read. Lines may be any length (a watch catching up on
+    many keys sends one long line).
+    """
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+        self._buffer = b""
+        self._pending: asyncio.Task[bytes] | None = None
+
+    async def next(self, wait_s: float) -> JsonObject | None:
+        """The next object; None if nothing complete arrived within `wait_s` seconds.
+
+        Raises `_StreamEnded` when the server closed the stream.
+        """
+        deadline = Deadline(wait_s)
+        while b"\n" not in self._buffer:
+            if self._pending is None:
+                self._pending = asyncio.ensure_future(self._response.content.readany())
+            done, _ = await asyncio.wait({self._pending}, timeout=deadline.remaining())
+            if not done:
+                return None
+            task, self._pending = self._pending, None
+            try:
+                chunk = task.result()
+            except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as e:
+                raise StreamEnded(_describe(e)) from None
+            if not chunk:
+                raise StreamEnded("closed by the server")
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        if not line.strip():
+            return await self.next(deadline.remaining())
+        try:
+            value = json.loads(line)
+        except ValueError:
+            raise StreamEnded(f"not JSON: {line[:60]!r}") from None
+        if not isinstance(value, dict):
+            raise StreamEnded(f"not a JSON object: {line[:60]!r}")
+        return value
+
+    def cancel(self) -> None:
+        if self._pending is not None:
+            self._pending.cancel()
+            self._pending = None
+
+
+class StreamEnded(Exception):
+    """The streamed response broke or ended; the watch resumes elsewhere."""
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, TimeoutError | asyncio.TimeoutError):
+        return "timed out"
+    text = str(error) or type(error).__name__
+    return text.splitlines()[0][:200]

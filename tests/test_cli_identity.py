@@ -1,0 +1,300 @@
+"""The `ringside identity` and `ringside config` commands, through click and as a real process."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import NamedTuple
+
+import click
+import pytest
+from click.testing import CliRunner, Result
+
+from sidecar import __version__
+from sidecar.cli import config_options, ringside
+from sidecar.config import FLAG_FIELDS
+from sidecar.identity import HostFacts
+
+FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+EXAMPLE_INVENTORY = FIXTURE / "distributed_hosts.example.yaml"
+RINGSIDE_SCRIPT = Path(sys.executable).parent / "ringside"
+OUTCOME = re.compile(r"  (chosen|not set|skipped: .*|rejected: .*|not in inventory)$")
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Neither the developer's RINGSIDE_*/RINGRIFT_* variables nor the hostname leak in."""
+    for name in list(os.environ):
+        if name.startswith(("RINGSIDE_", "RINGRIFT_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setattr(HostFacts, "gather", classmethod(lambda cls: HostFacts("worker-7", ())))
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    """A config that keeps identity files inside tmp_path, away from the real /etc."""
+    path = tmp_path / "ringside.yaml"
+    path.write_text(
+        "identity:\n"
+        f"  node_id_file: {tmp_path / 'node-id'}\n"
+        f"  p2p_defaults_file: {tmp_path / 'ringrift-p2p'}\n"
+    )
+    return path
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> Result:
+    return CliRunner().invoke(ringside, list(args), env=env)
+
+
+def assert_one_error_line(result: Result, *fragments: str) -> str:
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("ringside: error: ")
+    for fragment in fragments:
+        assert fragment in lines[0]
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+def test_version() -> None:
+    result = run("--version")
+    assert result.exit_code == 0
+    assert result.stdout.strip() == f"ringside, version {__version__}"
+
+
+def test_identity_prints_winner_and_every_source(config_file: Path) -> None:
+    result = run("identity", "--config", str(config_file), env={"RINGRIFT_NODE_ID": "gpu-3"})
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == "node id: gpu-3 (from env RINGRIFT_NODE_ID)"
+    assert len(lines) == 9
+    assert lines[1].split() == ["flag", "--node-id", "-", "not", "set"]
+    assert lines[3].split()[:4] == ["env", "RINGRIFT_NODE_ID", "gpu-3", "chosen"]
+    assert lines[-1].split()[:2] == ["hostname", "worker-7"]
+    assert lines[-1].endswith("skipped: an earlier source won")
+    outcome_columns = set()
+    for line in lines[1:]:
+        match = OUTCOME.search(line)
+        assert match is not None, line
+        outcome_columns.add(match.start())
+    assert len(outcome_columns) == 1, "outcomes are not aligned"
+
+
+def test_identity_json(config_file: Path) -> None:
+    result = run("identity", "--config", str(config_file), "--json", "--node-id", "gpu-4")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["node_id"] == "gpu-4"
+    assert document["source"] == "flag --node-id"
+    assert document["error"] is None
+    assert len(document["sources"]) == 8
+    assert document["sources"][0] == {
+        "source": "flag --node-id",
+        "value": "gpu-4",
+        "outcome": "chosen",
+    }
+
+
+def test_identity_rejected_explicit_id_exits_2_with_report(config_file: Path) -> None:
+    env = {"RINGSIDE_NODE_ID": "2d9de0d97a72"}
+    result = run("identity", "--config", str(config_file), env=env)
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    errors = [line for line in lines if line.startswith("ringside: error: ")]
+    assert errors == [lines[-1]]
+    assert "node id '2d9de0d97a72' from env RINGSIDE_NODE_ID is not usable" in lines[-1]
+    assert any("rejected: looks like a Docker container id" in line for line in lines[:-1])
+    assert len(lines) == 9
+    assert "Traceback" not in result.stderr
+
+
+def test_identity_json_failure_is_still_json(config_file: Path) -> None:
+    result = run("identity", "--config", str(config_file), "--json", "--node-id", "localhost")
+    assert result.exit_code == 2
+    document = json.loads(result.stdout)
+    assert document["node_id"] is None
+    assert "'localhost' names every machine" in document["error"]
+    assert_one_error_line(result, "'localhost' names every machine")
+
+
+def test_identity_inventory_flag_and_allow_unknown_node(config_file: Path) -> None:
+    base = ["identity", "--config", str(config_file), "--inventory", str(EXAMPLE_INVENTORY)]
+    refused = run(*base, "--node-id", "gpu-new")
+    assert refused.exit_code == 2
+    assert refused.stderr.splitlines()[-1] == (
+        f"ringside: error: node id 'gpu-new' from flag --node-id is not a host in inventory "
+        f"{EXAMPLE_INVENTORY}; fix it or pass --allow-unknown-node"
+    )
+    allowed = run(*base, "--node-id", "gpu-new", "--allow-unknown-node")
+    assert allowed.exit_code == 0, allowed.output
+    assert allowed.stdout.splitlines()[0] == "node id: gpu-new (from flag --node-id)"
+    listed = run(*base, "--node-id", "hetzner-cpu2")
+    assert listed.exit_code == 0, listed.output
+
+
+def test_config_shows_values_with_sources(tmp_path: Path, config_file: Path) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("hunter2\n")
+    with config_file.open("a") as f:
+        f.write(f"lease_ttl: 20\netcd:\n  username: u\n  password_file: {secret}\n")
+    env = {"RINGSIDE_LEASE_TTL": "25", "RINGSIDE_LEADER_ELIGIBLE": "true"}
+    result = run("config", "--config", str(config_file), "--lease-ttl", "30", env=env)
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "lease_ttl: 30  # flag --lease-ttl" in out
+    assert "  eligible: true  # env RINGSIDE_LEADER_ELIGIBLE" in out
+    assert f'  username: "u"  # file {config_file}' in out
+    assert '  listen: "127.0.0.1:8776"  # default' in out
+    assert "hunter2" not in out
+
+
+def test_config_with_inline_password_masks_it(config_file: Path) -> None:
+    with config_file.open("a") as f:
+        f.write("etcd: {username: u, password: hunter2}\n")
+    result = run("config", "--config", str(config_file))
+    assert result.exit_code == 0, result.output
+    assert f'  password: "***"  # file {config_file}' in result.stdout
+    assert "hunter2" not in result.stdout
+
+
+def test_only_passed_flags_override(config_file: Path) -> None:
+    env = {"RINGSIDE_LEADER_ELIGIBLE": "yes", "RINGSIDE_CLUSTER": "blue"}
+    result = run("config", "--config", str(config_file), env=env)
+    assert "  eligible: true  # env RINGSIDE_LEADER_ELIGIBLE" in result.stdout
+    assert "allow_unknown_node: false  # default" in result.stdout
+    negated = run("config", "--config", str(config_file), "--not-leader-eligible", env=env)
+    assert "  eligible: false  # flag --not-leader-eligible" in negated.stdout
+    assert 'cluster: "blue"  # env RINGSIDE_CLUSTER' in negated.stdout
+
+
+def test_config_check(config_file: Path) -> None:
+    result = run("config", "--check", "--config", str(config_file))
+    assert (result.exit_code, result.stdout) == (0, "config ok\n")
+
+
+def test_config_check_reads_the_inventory(config_file: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "hosts.yaml"
+    result = run("config", "--check", "--config", str(config_file), "--inventory", str(missing))
+    assert_one_error_line(result, f"cannot read inventory {missing}: No such file or directory")
+    assert result.stdout == ""
+
+
+class BadInput(NamedTuple):
+    """A config file text (None: no file), env, extra args, and the expected error fragment."""
+
+    config_text: str | None
+    env: dict[str, str]
+    args: list[str]
+    expected: str
+
+
+BAD_INPUTS = {
+    "unknown key": BadInput("foo: 1\n", {}, [], "unknown key 'foo' in file {config}"),
+    "wrong type": BadInput(
+        "", {"RINGSIDE_LEASE_TTL": "ten"}, [], "lease_ttl (env RINGSIDE_LEASE_TTL): Input should"
+    ),
+    "yaml syntax": BadInput(
+        "etcd:\n  endpoints: [a\nx: 1\n", {}, [], "config file {config} line 3: "
+    ),
+    "unreadable file": BadInput(
+        None, {}, [], "cannot read config file {config}: No such file or directory"
+    ),
+    "missing password file": BadInput(
+        "etcd: {username: u}\n",
+        {"RINGSIDE_ETCD_PASSWORD_FILE": "/nonexistent/pw"},
+        [],
+        "etcd.password_file (env RINGSIDE_ETCD_PASSWORD_FILE): cannot read /nonexistent/pw",
+    ),
+    "lease_ttl range": BadInput(
+        "", {}, ["--lease-ttl", "601"], "lease_ttl (flag --lease-ttl): Input should be less"
+    ),
+    "bad endpoint": BadInput(
+        "", {}, ["--etcd-endpoints", "http://a:1,b:2"], "etcd.endpoints[1] (flag --etcd-endp"
+    ),
+    "duplicate endpoint": BadInput(
+        "etcd: {endpoints: [http://a:1, http://a:1]}\n",
+        {},
+        [],
+        "etcd.endpoints[1] (file {config}): http://a:1 is already listed",
+    ),
+    "margin >= ttl": BadInput(
+        "leader: {validity_margin: 3}\n",
+        {"RINGSIDE_LEASE_TTL": "3"},
+        [],
+        "leader.validity_margin (file {config}): 3.0 s must be less than lease_ttl",
+    ),
+    "bad boolean": BadInput(
+        "", {"RINGSIDE_LEADER_ELIGIBLE": "maybe"}, [], "leader.eligible (env RINGSIDE_LEADER_"
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS.values(), ids=BAD_INPUTS.keys())
+@pytest.mark.parametrize("command", ["config", "identity"])
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, command: str, case: BadInput) -> None:
+    config = tmp_path / "ringside.yaml"
+    if case.config_text is not None:
+        config.write_text(case.config_text)
+    result = run(command, "--config", str(config), *case.args, env=case.env)
+    assert_one_error_line(result, case.expected.format(config=config))
+
+
+def test_click_usage_errors_exit_2() -> None:
+    result = run("config", "--lease-ttl", "ten")
+    assert result.exit_code == 2
+    assert "Invalid value for '--lease-ttl'" in result.stderr
+
+
+def test_every_config_option_maps_to_a_setting() -> None:
+    @click.command()
+    @config_options
+    def probe(config_request: object) -> None:
+        """Probe command."""
+
+    options = {opt for param in probe.params for opt in (*param.opts, *param.secondary_opts)}
+    options.discard("--config")
+    assert options == set(FLAG_FIELDS)
+
+
+def subprocess_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RINGSIDE_", "RINGRIFT_"))}
+    env.update(extra)
+    return env
+
+
+def test_real_process_config_error_is_one_line(tmp_path: Path) -> None:
+    completed = subprocess.run(
+        [str(RINGSIDE_SCRIPT), "config", "--check"],
+        env=subprocess_env(tmp_path, RINGSIDE_LEASE_TTL="abc"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == 2
+    assert completed.stdout == ""
+    assert "Traceback" not in completed.stderr
+    assert completed.stderr.splitlines() == [
+        "ringside: error: lease_ttl (env RINGSIDE_LEASE_TTL): Input should be a valid integer, "
+        "unable to parse string as an integer, got 'abc'"
+    ]
+
+
+def test_real_process_rejected_identity(tmp_path: Path, config_file: Path) -> None:
+    completed = subprocess.run(
+        [str(RINGSIDE_SCRIPT), "identity", "--config", str(config_file)],
+        env=subprocess_env(tmp_path, RINGRIFT_NODE_ID="192-222-51-29"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == 2
+    assert "Traceback" not in completed.stderr
+    last = completed.stderr.splitlines()[-1]
+    assert last.startswith("ringside: error: node id '192-222-51-29' from env RINGRIFT_NODE_ID")
+    assert completed.stderr.count("ringside: error:") == 1
