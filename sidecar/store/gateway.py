@@ -17,6 +17,7 @@ reach it and nothing about what the calls mean (that is `sidecar.store.etcd`):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import ssl
 import time
@@ -84,7 +85,8 @@ def translate(code: int, message: str) -> StoreError:
         return Compacted(message, 0)
     if "future revision" in message:
         return FutureRevision(message)
-    if code in (_UNAUTHENTICATED, _PERMISSION_DENIED) or "authentication failed" in message:
+    auth_words = ("authentication failed", "user name is empty", "permission denied")
+    if code in (_UNAUTHENTICATED, _PERMISSION_DENIED) or any(w in message for w in auth_words):
         return AuthFailed(message)
     if code == _NOT_FOUND:
         return EtcdApiError(code, message)  # the caller knows which lease was meant
@@ -236,6 +238,20 @@ class EtcdGateway:
     async def _post_once(
         self, endpoint: str, path: str, body: JsonObject, deadline: Deadline
     ) -> JsonObject:
+        with contextlib.suppress(aiohttp.ServerDisconnectedError):
+            return await self._exchange(endpoint, path, body, deadline)
+        # A pooled keep-alive connection the member closed while idle (it restarted, or
+        # dropped idle clients). Nothing was answered on it; one fresh attempt is fair.
+        try:
+            return await self._exchange(endpoint, path, body, deadline)
+        except aiohttp.ServerDisconnectedError:
+            self._record(endpoint, ok=False, error="server disconnected")
+            raise _EndpointFailed("server disconnected") from None
+
+    async def _exchange(
+        self, endpoint: str, path: str, body: JsonObject, deadline: Deadline
+    ) -> JsonObject:
+        """One HTTP request and its decoded answer; `ServerDisconnectedError` passes through."""
         started = time.monotonic()
         timeout = aiohttp.ClientTimeout(
             total=max(0.001, min(self.request_timeout, deadline.remaining()))
@@ -246,6 +262,8 @@ class EtcdGateway:
             ) as response:
                 raw = await response.read()
                 status = response.status
+        except aiohttp.ServerDisconnectedError:
+            raise
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             self._record(endpoint, ok=False, error=_describe(e))
             raise _EndpointFailed(_describe(e)) from None
@@ -272,6 +290,7 @@ class EtcdGateway:
         if not isinstance(code, int) or code in _RETRY_ELSEWHERE:
             self._record(endpoint, ok=False, error=message)
             raise _EndpointFailed(message)
+        self._record(endpoint, ok=True)  # a refusal is an answer: the endpoint is fine
         raise EtcdApiError(code, message)
 
     async def _open(self, endpoint: str, path: str, body: JsonObject) -> aiohttp.ClientResponse:

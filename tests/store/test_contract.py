@@ -7,10 +7,8 @@ them one at a time, and every test revokes the leases it grants).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -30,25 +28,8 @@ from sidecar.store.model import (
     PutResult,
     RangeResult,
     TxnOp,
-    WatchBatch,
 )
-
-WATCH_TIMEOUT_S = 5.0
-
-
-async def wait_for(predicate: Callable[[], Awaitable[bool]], within_s: float) -> None:
-    """Poll `predicate` until it holds; fail the test once `within_s` seconds have passed."""
-    deadline = time.monotonic() + within_s
-    while not await predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {within_s} s")
-        await asyncio.sleep(0.05)
-
-
-async def next_batch(
-    batches: AsyncIterator[WatchBatch], within_s: float = WATCH_TIMEOUT_S
-) -> WatchBatch:
-    return await asyncio.wait_for(anext(batches), within_s)
+from tests.waiting import next_batch, wait_for
 
 
 async def current_revision(store: Store, prefix: str) -> int:

@@ -1,0 +1,99 @@
+"""Username/password auth against a real etcd with auth enabled (a one-member cluster of its
+own, so the shared test cluster stays open)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from sidecar.localcluster import LocalEtcdCluster
+from sidecar.store.codec import b64
+from sidecar.store.errors import AuthFailed
+from sidecar.store.etcd import EtcdStore
+from sidecar.store.model import EventType, prefix_end
+from tests.waiting import next_batch
+
+USER, PASSWORD = "ringside", "s3cret"
+
+
+@pytest.fixture(scope="module")
+def secured_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalEtcdCluster]:
+    cluster = LocalEtcdCluster(Path(tmp_path_factory.mktemp("etcd-auth")), size=1)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.close()
+
+
+async def _enable_auth(cluster: LocalEtcdCluster) -> None:
+    """root (needed by etcd to enable auth) and a `ringside` user limited to /ringside/."""
+    admin = cluster.client()
+    call = admin.gateway.call
+    try:
+        await call("/v3/auth/user/add", {"name": "root", "password": "rootpw"})
+        await call("/v3/auth/user/grant", {"user": "root", "role": "root"})
+        await call("/v3/auth/role/add", {"name": "ringside"})
+        permission = {"permType": "READWRITE", "key": b64("/ringside/")}
+        permission["range_end"] = b64(prefix_end("/ringside/"))
+        await call("/v3/auth/role/grant", {"name": "ringside", "perm": permission})
+        await call("/v3/auth/user/add", {"name": USER, "password": PASSWORD})
+        await call("/v3/auth/user/grant", {"user": USER, "role": "ringside"})
+        await call("/v3/auth/enable", {})
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def secured(secured_etcd: LocalEtcdCluster) -> AsyncIterator[LocalEtcdCluster]:
+    if not getattr(secured_etcd, "auth_enabled", False):
+        await _enable_auth(secured_etcd)
+        secured_etcd.auth_enabled = True  # type: ignore[attr-defined]
+    yield secured_etcd
+    secured_etcd.heal()
+
+
+async def test_user_reads_writes_and_watches_its_prefix(secured: LocalEtcdCluster) -> None:
+    store = secured.client(username=USER, password=PASSWORD)
+    try:
+        async with store.watch("/ringside/", prefix=True) as batches:
+            await store.put("/ringside/auth/k", b"v")
+            batch = await next_batch(batches)
+        assert batch.events[0].type is EventType.PUT
+        assert batch.events[0].kv.key == "/ringside/auth/k"
+        with pytest.raises(AuthFailed, match="permission denied"):
+            await store.put("/elsewhere", b"v")
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize(
+    ("username", "password", "complaint"),
+    [(USER, "wrong", "refused user 'ringside'"), (None, None, "user name is empty")],
+)
+async def test_bad_or_missing_credentials_are_auth_failed(
+    secured: LocalEtcdCluster, username: str | None, password: str | None, complaint: str
+) -> None:
+    store = secured.client(username=username, password=password)
+    try:
+        with pytest.raises(AuthFailed, match=complaint):
+            await store.get("/ringside/x")
+    finally:
+        await store.close()
+
+
+async def test_token_lost_by_a_restarted_member_is_renewed(secured: LocalEtcdCluster) -> None:
+    """etcd's simple tokens live in member memory: after a restart the client logs in again."""
+    store: EtcdStore = secured.client(username=USER, password=PASSWORD)
+    try:
+        await store.put("/ringside/auth/restart", b"before")
+        secured.members[0].stop()
+        secured.heal()
+        await store.put("/ringside/auth/restart", b"after")
+        kv = await store.get_one("/ringside/auth/restart")
+        assert kv is not None
+        assert kv.value == b"after"
+    finally:
+        await store.close()
