@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -29,6 +30,7 @@ from typing import IO, Any
 
 from sidecar.deadline import Deadline
 from sidecar.store.etcd import EtcdStore
+from sidecar.store.gateway import TlsFiles
 
 _PR_SET_PDEATHSIG = 1
 
@@ -69,13 +71,15 @@ class EtcdMember:
     peer_port: int
     data_dir: Path
     args: list[str] = field(default_factory=list)
+    scheme: str = "http"
+    ssl_context: ssl.SSLContext | None = None
     process: subprocess.Popen[bytes] | None = None
     paused: bool = False
     _log: IO[bytes] | None = None
 
     @property
     def client_url(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        return f"{self.scheme}://127.0.0.1:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
@@ -137,11 +141,29 @@ class EtcdMember:
     def health(self, timeout: float = 1.0) -> bool:
         """etcd's own /health: true only while this member has a leader and quorum."""
         try:
-            with urllib.request.urlopen(self.client_url + "/health", timeout=timeout) as r:
+            with urllib.request.urlopen(
+                self.client_url + "/health", timeout=timeout, context=self.ssl_context
+            ) as r:
                 answer: Any = json.loads(r.read())
         except (OSError, ValueError, urllib.error.URLError):
             return False
         return isinstance(answer, dict) and answer.get("health") == "true"
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """PEM files for members that serve clients over TLS and require client certificates
+    (etcd's `--client-cert-auth`); the client pair is what `LocalEtcdCluster.client` uses."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+    @property
+    def client_files(self) -> TlsFiles:
+        return TlsFiles(ca=self.ca, cert=self.client_cert, key=self.client_key)
 
 
 class LocalEtcdCluster:
@@ -151,8 +173,16 @@ class LocalEtcdCluster:
     ...     store = cluster.client()
     """
 
-    def __init__(self, base_dir: Path, *, size: int = 3, etcd_binary: str | None = None) -> None:
+    def __init__(
+        self,
+        base_dir: Path,
+        *,
+        size: int = 3,
+        etcd_binary: str | None = None,
+        tls: ServerTls | None = None,
+    ) -> None:
         self.base_dir = base_dir
+        self.tls = tls
         binary = etcd_binary or find_etcd()
         token = f"ringside-{os.getpid()}-{time.monotonic_ns()}"
         self.members = [
@@ -161,6 +191,8 @@ class LocalEtcdCluster:
         ]
         initial = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
         for m in self.members:
+            if tls is not None:
+                m.scheme, m.ssl_context = "https", tls.client_files.context()
             m.args = [
                 binary,
                 f"--name={m.name}",
@@ -175,6 +207,13 @@ class LocalEtcdCluster:
                 "--logger=zap",
                 "--log-level=warn",
             ]
+            if tls is not None:
+                m.args += [
+                    f"--cert-file={tls.server_cert}",
+                    f"--key-file={tls.server_key}",
+                    f"--trusted-ca-file={tls.ca}",
+                    "--client-cert-auth",
+                ]
 
     @property
     def client_urls(self) -> list[str]:
@@ -216,7 +255,7 @@ class LocalEtcdCluster:
                 continue
             request = urllib.request.Request(m.client_url + "/v3/maintenance/status", b"{}")
             try:
-                with urllib.request.urlopen(request, timeout=1.0) as r:
+                with urllib.request.urlopen(request, timeout=1.0, context=m.ssl_context) as r:
                     status = json.loads(r.read())
             except (OSError, ValueError):
                 continue
@@ -225,6 +264,8 @@ class LocalEtcdCluster:
         raise LocalClusterError("no member is the etcd leader")
 
     def client(self, **options: Any) -> EtcdStore:
+        if self.tls is not None:
+            options.setdefault("tls", self.tls.client_files)
         return EtcdStore.connect(self.client_urls, **options)
 
     def close(self) -> None:

@@ -1,0 +1,108 @@
+"""TLS to etcd: server verified against our CA, client certificate required by the member.
+
+The certificates are made here with the `openssl` command (a CA, a server certificate for
+127.0.0.1, a client certificate), and a one-member etcd serves clients over https only.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sidecar.localcluster import LocalEtcdCluster, ServerTls
+from sidecar.store.errors import StoreUnavailable
+from sidecar.store.gateway import TlsFiles
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def make_ca(directory: Path, name: str) -> tuple[Path, Path]:
+    _openssl(
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        "-subj", f"/CN={name}", "-keyout", f"{name}.key", "-out", f"{name}.pem",
+        cwd=directory,
+    )  # fmt: skip
+    return directory / f"{name}.pem", directory / f"{name}.key"
+
+
+def make_cert(directory: Path, ca: tuple[Path, Path], name: str, san: str) -> tuple[Path, Path]:
+    (directory / f"{name}.ext").write_text(f"subjectAltName={san}\n")
+    _openssl(
+        "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
+        "-keyout", f"{name}.key", "-out", f"{name}.csr",
+        cwd=directory,
+    )  # fmt: skip
+    _openssl(
+        "x509", "-req", "-in", f"{name}.csr", "-CA", str(ca[0]), "-CAkey", str(ca[1]),
+        "-CAcreateserial", "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.pem",
+        cwd=directory,
+    )  # fmt: skip
+    return directory / f"{name}.pem", directory / f"{name}.key"
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    directory = tmp_path_factory.mktemp("pki")
+    ca = make_ca(directory, "ca")
+    server = make_cert(directory, ca, "server", "IP:127.0.0.1")
+    client = make_cert(directory, ca, "client", "DNS:ringside-client")
+    other_ca = make_ca(directory, "other-ca")
+    return {
+        "ca": ca[0],
+        "server_cert": server[0],
+        "server_key": server[1],
+        "client_cert": client[0],
+        "client_key": client[1],
+        "other_ca": other_ca[0],
+    }
+
+
+@pytest.fixture(scope="module")
+def tls_etcd(
+    pki: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalEtcdCluster]:
+    tls = ServerTls(
+        pki["ca"], pki["server_cert"], pki["server_key"], pki["client_cert"], pki["client_key"]
+    )
+    with LocalEtcdCluster(tmp_path_factory.mktemp("etcd-tls"), size=1, tls=tls) as cluster:
+        yield cluster
+
+
+async def test_client_certificate_over_https_works(tls_etcd: LocalEtcdCluster) -> None:
+    assert tls_etcd.client_urls[0].startswith("https://")
+    store = tls_etcd.client()
+    try:
+        await store.put("/tls/k", b"secret")
+        kv = await store.get_one("/tls/k")
+        assert kv is not None
+        assert kv.value == b"secret"
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize(
+    ("files", "complaint"),
+    [
+        ("no client certificate", "(?i)bad certificate|handshake|certificate required"),
+        ("a CA that did not sign the server", "(?i)certificate verify failed"),
+    ],
+)
+async def test_wrong_tls_material_is_refused(
+    tls_etcd: LocalEtcdCluster, pki: dict[str, Path], files: str, complaint: str
+) -> None:
+    tls = (
+        TlsFiles(ca=pki["ca"])
+        if files == "no client certificate"
+        else TlsFiles(ca=pki["other_ca"], cert=pki["client_cert"], key=pki["client_key"])
+    )
+    store = tls_etcd.client(tls=tls)
+    try:
+        with pytest.raises(StoreUnavailable, match=complaint):
+            await store.get("/tls/k")
+    finally:
+        await store.close()
