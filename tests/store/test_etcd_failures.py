@@ -35,6 +35,17 @@ def client_using(cluster: LocalEtcdCluster, first: EtcdMember) -> EtcdStore:
     return EtcdStore.connect(urls, request_timeout=REQUEST_TIMEOUT_S)
 
 
+async def put_once_etcd_has_a_leader(store: EtcdStore, key: str, value: bytes) -> None:
+    """Put, retrying while the surviving members elect a new Raft leader (about 1-2 s)."""
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            await store.put(key, value)
+            return
+        except StoreUnavailable:
+            assert time.monotonic() < deadline, "no write succeeded within 15 s"
+
+
 @pytest.fixture
 def prefix() -> str:
     return f"/failures/{uuid.uuid4().hex[:12]}/"
@@ -86,13 +97,7 @@ async def test_requests_survive_losing_the_etcd_leader(etcd: LocalEtcdCluster, p
     try:
         await store.put(prefix + "k", b"before")
         leader.kill()
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                await store.put(prefix + "k", b"after")
-                break
-            except StoreUnavailable:
-                assert time.monotonic() < deadline, "no write succeeded within 15 s"
+        await put_once_etcd_has_a_leader(store, prefix + "k", b"after")
         kv = await store.get_one(prefix + "k")
         assert kv is not None
         assert kv.value == b"after"
@@ -150,13 +155,7 @@ async def test_watch_resumes_when_the_etcd_leader_is_killed(
             await writer.put(prefix + "0", b"")
             await _expect_puts(batches, [prefix + "0"], within_s=5)
             leader.kill()
-            deadline = time.monotonic() + 15
-            while True:
-                try:
-                    await writer.put(prefix + "1", b"")
-                    break
-                except StoreUnavailable:
-                    assert time.monotonic() < deadline
+            await put_once_etcd_has_a_leader(writer, prefix + "1", b"")
             await _expect_puts(batches, [prefix + "1"], within_s=10)
     finally:
         await asyncio.gather(watcher.close(), writer.close())
