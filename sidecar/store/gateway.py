@@ -179,6 +179,10 @@ class EtcdGateway:
         if self.endpoints[self._preferred] == endpoint:
             self._preferred = (self._preferred + 1) % len(self.endpoints)
 
+    def forget_token(self) -> None:
+        """Drop the auth token (etcd said it is invalid); the next request logs in again."""
+        self._token = None
+
     def states(self) -> tuple[EndpointState, ...]:
         return tuple(self._states[url] for url in self.endpoints)
 
@@ -313,7 +317,10 @@ class EtcdGateway:
         if response.status != 200:
             raw = await response.read()
             response.release()
-            self._decode(endpoint, response.status, raw)  # raises for any error answer
+            try:
+                self._decode(endpoint, response.status, raw)
+            except EtcdApiError as e:
+                raise translate(e.code, e.message) from None
             raise _EndpointFailed(f"HTTP {response.status}")
         self._record(endpoint, ok=True)
         return response

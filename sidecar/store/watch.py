@@ -111,4 +111,6 @@ class WatchStream:
         reason = str(result.get("cancel_reason") or "no reason given")
         if "permission denied" in reason:
             raise AuthFailed(f"etcd canceled the watch: {reason}")
+        if "invalid auth token" in reason:  # the member restarted, or the token timed out
+            self._gateway.forget_token()
         raise StreamEnded(f"canceled by etcd: {reason}")
