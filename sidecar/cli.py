@@ -11,6 +11,7 @@ Example::
     $ RINGSIDE_LEASE_TTL=30 ringside config --check
 """
 
+import asyncio
 import dataclasses
 import functools
 import json
@@ -24,12 +25,16 @@ import click
 from click.core import ParameterSource
 
 from sidecar import __version__
-from sidecar.config import LoadedConfig, load_config, render_with_sources
+from sidecar.config import LoadedConfig, RingsideConfig, load_config, render_with_sources
+from sidecar.connect import open_store
 from sidecar.errors import ConfigError
+from sidecar.health import EtcdHealth, check_etcd
 from sidecar.identity import HostFacts, IdentityError, SourceReport, resolve_identity
 from sidecar.inventory import load_inventory
+from sidecar.keys import Keys
 
 EXIT_CONFIG_ERROR: Final = 2
+EXIT_NO_QUORUM: Final = 1
 
 Result = TypeVar("Result")
 
@@ -178,6 +183,77 @@ def show_config(config_request: ConfigRequest, check: bool) -> None:
         click.echo("config ok")
         return
     click.echo(render_with_sources(loaded), nl=False)
+
+
+@ringside.command("etcd")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@config_options
+def etcd_check(config_request: ConfigRequest, as_json: bool) -> None:
+    """Check etcd from this node: each endpoint's status, the Raft leader, quorum.
+
+    Exits 0 when a quorum answers, 1 when it does not (etcd down or unreachable from here).
+    """
+    config = config_request.load().config
+    health = asyncio.run(_check_etcd(config))
+    if as_json:
+        click.echo(json.dumps(_health_document(health)))
+    else:
+        click.echo(_health_text(health))
+    if not health.quorum_ok:
+        raise SystemExit(EXIT_NO_QUORUM)
+
+
+async def _check_etcd(config: RingsideConfig) -> EtcdHealth:
+    store = open_store(config.etcd)
+    try:
+        return await check_etcd(store, config.etcd.endpoints, Keys(config.cluster).prefix)
+    finally:
+        await store.close()
+
+
+def _health_text(health: EtcdHealth) -> str:
+    lines = []
+    width = max(len(e.url) for e in health.endpoints)
+    for e in health.endpoints:
+        if e.status is None:
+            lines.append(f"  {e.url:<{width}}  down  {e.error}")
+            continue
+        name = health.member_name(e.status.header.member_id)
+        role = "leader" if e.status.leader == e.status.header.member_id else "follower"
+        lines.append(
+            f"  {e.url:<{width}}  up    etcd {e.status.version}  {name} ({role})  "
+            f"raft term {e.status.raft_term}  {e.latency_s * 1000:.1f} ms"
+        )
+    if health.quorum_ok:
+        leader = health.member_name(health.leader_id) if health.leader_id else "unknown"
+        lines.append(
+            f"quorum: ok (read at revision {health.revision}), raft leader {leader}, "
+            f"{len(health.members)} members: {', '.join(m.name for m in health.members)}"
+        )
+    else:
+        lines.append(f"quorum: NOT ok: {health.error}")
+    return "\n".join(lines)
+
+
+def _health_document(health: EtcdHealth) -> dict[str, Any]:
+    return {
+        "quorum_ok": health.quorum_ok,
+        "revision": health.revision,
+        "error": health.error,
+        "raft_leader": health.member_name(health.leader_id) if health.leader_id else None,
+        "members": [m.name for m in health.members],
+        "endpoints": [
+            {
+                "url": e.url,
+                "up": e.up,
+                "error": e.error,
+                "member": health.member_name(e.status.header.member_id) if e.status else None,
+                "version": e.status.version if e.status else None,
+                "latency_ms": round(e.latency_s * 1000, 1),
+            }
+            for e in health.endpoints
+        ],
+    }
 
 
 def main() -> None:

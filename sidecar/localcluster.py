@@ -169,8 +169,8 @@ class ServerTls:
 class LocalEtcdCluster:
     """`size` etcd members on 127.0.0.1, started together, each with its own data dir.
 
-    >>> with LocalEtcdCluster(Path("/tmp/x")) as cluster:   # doctest: +SKIP
-    ...     store = cluster.client()
+    Use as `with LocalEtcdCluster(tmp_dir) as cluster: store = cluster.client()`; leaving
+    the block kills every member and removes the data.
     """
 
     def __init__(

@@ -1,0 +1,26 @@
+"""Turn the `etcd:` settings into a store: the one place config meets the etcd client.
+
+Kept apart from `sidecar.store` so the store stays free of ringside's configuration, and
+from the commands so `ringside run`, `ringside status` and `ringside etcd` all connect the
+same way (same endpoints order, deadline, TLS and credentials).
+"""
+
+from __future__ import annotations
+
+from sidecar.settings import EtcdSettings
+from sidecar.store.etcd import EtcdStore
+from sidecar.store.gateway import TlsFiles
+
+
+def open_store(settings: EtcdSettings) -> EtcdStore:
+    """An etcd store for `settings`. Nothing is dialled until the first request."""
+    tls = None
+    if settings.tls is not None:
+        tls = TlsFiles(ca=settings.tls.ca, cert=settings.tls.cert, key=settings.tls.key)
+    return EtcdStore.connect(
+        settings.endpoints,
+        request_timeout=settings.request_timeout,
+        tls=tls,
+        username=settings.username,
+        password=settings.effective_password,
+    )

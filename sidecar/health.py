@@ -1,0 +1,82 @@
+"""Is etcd there for this node: which endpoints answer, who leads Raft, is there a quorum.
+
+"quorum ok" used to be printed as true whatever the number of live voters. Here it means one
+thing: a linearizable read went through, which etcd only serves with a majority of voters
+behind it. Each endpoint is asked for its own status as well, so an operator sees which
+addresses this node can reach (a voter's public address may work where its tailnet one does
+not, or the other way round).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sidecar.store.base import Store
+from sidecar.store.errors import StoreError
+from sidecar.store.model import EndpointStatus, StoreMember
+
+
+@dataclass(frozen=True)
+class EndpointReport:
+    """One configured endpoint: its status when it answered, else why not."""
+
+    url: str
+    status: EndpointStatus | None
+    error: str | None
+    latency_s: float
+
+    @property
+    def up(self) -> bool:
+        return self.status is not None
+
+
+@dataclass(frozen=True)
+class EtcdHealth:
+    """One look at etcd from this node. `quorum_ok` is a linearizable read that succeeded."""
+
+    endpoints: tuple[EndpointReport, ...]
+    quorum_ok: bool
+    revision: int | None
+    members: tuple[StoreMember, ...]
+    error: str | None
+
+    @property
+    def leader_id(self) -> int:
+        """The Raft leader most answering endpoints follow; 0 without quorum, where what a
+        lone member still believes about the leader is stale."""
+        if not self.quorum_ok:
+            return 0
+        leaders = [e.status.leader for e in self.endpoints if e.status and e.status.leader]
+        return max(set(leaders), key=leaders.count) if leaders else 0
+
+    def member_name(self, member_id: int) -> str:
+        return next((m.name for m in self.members if m.id == member_id), f"{member_id:x}")
+
+
+async def _report(store: Store, url: str) -> EndpointReport:
+    started = time.monotonic()
+    try:
+        status = await store.endpoint_status(url)
+    except StoreError as e:
+        error = str(e).removeprefix(f"{url}: ")
+        return EndpointReport(url, None, error, time.monotonic() - started)
+    return EndpointReport(url, status, None, time.monotonic() - started)
+
+
+async def check_etcd(store: Store, endpoints: Sequence[str], probe_key: str) -> EtcdHealth:
+    """Ask every endpoint for its status (in parallel) and read `probe_key` linearizably."""
+    reports = tuple(await asyncio.gather(*(_report(store, url) for url in endpoints)))
+    try:
+        members: tuple[StoreMember, ...] = tuple(
+            sorted(await store.members(), key=lambda m: m.name)
+        )
+    except StoreError:
+        members = ()  # names fall back to member ids
+    try:
+        read = await store.get(probe_key, prefix=True)
+    except StoreError as e:
+        return EtcdHealth(reports, False, None, members, str(e))
+    return EtcdHealth(reports, True, read.revision, members, None)

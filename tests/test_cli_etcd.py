@@ -1,0 +1,58 @@
+"""`ringside etcd`: what an operator runs on a node to see whether etcd is there for it."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from click.testing import CliRunner
+
+from sidecar.cli import ringside
+from sidecar.localcluster import LocalEtcdCluster
+
+UNREACHABLE = "http://127.0.0.1:9"  # discard port: nothing listens there
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(ringside, ["etcd", *args], env={"RINGSIDE_CONFIG": ""})
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_healthy_cluster_shows_every_endpoint_and_quorum(etcd_cluster: LocalEtcdCluster) -> None:
+    endpoints = ",".join([*etcd_cluster.client_urls, UNREACHABLE])
+    code, out, _ = run("--etcd-endpoints", endpoints)
+    assert code == 0, out
+    lines = out.splitlines()
+    for url in etcd_cluster.client_urls:
+        assert any(url in line and " up " in line for line in lines), out
+    assert any(UNREACHABLE in line and " down " in line for line in lines), out
+    assert "quorum: ok" in out
+    assert "3 members: m0, m1, m2" in out
+
+
+def test_json_names_the_raft_leader(etcd_cluster: LocalEtcdCluster) -> None:
+    code, out, _ = run("--json", "--etcd-endpoints", ",".join(etcd_cluster.client_urls))
+    assert code == 0
+    document = json.loads(out)
+    assert document["quorum_ok"] is True
+    assert document["raft_leader"] == etcd_cluster.leader().name
+    assert [e["up"] for e in document["endpoints"]] == [True, True, True]
+
+
+def test_lost_quorum_exits_1_and_says_so(etcd: LocalEtcdCluster) -> None:
+    etcd.members[0].kill()
+    etcd.members[1].kill()
+    started = time.monotonic()
+    code, out, _ = run("--etcd-endpoints", ",".join(etcd.client_urls))
+    assert code == 1
+    assert "quorum: NOT ok" in out
+    assert "raft leader" not in out
+    # One status probe per endpoint in parallel, then one read across three endpoints.
+    assert time.monotonic() - started < 1.5 + 3 * 1.5 + 1.5
+
+
+def test_a_bad_endpoint_url_is_a_config_error() -> None:
+    code, _, err = run("--etcd-endpoints", "127.0.0.1:2379")
+    assert code == 2
+    assert err.startswith("ringside: error: etcd.endpoints")
+    assert len(err.strip().splitlines()) == 1
