@@ -53,7 +53,10 @@ class EtcdStore(Store):
     def __init__(self, gateway: EtcdGateway, *, watch_probe_interval: float = 2.0) -> None:
         self.gateway = gateway
         self.watch_probe_interval = watch_probe_interval
-        self.watch_reconnects = 0
+        self.watch_reconnects = 0  # for metrics: how often a watch had to resume elsewhere
+
+    def _count_reconnect(self) -> None:
+        self.watch_reconnects += 1
 
     @classmethod
     def connect(
@@ -171,14 +174,19 @@ class EtcdStore(Store):
                 "/v3/kv/range", {**key_range(key, prefix), "count_only": True}
             )
             start_revision = parse_header(now).revision + 1
-        stream = WatchStream(self.gateway, key_range(key, prefix), start_revision, prev_kv)
-        stream.probe_interval = self.watch_probe_interval
+        stream = WatchStream(
+            self.gateway,
+            key_range(key, prefix),
+            start_revision,
+            prev_kv,
+            probe_interval=self.watch_probe_interval,
+            on_reconnect=self._count_reconnect,
+        )
         batches = stream.batches()
         try:
             yield batches
         finally:
             await batches.aclose()
-            self.watch_reconnects += stream.reconnects
 
     async def members(self) -> tuple[StoreMember, ...]:
         answer = await self.gateway.call("/v3/cluster/member/list", {})

@@ -6,7 +6,7 @@ connection open and simply sends nothing). So:
 
 - every delivered revision advances `next_revision`; a new stream starts there, on the next
   endpoint, and etcd replays whatever happened in between: nothing missed, nothing repeated;
-- after `watch_probe_interval` seconds of silence the endpoint is asked for its status; if
+- after `probe_interval` seconds of silence the endpoint is asked for its status; if
   it does not answer in time, or it has no Raft leader, the stream is dropped and resumed
   elsewhere;
 - a cancel with `compact_revision` raises `Compacted`: the history we needed is gone;
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 
 from sidecar.store.codec import JsonObject, as_int, parse_events, parse_header
 from sidecar.store.errors import AuthFailed, Compacted, StoreError
@@ -30,16 +30,22 @@ log = logging.getLogger(__name__)
 class WatchStream:
     """The state of one logical watch across however many HTTP streams it takes."""
 
-    probe_interval = 2.0
-
     def __init__(
-        self, gateway: EtcdGateway, key_range: JsonObject, start_revision: int, prev_kv: bool
+        self,
+        gateway: EtcdGateway,
+        key_range: JsonObject,
+        start_revision: int,
+        prev_kv: bool,
+        *,
+        probe_interval: float = 2.0,
+        on_reconnect: Callable[[], None] = lambda: None,
     ) -> None:
         self._gateway = gateway
+        self.probe_interval = probe_interval
+        self._on_reconnect = on_reconnect
         self._key_range = key_range
         self._prev_kv = prev_kv
-        self.next_revision = start_revision  # 0 until the first stream tells us "now"
-        self.reconnects = 0
+        self.next_revision = start_revision
 
     def _request(self) -> JsonObject:
         create: JsonObject = dict(self._key_range)
@@ -71,7 +77,7 @@ class WatchStream:
                         self.next_revision,
                     )
                     self._gateway.mark_failed(endpoint, f"watch: {e}")
-                    self.reconnects += 1
+                    self._on_reconnect()
             # A stream that breaks before delivering anything, again and again, must not spin.
             quiet_failures = 0 if delivered else quiet_failures + 1
             if quiet_failures:
