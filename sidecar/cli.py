@@ -27,11 +27,13 @@ from click.core import ParameterSource
 from sidecar import __version__
 from sidecar.config import LoadedConfig, RingsideConfig, load_config, render_with_sources
 from sidecar.connect import open_store
+from sidecar.daemon import run_sidecar
 from sidecar.errors import ConfigError
 from sidecar.health import EtcdHealth, check_etcd
 from sidecar.identity import HostFacts, IdentityError, SourceReport, resolve_identity
 from sidecar.inventory import load_inventory
 from sidecar.keys import Keys
+from sidecar.logs import setup_logging
 
 EXIT_CONFIG_ERROR: Final = 2
 EXIT_NO_QUORUM: Final = 1
@@ -61,6 +63,11 @@ _CONFIG_OPTIONS: Final = (
         help="The orchestrator's distributed_hosts.yaml.",
     ),
     click.option(
+        "--lock-file",
+        type=click.Path(path_type=Path),
+        help="Single-instance lock file (default /run/ringside/<cluster>.lock).",
+    ),
+    click.option(
         "--allow-unknown-node",
         is_flag=True,
         help="Accept a node id that is not a host in the inventory.",
@@ -76,6 +83,7 @@ _FLAG_PARAMS: Final = frozenset(
         "leader_eligible",
         "inventory",
         "allow_unknown_node",
+        "lock_file",
     }
 )
 
@@ -254,6 +262,26 @@ def _health_document(health: EtcdHealth) -> dict[str, Any]:
             for e in health.endpoints
         ],
     }
+
+
+@ringside.command()
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="One line of text, or one JSON object, per event.",
+)
+@click.option("--log-level", default="INFO", show_default=True, help="DEBUG, INFO, WARNING...")
+@config_options
+def run(config_request: ConfigRequest, log_format: str, log_level: str) -> None:
+    """Run the sidecar: membership lease, election, and the local API, until SIGTERM.
+
+    Exits 0 after a clean stop, 1 when it must not run (node id held by another live node,
+    another sidecar on this node, API address taken), 2 for bad configuration.
+    """
+    setup_logging("json" if log_format == "json" else "text", log_level)
+    raise SystemExit(run_sidecar(config_request.load()))
 
 
 def main() -> None:

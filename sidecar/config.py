@@ -61,6 +61,8 @@ ENV_FIELDS: Final[Mapping[str, str]] = {
     "RINGSIDE_HTTP_TOKEN": "http.token",
     "RINGSIDE_LEADER_ELIGIBLE": "leader.eligible",
     "RINGSIDE_INVENTORY": "inventory",
+    "RINGSIDE_ADVERTISE_ADDRESSES": "advertise_addresses",
+    "RINGSIDE_LOCK_FILE": "lock_file",
 }
 """Environment variable -> dotted field. Operators rely on these names: never rename one."""
 
@@ -74,10 +76,11 @@ FLAG_FIELDS: Final[Mapping[str, str]] = {
     "--not-leader-eligible": "leader.eligible",
     "--inventory": "inventory",
     "--allow-unknown-node": "identity.allow_unknown_node",
+    "--lock-file": "lock_file",
 }
 """Command-line option -> dotted field; `load_config` takes flags keyed by option name."""
 
-_LIST_FIELDS: Final = frozenset({"etcd.endpoints"})
+_LIST_FIELDS: Final = frozenset({"etcd.endpoints", "advertise_addresses"})
 _BOOL_FIELDS: Final = frozenset({"leader.eligible"})
 _SECRET_LEAVES: Final = frozenset({"etcd.password", "http.token"})
 _BOOL_WORDS: Final = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}

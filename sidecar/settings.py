@@ -223,6 +223,8 @@ class RingsideConfig(_Settings):
     labels: dict[str, str] = Field(default_factory=dict)
     inventory: Path | None = None
     identity: IdentitySettings = Field(default_factory=IdentitySettings)
+    advertise_addresses: tuple[str, ...] = ()
+    lock_file: Path | None = None
 
     @model_validator(mode="after")
     def _deadlines_fit_in_lease(self) -> Self:

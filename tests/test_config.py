@@ -158,6 +158,8 @@ def test_env_names_are_the_documented_ones() -> None:
         "RINGSIDE_ETCD_PASSWORD_FILE",
         "RINGSIDE_INVENTORY",
         "RINGSIDE_HTTP_TOKEN",
+        "RINGSIDE_ADVERTISE_ADDRESSES",
+        "RINGSIDE_LOCK_FILE",
     }
 
 
@@ -174,6 +176,8 @@ def test_every_env_variable_sets_its_field(tmp_path: Path) -> None:
         "RINGSIDE_ETCD_PASSWORD_FILE": str(secret),
         "RINGSIDE_INVENTORY": "/etc/ringrift/distributed_hosts.yaml",
         "RINGSIDE_HTTP_TOKEN": "t0ken",
+        "RINGSIDE_ADVERTISE_ADDRESSES": "203.0.113.21, 100.64.0.21",
+        "RINGSIDE_LOCK_FILE": "/run/ringside/blue.lock",
     }
     loaded = load_config(None, env, {})
     config = loaded.config
@@ -188,6 +192,8 @@ def test_every_env_variable_sets_its_field(tmp_path: Path) -> None:
     assert config.etcd.effective_password == "s3cret"
     assert config.inventory == Path("/etc/ringrift/distributed_hosts.yaml")
     assert config.http.token == "t0ken"
+    assert config.advertise_addresses == ("203.0.113.21", "100.64.0.21")
+    assert config.lock_file == Path("/run/ringside/blue.lock")
     for name, field in ENV_FIELDS.items():
         assert loaded.sources[field] == f"env {name}"
 

@@ -132,9 +132,14 @@ class EtcdGateway:
             if deadline.expired:
                 break
             try:
-                return await self._post(endpoint, path, body, deadline)
+                answer = await self._post(endpoint, path, body, deadline)
             except _EndpointFailed as e:
                 failures.append(f"{endpoint}: {e}")
+                continue
+            # Only requests that may fail over move the preference; a health probe that
+            # reached a member without quorum must not make it our first choice.
+            self._preferred = self.endpoints.index(endpoint)
+            return answer
         raise StoreUnavailable("no etcd endpoint answered: " + "; ".join(failures or ["timed out"]))
 
     async def call_endpoint(self, endpoint: str, path: str, body: JsonObject) -> JsonObject:
@@ -273,8 +278,6 @@ class EtcdGateway:
             raise _EndpointFailed(_describe(e)) from None
         answer = self._decode(endpoint, status, raw)
         self._record(endpoint, ok=True, latency=time.monotonic() - started)
-        if endpoint in self.endpoints:
-            self._preferred = self.endpoints.index(endpoint)
         return answer
 
     def _decode(self, endpoint: str, status: int, raw: bytes) -> JsonObject:

@@ -1,0 +1,106 @@
+"""Leader election on etcd: one candidate key per session, the oldest leads.
+
+campaign = txn `create_revision == 0` then put `election/<lease id hex>` on the session lease.
+The candidate with the lowest `create_revision` leads and that revision is its **epoch**, the
+fencing token: etcd revisions only grow, so every new leader's epoch is higher than the last,
+and no epoch is ever handed out twice. Later candidates simply wait: when the leader's key is
+deleted (resign, lease expiry) the next-oldest key is the lowest, and everyone's watch shows it
+at the same revision. An incumbent stays leader while its lease lives; a newer candidate can
+never be "better" (no flapping).
+
+`leadership()` decides at read time whether *we* lead (safety rules 2 and 3): our key must be
+the lowest in a synced view, carry our lease and our epoch, and our lease must still be valid
+by our own clock, a margin before etcd could expire it. A process frozen past that deadline
+answers "not leader" on its first look after it wakes, whatever its view still says.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from sidecar.keys import Keys
+from sidecar.session import Session
+from sidecar.store.base import Store
+from sidecar.store.errors import ProtocolError
+from sidecar.store.model import Compare, Delete, Get, Put, RangeResult
+from sidecar.view import ClusterView
+
+
+@dataclass(frozen=True)
+class Campaign:
+    """Our candidacy: the key we created, on which lease, at which revision (our epoch)."""
+
+    key: str
+    lease: int
+    epoch: int
+
+
+async def campaign(store: Store, keys: Keys, session: Session, node_id: str) -> Campaign:
+    """Put our candidate key (once per session) and return it with its create_revision."""
+    key = keys.candidate(session.lease_id)
+    result = await store.txn(
+        [Compare.absent(key)], [Put(key, node_id.encode(), session.lease_id)], [Get(key)]
+    )
+    if result.succeeded:
+        return Campaign(key, session.lease_id, result.header.revision)
+    found = result.responses[0]
+    assert isinstance(found, RangeResult)
+    if not found.kvs or found.kvs[0].lease != session.lease_id:
+        raise ProtocolError(f"election key {key} exists but not on our lease")
+    return Campaign(key, session.lease_id, found.kvs[0].create_revision)
+
+
+async def resign(store: Store, ours: Campaign) -> bool:
+    """Delete our candidate key if it is still the one we made; the next candidate leads at
+    once. Returns whether it was deleted (release = txn on our lease and epoch, then delete)."""
+    result = await store.txn(
+        [Compare.lease_is(ours.key, ours.lease), Compare.created_at(ours.key, ours.epoch)],
+        [Delete(ours.key)],
+    )
+    return result.succeeded
+
+
+@dataclass(frozen=True)
+class Leadership:
+    """Who leads, as seen from this node at one instant."""
+
+    is_leader: bool
+    leader: str | None
+    epoch: int | None
+    valid_for_s: float | None  # while is_leader: seconds until we stop claiming
+    reason: str  # why we do or do not lead, for logs and status
+
+
+def leadership(
+    view: ClusterView,
+    ours: Campaign | None,
+    session: Session | None,
+    *,
+    margin_s: float,
+    blocked: str | None = None,
+    now: float | None = None,
+) -> Leadership:
+    """Decide now whether we lead. `blocked` is a reason that forbids leading whatever etcd
+    says (no quorum, a foreign cluster id, history going backwards)."""
+    now = time.monotonic() if now is None else now
+    head = view.leader if view.synced else None
+    leader, epoch = (head.node_id, head.create_revision) if head else (None, None)
+
+    def no(reason: str) -> Leadership:
+        return Leadership(False, leader, epoch, None, reason)
+
+    if ours is None or session is None:
+        return no("not a candidate")
+    if not view.synced:
+        return no("cluster view not in sync with etcd")
+    if head is None or head.key != ours.key:
+        return no("another candidate is older" if head else "no candidate in view yet")
+    if head.lease != ours.lease or head.create_revision != ours.epoch:
+        return no("our election key was replaced")
+    valid_for = session.remaining(now) - margin_s
+    if valid_for <= 0:
+        return no("lease validity ran out (keepalives failing or process was frozen)")
+    if blocked:
+        return no(blocked)
+    return Leadership(True, leader, epoch, valid_for, "our key is the oldest candidate")

@@ -1,0 +1,80 @@
+"""What changed between two cluster snapshots, as events people and programs can follow.
+
+The sidecar logs one line per event and keeps the recent ones in memory, each stamped with the
+etcd revision it happened at, so a reader can ask for "everything since revision R".
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+from sidecar.view import ClusterView
+
+EventKind = Literal[
+    "member_joined", "member_left", "leader_changed", "quorum_lost", "quorum_regained"
+]
+
+
+@dataclass(frozen=True)
+class ClusterEvent:
+    kind: EventKind
+    revision: int
+    detail: dict[str, object]
+    at: float = field(default_factory=time.time)  # wall clock, for people
+
+    def sentence(self) -> str:
+        """The event as one log line."""
+        d = self.detail
+        if self.kind == "member_joined":
+            return f"member {d['node_id']} joined"
+        if self.kind == "member_left":
+            return f"member {d['node_id']} left"
+        if self.kind == "leader_changed":
+            return f"leader is now {d['leader'] or 'nobody'} (epoch {d['epoch']})"
+        if self.kind == "quorum_lost":
+            return f"etcd quorum lost: {d.get('reason') or 'too few healthy voters'}"
+        return "etcd quorum regained"
+
+
+def diff_views(old: ClusterView, new: ClusterView) -> list[ClusterEvent]:
+    """Membership and leader changes from `old` to `new`.
+
+    An unsynced view keeps its last contents, so a reload that finds nothing new yields no
+    events; the very first load reports every member as joined and the current leader.
+    """
+    if not new.synced:
+        return []
+    events = [
+        ClusterEvent("member_joined", new.revision, {"node_id": node_id})
+        for node_id in sorted(new.members.keys() - old.members.keys())
+    ]
+    events += [
+        ClusterEvent("member_left", new.revision, {"node_id": node_id})
+        for node_id in sorted(old.members.keys() - new.members.keys())
+    ]
+    if (old.leader, old.epoch) != (new.leader, new.epoch):
+        leader = new.leader.node_id if new.leader else None
+        events.append(
+            ClusterEvent("leader_changed", new.revision, {"leader": leader, "epoch": new.epoch})
+        )
+    return events
+
+
+class EventLog:
+    """The most recent events, oldest first."""
+
+    def __init__(self, size: int = 1000) -> None:
+        self._events: deque[ClusterEvent] = deque(maxlen=size)
+
+    def add(self, event: ClusterEvent) -> None:
+        self._events.append(event)
+
+    def since(self, revision: int) -> Iterator[ClusterEvent]:
+        return (e for e in self._events if e.revision > revision)
+
+    def __iter__(self) -> Iterator[ClusterEvent]:
+        return iter(self._events)

@@ -1,0 +1,148 @@
+"""One sidecar per node, enforced by an OS file lock.
+
+Two sidecars on one node would register the same node id twice and campaign twice. The old
+supervisor guarded against that with a lock *file*, and a crash left the file behind and kept the
+orchestrator from starting. Here the guard is `fcntl.flock` on the file: the kernel drops the lock
+the moment the holding process dies, however it dies, so there is never a stale lock to clean up.
+The pid written into the file is for people reading it; the lock decides, never the file.
+
+The file is never deleted, not even on release: deleting it would let a third process create a
+new file under the same name and lock that while a second one still holds the old one.
+
+Example::
+
+    with InstanceLock(default_lock_path("ringrift")):
+        run_sidecar()
+    # a second copy meanwhile fails with:
+    # AlreadyRunning: another ringside is running on this node (pid 1234,
+    #                 lock /run/ringside/ringrift.lock)
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Final
+
+from sidecar.errors import ConfigError, RingsideError
+
+RUN_DIR: Final = Path("/run/ringside")
+_HOLDER_INFO_MAX_BYTES: Final = 4096
+
+
+class AlreadyRunning(RingsideError):
+    """Another live process holds this node's instance lock."""
+
+    def __init__(self, path: Path, holder_pid: int | None) -> None:
+        pid = "pid unknown" if holder_pid is None else f"pid {holder_pid}"
+        super().__init__(f"another ringside is running on this node ({pid}, lock {path})")
+        self.path = path
+        self.holder_pid = holder_pid
+
+
+class InstanceLock:
+    """An exclusive, non-blocking `flock` on `path`, held until `release` or process exit."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self) -> None:
+        """Take the lock or raise `AlreadyRunning`; an unusable path raises `ConfigError`.
+
+        Taking a lock this object already holds does nothing.
+        """
+        if self._fd is not None:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # O_CLOEXEC: a daemon started by a hook must not inherit, and so keep, our lock.
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise ConfigError(
+                f"cannot use instance lock {self.path}: {e.strerror or e}"
+                " (set another lock path or fix the directory's permissions)"
+            ) from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder_pid = _read_holder_pid(fd)
+            os.close(fd)
+            raise AlreadyRunning(self.path, holder_pid) from None
+        except OSError as e:
+            os.close(fd)
+            raise ConfigError(f"cannot lock instance lock {self.path}: {e.strerror or e}") from e
+        self._fd = fd
+        _write_holder_info(fd)
+
+    def release(self) -> None:
+        """Give the lock up; the file stays (see the module docstring for why)."""
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        try:
+            # Blank the pid while still holding the lock, so nobody reads a stopped process in it.
+            os.ftruncate(fd, 0)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)  # closing the last descriptor drops the flock
+
+    def __enter__(self) -> InstanceLock:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.release()
+
+
+def default_lock_path(cluster: str) -> Path:
+    """Where this node's lock for `cluster` lives when the config does not say.
+
+    ``/run/ringside`` when running as root or when it is writable; else the user's runtime
+    directory (``$XDG_RUNTIME_DIR``); else a per-user directory under the temp directory.
+    """
+    if not cluster or "/" in cluster or cluster in {".", ".."}:
+        raise ConfigError(f"cluster name {cluster!r} cannot name a lock file")
+    name = f"{cluster}.lock"
+    if os.geteuid() == 0 or os.access(RUN_DIR, os.W_OK):
+        return RUN_DIR / name
+    runtime_dir = os.environ.get("XDG_RUNTIME_DIR", "")
+    if runtime_dir:
+        return Path(runtime_dir) / "ringside" / name
+    return Path(tempfile.gettempdir()) / f"ringside-{os.getuid()}" / name
+
+
+def _write_holder_info(fd: int) -> None:
+    started = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    info = f"pid={os.getpid()}\nstarted={started}\n".encode()
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, info, 0)
+    except OSError:
+        pass  # informational only: the lock is held whether or not the note was written
+
+
+def _read_holder_pid(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, _HOLDER_INFO_MAX_BYTES, 0).decode(errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "pid" and value.strip().isdigit():
+            return int(value.strip())
+    return None

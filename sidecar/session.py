@@ -1,0 +1,99 @@
+"""The sidecar's etcd lease, kept alive, and the clock that says how long we may act on it.
+
+One lease per session. Everything this node owns in etcd (its member key, its election key)
+hangs on it, so when etcd expires the lease all of it disappears at once: that is how a crashed
+node leaves the cluster without anyone deleting anything.
+
+The validity clock follows the design's timing model: after each successful keepalive the lease
+is good until `t_send + granted TTL` on our monotonic clock, where `t_send` is when we *sent*
+the keepalive (etcd reset the lease no earlier than that). etcd cannot expire the lease before
+that instant, so a leader that stops claiming a margin before it never overlaps its successor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from sidecar.store.base import Store
+from sidecar.store.errors import LeaseNotFound, StoreError
+from sidecar.store.model import Lease
+
+log = logging.getLogger(__name__)
+
+
+class Session:
+    """A granted lease and its keepalive loop.
+
+    `lost` is set once etcd says the lease is gone; a lost session is never revived (safety
+    rule 5): the owner opens a new one and registers again.
+    """
+
+    def __init__(self, store: Store, lease: Lease, valid_until: float) -> None:
+        self.store = store
+        self.lease = lease
+        self.valid_until = valid_until
+        self.lost = asyncio.Event()
+        self.on_keepalive: Callable[[float], None] = lambda latency_s: None
+
+    @classmethod
+    async def open(cls, store: Store, ttl_s: int) -> Session:
+        """Grant a lease. Its TTL is what etcd granted (rule 4), which may exceed `ttl_s`."""
+        sent = time.monotonic()
+        lease = await store.lease_grant(ttl_s)
+        return cls(store, lease, sent + lease.ttl)
+
+    @property
+    def lease_id(self) -> int:
+        return self.lease.id
+
+    def remaining(self, now: float | None = None) -> float:
+        """Seconds until etcd could expire the lease, by our clock (negative once past)."""
+        return self.valid_until - (time.monotonic() if now is None else now)
+
+    async def keepalive(self) -> None:
+        """Renew once. Raises `LeaseNotFound` (and marks the session lost) or `StoreError`."""
+        sent = time.monotonic()
+        try:
+            ttl = await self.store.lease_keepalive(self.lease.id)
+        except LeaseNotFound:
+            self.lost.set()
+            raise
+        self.valid_until = max(self.valid_until, sent + ttl)
+        self.on_keepalive(time.monotonic() - sent)
+
+    async def run_keepalives(self) -> None:
+        """Renew every TTL/3 until the lease is lost; failures retry sooner, never give up.
+
+        A keepalive that fails (no endpoint answered) is retried after TTL/6: one lost
+        keepalive must never cost the lease, and the validity clock keeps counting down
+        meanwhile, so a leader that cannot renew stops claiming in time anyway.
+        """
+        period = self.lease.ttl / 3
+        while not self.lost.is_set():
+            delay = max(0.0, period - (time.monotonic() - (self.valid_until - self.lease.ttl)))
+            await asyncio.sleep(delay)
+            try:
+                await self.keepalive()
+            except LeaseNotFound:
+                log.warning(
+                    "lease %x is gone (expired or revoked)",
+                    self.lease.id,
+                    extra={"event": "lease_lost", "lease": f"{self.lease.id:x}"},
+                )
+                return
+            except StoreError as e:
+                log.warning("keepalive of lease %x failed: %s", self.lease.id, e)
+                await asyncio.sleep(self.lease.ttl / 6)
+
+    async def revoke(self) -> None:
+        """End the lease now (best effort): our keys vanish at once instead of after the TTL."""
+        self.lost.set()
+        try:
+            await self.store.lease_revoke(self.lease.id)
+        except LeaseNotFound:
+            pass
+        except StoreError as e:
+            log.warning("could not revoke lease %x: %s", self.lease.id, e)

@@ -1,0 +1,176 @@
+"""The cluster as etcd last told us: one immutable snapshot, replaced whole on every change.
+
+Read the `/ringside/<cluster>/` prefix once, then watch from the next revision. Each batch of
+events makes a new `ClusterView`; readers (the election, the HTTP API, the CLI, metrics) take
+`keeper.current` and never see a half-applied change. A compacted revision or a watch that
+cannot be served reloads the whole prefix, so a deletion is never missed (safety rule 9):
+the reload shows the key as absent even when its DELETE event was compacted away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+
+from sidecar.keys import Keys
+from sidecar.membership import MemberRecord, parse_record
+from sidecar.store.base import Store
+from sidecar.store.errors import Compacted, StoreError
+from sidecar.store.model import EventType, Header, KeyValue
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Member:
+    """A live member: its key exists, so its lease is alive."""
+
+    node_id: str
+    record: MemberRecord | None  # None when the value is not a record ringside can read
+    lease: int
+    create_revision: int
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An election key. The lowest `create_revision` leads, and that revision is the epoch."""
+
+    key: str
+    node_id: str
+    lease: int
+    create_revision: int
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """Members and candidates at `revision`. `synced` is false until loaded, and while a
+    reload is pending after a broken watch (the view may then be stale)."""
+
+    revision: int = 0
+    members: Mapping[str, Member] = field(default_factory=lambda: MappingProxyType({}))
+    candidates: tuple[Candidate, ...] = ()
+    synced: bool = False
+    changed_at: float = 0.0  # wall-clock time of the last change, for people
+    header: Header | None = None
+
+    @property
+    def leader(self) -> Candidate | None:
+        return self.candidates[0] if self.candidates else None
+
+    @property
+    def epoch(self) -> int | None:
+        """The fencing token: the leader key's create_revision."""
+        return self.candidates[0].create_revision if self.candidates else None
+
+    @property
+    def alive(self) -> int:
+        return len(self.members)
+
+
+def build_view(keys: Keys, kvs: tuple[KeyValue, ...], header: Header) -> ClusterView:
+    members: dict[str, Member] = {}
+    candidates: list[Candidate] = []
+    for kv in kvs:
+        _apply_put(keys, kv, members, candidates)
+    return ClusterView(
+        revision=header.revision,
+        members=MappingProxyType(dict(sorted(members.items()))),
+        candidates=tuple(sorted(candidates, key=lambda c: c.create_revision)),
+        synced=True,
+        changed_at=time.time(),
+        header=header,
+    )
+
+
+def _apply_put(
+    keys: Keys, kv: KeyValue, members: dict[str, Member], candidates: list[Candidate]
+) -> None:
+    if kv.key.startswith(keys.members):
+        node_id = kv.key.removeprefix(keys.members)
+        members[node_id] = Member(node_id, parse_record(kv), kv.lease, kv.create_revision)
+    elif kv.key.startswith(keys.election):
+        candidates[:] = [c for c in candidates if c.key != kv.key]
+        node_id = kv.value.decode(errors="replace")
+        candidates.append(Candidate(kv.key, node_id, kv.lease, kv.create_revision))
+
+
+def apply_batch(
+    keys: Keys, view: ClusterView, events: tuple[tuple[EventType, KeyValue], ...], header: Header
+) -> ClusterView:
+    """The view after one batch of events (pure: the old view is not touched)."""
+    members = dict(view.members)
+    candidates = list(view.candidates)
+    for kind, kv in events:
+        if kind is EventType.PUT:
+            _apply_put(keys, kv, members, candidates)
+        elif kv.key.startswith(keys.members):
+            members.pop(kv.key.removeprefix(keys.members), None)
+        else:
+            candidates = [c for c in candidates if c.key != kv.key]
+    return replace(
+        view,
+        revision=header.revision,
+        members=MappingProxyType(dict(sorted(members.items()))),
+        candidates=tuple(sorted(candidates, key=lambda c: c.create_revision)),
+        changed_at=time.time(),
+        header=header,
+    )
+
+
+class ViewKeeper:
+    """Keeps `current` up to date from etcd; calls `on_change(old, new)` for every new view
+    and `on_header(header)` for every etcd header seen (the history guard listens there)."""
+
+    def __init__(
+        self,
+        store: Store,
+        keys: Keys,
+        *,
+        on_change: Callable[[ClusterView, ClusterView], None] = lambda old, new: None,
+        on_header: Callable[[Header], None] = lambda header: None,
+        retry_s: float = 0.5,
+    ) -> None:
+        self.store = store
+        self.keys = keys
+        self.current = ClusterView()
+        self.reloads = 0
+        self._on_change = on_change
+        self._on_header = on_header
+        self._retry_s = retry_s
+        self.changed = asyncio.Event()
+
+    def _publish(self, view: ClusterView) -> None:
+        old, self.current = self.current, view
+        self._on_change(old, view)
+        self.changed.set()
+
+    async def run(self) -> None:
+        """Load, watch, and on any break reload; runs until cancelled."""
+        while True:
+            try:
+                await self._load_and_watch()
+            except Compacted as e:
+                log.warning("view: history compacted (%s); reloading", e)
+            except StoreError as e:
+                log.warning("view: watch broken (%s); reloading", e)
+            except Exception:
+                log.exception("view: unexpected error; reloading")
+            self.reloads += 1
+            if self.current.synced:
+                self._publish(replace(self.current, synced=False))
+            await asyncio.sleep(self._retry_s)
+
+    async def _load_and_watch(self) -> None:
+        loaded = await self.store.get(self.keys.prefix, prefix=True)
+        self._on_header(loaded.header)
+        self._publish(build_view(self.keys, loaded.kvs, loaded.header))
+        start = loaded.revision + 1
+        async with self.store.watch(self.keys.prefix, prefix=True, start_revision=start) as batches:
+            async for batch in batches:
+                self._on_header(batch.header)
+                events = tuple((e.type, e.kv) for e in batch.events)
+                self._publish(apply_batch(self.keys, self.current, events, batch.header))

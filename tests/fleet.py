@@ -1,0 +1,243 @@
+"""Real `ringside run` processes against the test etcd, and the invariant checker.
+
+`Fleet` starts sidecars as separate processes (each with its own API port, lock file and log),
+so kill -9, SIGTERM and SIGSTOP act on real processes. `InvariantChecker` polls every sidecar
+while a scenario runs and records every violation of the coordination invariants:
+
+- at most one node claims leadership for any epoch;
+- the epochs claimed only increase: once a claim for epoch E was seen, no claim for a lower
+  epoch may be answered to a request sent after that;
+- every claim carries a positive validity (no claim past the node's validity deadline);
+
+and `Fleet.wait_converged` checks the last one: all sidecars agree on members and leader.
+Later chaos tests reuse both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+
+from sidecar.localcluster import LocalEtcdCluster, free_port
+
+POLL_TIMEOUT_S = 0.5
+
+
+@dataclass
+class Sidecar:
+    """One `ringside run` process."""
+
+    node_id: str
+    port: int
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    paused: bool = False
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "sidecar", "run"], env=self.env, stdout=log, stderr=log
+            )
+        self.paused = False
+
+    def signal(self, sig: signal.Signals) -> None:
+        assert self.process is not None
+        self.process.send_signal(sig)
+        if sig is signal.SIGSTOP:
+            self.paused = True
+        elif sig is signal.SIGCONT:
+            self.paused = False
+
+    def wait_exit(self, within_s: float) -> int:
+        assert self.process is not None
+        return self.process.wait(within_s)
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+class Fleet:
+    """Sidecars of one ringside cluster (a name of their own, so tests never meet)."""
+
+    def __init__(self, etcd: LocalEtcdCluster, base_dir: Path, *, lease_ttl: int = 5) -> None:
+        self.etcd = etcd
+        self.base_dir = base_dir
+        self.lease_ttl = lease_ttl
+        self.cluster = f"t{os.getpid()}-{time.monotonic_ns() % 10**9}"
+        self.sidecars: dict[str, Sidecar] = {}
+        self._session: aiohttp.ClientSession | None = None
+
+    def add(
+        self,
+        name: str,
+        *,
+        node_id: str | None = None,
+        eligible: bool = True,
+        settings: dict[str, Any] | None = None,
+    ) -> Sidecar:
+        """Start a sidecar; `name` keys its files and its entry here, `node_id` defaults to it
+        (give two sidecars one node id to play two machines that claim the same name)."""
+        node_id = node_id or name
+        config = self.base_dir / f"{name}.yaml"
+        config.write_text(yaml.safe_dump(settings or {}))
+        env = {
+            **os.environ,
+            "RINGSIDE_CONFIG": str(config),
+            "RINGSIDE_CLUSTER": self.cluster,
+            "RINGSIDE_NODE_ID": node_id,
+            "RINGSIDE_ETCD_ENDPOINTS": ",".join(self.etcd.client_urls),
+            "RINGSIDE_HTTP_LISTEN": f"127.0.0.1:{free_port()}",
+            "RINGSIDE_LEASE_TTL": str(self.lease_ttl),
+            "RINGSIDE_LEADER_ELIGIBLE": "true" if eligible else "false",
+            "RINGSIDE_LOCK_FILE": str(self.base_dir / f"{name}.lock"),
+        }
+        port = int(env["RINGSIDE_HTTP_LISTEN"].rsplit(":", 1)[1])
+        sidecar = Sidecar(node_id, port, env, self.base_dir / f"{name}.log")
+        self.sidecars[name] = sidecar
+        sidecar.start()
+        return sidecar
+
+    def running(self) -> list[Sidecar]:
+        return [s for s in self.sidecars.values() if s.running and not s.paused]
+
+    async def get(self, sidecar: Sidecar, path: str) -> dict[str, Any] | None:
+        """One GET to a sidecar's API; None when it does not answer in time."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        try:
+            timeout = aiohttp.ClientTimeout(total=POLL_TIMEOUT_S)
+            async with self._session.get(sidecar.url + path, timeout=timeout) as response:
+                document: dict[str, Any] = await response.json()
+                return document
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return None
+
+    async def wait_converged(
+        self, members: Iterable[str], *, within_s: float, leader_among: Iterable[str] | None = None
+    ) -> dict[str, Any]:
+        """Wait until every running sidecar reports exactly `members` and one same leader;
+        return that leader's status. Fails the test with the last statuses seen."""
+        expected = sorted(members)
+        allowed = set(leader_among) if leader_among is not None else set(expected)
+        deadline = time.monotonic() + within_s
+        statuses: list[dict[str, Any] | None] = []
+        while time.monotonic() < deadline:
+            statuses = [await self.get(s, "/v1/status") for s in self.running()]
+            if statuses and all(statuses):
+                views = {
+                    (tuple(sorted(m["node_id"] for m in st["members"])), st["leader"], st["epoch"])
+                    for st in statuses
+                    if st
+                }
+                leaders = [st for st in statuses if st and st["is_leader"]]
+                if len(views) == 1 and len(leaders) == 1:
+                    view = views.pop()
+                    if list(view[0]) == expected and view[1] in allowed:
+                        return leaders[0]
+            await asyncio.sleep(0.05)
+        pytest.fail(f"not converged on {expected} within {within_s} s: {statuses}")
+
+    async def close(self) -> None:
+        for sidecar in self.sidecars.values():
+            if sidecar.process is not None and sidecar.running:
+                if sidecar.paused:
+                    sidecar.signal(signal.SIGCONT)
+                sidecar.process.kill()
+                sidecar.process.wait()
+        if self._session is not None:
+            await self._session.close()
+
+
+@dataclass
+class Claim:
+    node_id: str
+    epoch: int
+    sent: float
+    received: float
+    valid_for_s: float
+
+
+@dataclass
+class InvariantChecker:
+    """Polls `/v1/leader` on every sidecar of `fleet` until stopped; see the module doc."""
+
+    fleet: Fleet
+    interval_s: float = 0.05
+    claims: list[Claim] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)
+    polls: int = 0
+    _owner: dict[int, str] = field(default_factory=dict)
+    _highest_seen: tuple[int, float] = (0, 0.0)  # (epoch, when the claim was received)
+    _task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> InvariantChecker:
+        self._task = asyncio.create_task(self._poll_forever())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        assert not self.violations, "invariants violated:\n" + "\n".join(self.violations)
+        assert self.polls > 0, "the checker never polled a sidecar"
+
+    async def _poll_forever(self) -> None:
+        while True:
+            await asyncio.gather(*(self._poll(s) for s in list(self.fleet.sidecars.values())))
+            await asyncio.sleep(self.interval_s)
+
+    async def _poll(self, sidecar: Sidecar) -> None:
+        if not sidecar.running:
+            return
+        sent = time.monotonic()
+        answer = await self.fleet.get(sidecar, "/v1/leader")
+        received = time.monotonic()
+        if answer is None:
+            return
+        self.polls += 1
+        if answer.get("is_self"):
+            self.observe(Claim(sidecar.node_id, answer["epoch"], sent, received,
+                               answer.get("valid_for_s", 0.0)))  # fmt: skip
+
+    def observe(self, claim: Claim) -> None:
+        """Check one leadership claim against everything seen before it."""
+        self.claims.append(claim)
+        owner = self._owner.setdefault(claim.epoch, claim.node_id)
+        if owner != claim.node_id:
+            self.violations.append(f"epoch {claim.epoch} claimed by {owner} and by {claim.node_id}")
+        highest, seen_at = self._highest_seen
+        if claim.epoch < highest and claim.sent > seen_at:
+            self.violations.append(
+                f"{claim.node_id} claimed epoch {claim.epoch} after epoch {highest} was claimed"
+            )
+        if claim.epoch > highest:
+            self._highest_seen = (claim.epoch, claim.received)
+        if claim.valid_for_s <= 0:
+            self.violations.append(f"{claim.node_id} claimed epoch {claim.epoch} with no validity")
+
+    def epochs(self) -> list[int]:
+        return sorted(self._owner)
+
+    def claimed_by(self, node_id: str) -> list[int]:
+        return sorted({c.epoch for c in self.claims if c.node_id == node_id})
