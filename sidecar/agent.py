@@ -18,9 +18,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from sidecar.election import Campaign, Leadership, campaign, leadership, resign
+from sidecar.election import (
+    Campaign,
+    Leadership,
+    campaign,
+    fenced_txn,
+    leadership,
+    resign,
+)
 from sidecar.events import ClusterEvent, EventLog, diff_views
 from sidecar.hooks import RoleHooks
 from sidecar.keys import Keys
@@ -30,7 +37,7 @@ from sidecar.session import Session
 from sidecar.settings import RingsideConfig
 from sidecar.store.base import Store
 from sidecar.store.errors import LeaseNotFound, StoreError
-from sidecar.store.model import Header
+from sidecar.store.model import Header, TxnOp
 from sidecar.view import ClusterView, ViewKeeper
 
 log = logging.getLogger(__name__)
@@ -235,6 +242,13 @@ class Agent:
         deleted = await resign(self.store, ours)
         self._wake.set()
         return deleted
+
+    async def fenced(self, ops: Sequence[TxnOp]) -> bool:
+        """Apply a leader-only write, fenced by our epoch; False when we do not lead."""
+        ours = self.campaign
+        if ours is None or not self.leadership().is_leader:
+            return False
+        return await fenced_txn(self.store, ours, ops)
 
     async def _leave(self) -> None:
         """Shutdown: resign if leading, revoke the lease; bounded so SIGTERM exits in time."""

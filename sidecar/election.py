@@ -17,13 +17,14 @@ answers "not leader" on its first look after it wakes, whatever its view still s
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sidecar.keys import Keys
 from sidecar.session import Session
 from sidecar.store.base import Store
 from sidecar.store.errors import ProtocolError
-from sidecar.store.model import Compare, Delete, Get, Put, RangeResult
+from sidecar.store.model import Compare, Delete, Get, Put, RangeResult, TxnOp
 from sidecar.view import ClusterView
 
 
@@ -57,6 +58,15 @@ async def resign(store: Store, ours: Campaign) -> bool:
     result = await store.txn(
         [Compare.lease_is(ours.key, ours.lease), Compare.created_at(ours.key, ours.epoch)],
         [Delete(ours.key)],
+    )
+    return result.succeeded
+
+
+async def fenced_txn(store: Store, ours: Campaign, ops: Sequence[TxnOp]) -> bool:
+    """Apply `ops` only while our election key still exists with our lease and epoch (safety
+    rule 1): a deposed leader's late write is refused by etcd itself, whatever it believes."""
+    result = await store.txn(
+        [Compare.created_at(ours.key, ours.epoch), Compare.lease_is(ours.key, ours.lease)], ops
     )
     return result.succeeded
 

@@ -43,6 +43,7 @@ class Sidecar:
     port: int
     env: dict[str, str]
     log_path: Path
+    args: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = None
     paused: bool = False
 
@@ -53,7 +54,10 @@ class Sidecar:
     def start(self) -> None:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "sidecar", "run"], env=self.env, stdout=log, stderr=log
+                [sys.executable, "-m", "sidecar", "run", *self.args],
+                env=self.env,
+                stdout=log,
+                stderr=log,
             )
         self.paused = False
 
@@ -95,6 +99,8 @@ class Fleet:
         node_id: str | None = None,
         eligible: bool = True,
         settings: dict[str, Any] | None = None,
+        args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
     ) -> Sidecar:
         """Start a sidecar; `name` keys its files and its entry here, `node_id` defaults to it
         (give two sidecars one node id to play two machines that claim the same name)."""
@@ -111,9 +117,10 @@ class Fleet:
             "RINGSIDE_LEASE_TTL": str(self.lease_ttl),
             "RINGSIDE_LEADER_ELIGIBLE": "true" if eligible else "false",
             "RINGSIDE_LOCK_FILE": str(self.base_dir / f"{name}.lock"),
+            **(env or {}),
         }
         port = int(env["RINGSIDE_HTTP_LISTEN"].rsplit(":", 1)[1])
-        sidecar = Sidecar(node_id, port, env, self.base_dir / f"{name}.log")
+        sidecar = Sidecar(node_id, port, env, self.base_dir / f"{name}.log", args)
         self.sidecars[name] = sidecar
         sidecar.start()
         return sidecar

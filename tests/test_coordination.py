@@ -9,6 +9,7 @@ crashed leader, 1 s for a graceful stop), not performance targets.
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -161,6 +162,26 @@ async def test_a_second_sidecar_with_a_taken_node_id_exits_1(fleet: Fleet) -> No
     after = await fleet.wait_converged(["hetzner-cpu1"], within_s=5)
     assert after["lease"]["id"] == before["lease"]["id"]  # never overwritten
     assert after["epoch"] == before["epoch"]
+
+
+async def test_a_second_sidecar_on_the_same_node_exits_1(fleet: Fleet, tmp_path: Path) -> None:
+    """One sidecar per node: the OS lock refuses a second one, which says so in JSON logs."""
+    first = fleet.add("hetzner-cpu1")
+    before = await fleet.wait_converged(["hetzner-cpu1"], within_s=15)
+    lock = str(tmp_path / "hetzner-cpu1.lock")
+    second = fleet.add(
+        "second", node_id="hetzner-cpu1", args=("--log-format", "json"),
+        env={"RINGSIDE_LOCK_FILE": lock},
+    )  # fmt: skip
+    assert second.wait_exit(15) == 1
+    lines = [json.loads(line) for line in second.log().splitlines() if line.strip()]
+    refusal = [line for line in lines if line.get("event") == "refused"]
+    assert refusal
+    assert (
+        f"another ringside is running on this node (pid {first.process.pid}" in (refusal[0]["msg"])
+    )
+    after = await fleet.wait_converged(["hetzner-cpu1"], within_s=5)
+    assert after["lease"]["id"] == before["lease"]["id"]
 
 
 async def test_a_hanging_hook_does_not_delay_keepalives(fleet: Fleet, tmp_path: Path) -> None:

@@ -1,0 +1,178 @@
+"""The safety rules, one test each, on in-process agents (fast; the in-memory store or the
+real etcd where the rule is about etcd). Process-level scenarios are in test_coordination.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+
+from sidecar.agent import Agent
+from sidecar.election import campaign, fenced_txn, leadership
+from sidecar.events import diff_views
+from sidecar.keys import Keys
+from sidecar.membership import MemberRecord
+from sidecar.session import Session
+from sidecar.settings import RingsideConfig
+from sidecar.store.base import Store
+from sidecar.store.memory import MemoryStore
+from sidecar.store.model import Header, Put
+from sidecar.view import ViewKeeper, build_view
+
+TTL = 2
+
+
+def config_for(cluster: str, *, eligible: bool = True, margin: float = 0.5) -> RingsideConfig:
+    return RingsideConfig.model_validate(
+        {
+            "cluster": cluster,
+            "lease_ttl": TTL,
+            "leader": {"eligible": eligible, "validity_margin": margin},
+        }
+    )
+
+
+@asynccontextmanager
+async def running(store: Store, node_id: str, cluster: str) -> AsyncIterator[Agent]:
+    record = MemberRecord(node_id=node_id, hostname="test", pid=1)
+    agent = Agent(config_for(cluster), node_id, store, record, quorum_interval_s=0.5)
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    try:
+        yield agent
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+
+async def until(predicate: Callable[[], bool], within_s: float = 5.0) -> None:
+    deadline = time.monotonic() + within_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {within_s} s")
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+def cluster() -> str:
+    return f"unit-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+async def store() -> AsyncIterator[MemoryStore]:
+    memory = MemoryStore()
+    yield memory
+    await memory.close()
+
+
+async def test_epoch_is_the_leader_keys_create_revision(store: Store, cluster: str) -> None:
+    """Rule 1: the fencing token is the election key's create_revision, read from etcd."""
+    async with running(store, "n1", cluster) as agent:
+        await until(lambda: agent.leadership().is_leader)
+        keys = (await store.get(Keys(cluster).election, prefix=True)).kvs
+        assert len(keys) == 1
+        assert agent.leadership().epoch == keys[0].create_revision
+
+
+async def test_a_deposed_leaders_fenced_write_is_refused(store: Store, cluster: str) -> None:
+    """Rule 1: leader-only writes compare the epoch, so a late write from the old leader fails."""
+    keys = Keys(cluster)
+    session = await Session.open(store, TTL)
+    ours = await campaign(store, keys, session, "old-leader")
+    assert await fenced_txn(store, ours, [Put(keys.prefix + "data", b"first")])
+    await store.delete(ours.key)  # deposed: our key is gone (expiry, resign, an operator)
+    assert not await fenced_txn(store, ours, [Put(keys.prefix + "data", b"late")])
+    kv = await store.get_one(keys.prefix + "data")
+    assert kv is not None
+    assert kv.value == b"first"
+
+
+async def test_validity_clock_decides_at_read_time(store: Store, cluster: str) -> None:
+    """Rule 2: the same view and campaign stop being leadership once the clock runs out."""
+    keys = Keys(cluster)
+    session = await Session.open(store, TTL)
+    ours = await campaign(store, keys, session, "n1")
+    loaded = await store.get(keys.prefix, prefix=True)
+    view = build_view(keys, loaded.kvs, loaded.header)
+    now = time.monotonic()
+    assert leadership(view, ours, session, margin_s=0.5, now=now).is_leader
+    late = now + session.remaining(now) - 0.4  # inside the margin, lease not yet expired
+    decided = leadership(view, ours, session, margin_s=0.5, now=late)
+    assert not decided.is_leader
+    assert "validity" in decided.reason
+
+
+async def test_losing_our_key_ends_leadership_and_the_epoch(store: Store, cluster: str) -> None:
+    """Rules 3 and 5: our key deleted behind our back -> not leader at once, and the next
+    leadership is a new session with a higher epoch, never the old one resumed."""
+    async with running(store, "n1", cluster) as agent:
+        await until(lambda: agent.leadership().is_leader)
+        first = agent.leadership().epoch
+        assert agent.campaign is not None
+        first_lease = agent.campaign.lease
+        await store.delete(agent.campaign.key)
+        await until(lambda: not agent.leadership().is_leader or agent.leadership().epoch != first)
+        await until(lambda: agent.leadership().is_leader)
+        assert agent.leadership().epoch is not None
+        assert agent.leadership().epoch > first  # type: ignore[operator]
+        assert agent.campaign is not None
+        assert agent.campaign.lease != first_lease  # a new session, not the old lease
+
+
+async def test_session_uses_the_granted_ttl(store: Store) -> None:
+    """Rule 4: ask for 1 s, etcd grants its minimum; validity follows the grant."""
+    before = time.monotonic()
+    session = await Session.open(store, 1)
+    assert session.lease.ttl >= 2
+    assert session.remaining() > 1.0
+    assert session.valid_until >= before + session.lease.ttl - 0.1
+
+
+async def test_foreign_cluster_id_blocks_leadership(store: Store, cluster: str) -> None:
+    """Rule 7: a header from another etcd cluster stops this node acting as leader."""
+    async with running(store, "n1", cluster) as agent:
+        await until(lambda: agent.leadership().is_leader)
+        header = agent.view.header
+        assert header is not None
+        foreign = Header(header.cluster_id + 1, header.member_id, header.revision + 1, 1)
+        agent._observe_header(foreign)
+        decided = agent.leadership()
+        assert not decided.is_leader
+        assert "cluster id" in decided.reason
+
+
+async def test_reload_after_a_broken_watch_misses_no_deletion(store: Store, cluster: str) -> None:
+    """Rule 9: a key deleted while the watch was down (and its event compacted away) is gone
+    from the reloaded view, and reported as a departure."""
+    keys = Keys(cluster)
+    await store.put(keys.member("gone"), MemberRecord(node_id="gone").encode())
+    seen: list[str] = []
+    loaded = await store.get(keys.prefix, prefix=True)
+    stale = build_view(keys, loaded.kvs, loaded.header)
+    assert "gone" in stale.members
+
+    await store.delete(keys.member("gone"))
+    revision = await store.put(keys.prefix + "other", b"x")
+    await store.compact(revision)
+
+    keeper = ViewKeeper(
+        store,
+        keys,
+        on_change=lambda old, new: seen.extend(
+            f"{e.kind}:{e.detail.get('node_id')}" for e in diff_views(old, new)
+        ),
+    )
+    keeper.current = stale  # what the node knew before its watch broke
+    task = asyncio.create_task(keeper.run())
+    try:
+        await until(lambda: keeper.current.revision >= revision)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert "gone" not in keeper.current.members
+    assert "member_left:gone" in seen
