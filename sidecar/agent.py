@@ -42,6 +42,8 @@ from sidecar.view import ClusterView, ViewKeeper
 
 log = logging.getLogger(__name__)
 
+SHUTDOWN_BUDGET_S = 1.5  # resign + revoke at SIGTERM; the process must be gone within 2 s
+SHUTDOWN_HOOK_GRACE_S = 0.3  # then hooks still running are left to finish on their own
 TICK_S = 0.1  # how often the loop looks at the validity clock between other wake-ups
 
 
@@ -141,7 +143,7 @@ class Agent:
             await asyncio.gather(stopping, control, return_exceptions=True)
             await self._leave()
             await asyncio.gather(*tasks, return_exceptions=True)
-            await self.hooks.close()
+            await self.hooks.close(grace_s=SHUTDOWN_HOOK_GRACE_S, detach=True)
 
     async def _control_loop(self) -> None:
         while True:
@@ -161,12 +163,17 @@ class Agent:
                 await asyncio.wait_for(self._wake.wait(), TICK_S)
 
     async def _cycle(self) -> str:
+        now = self.leadership()
+        if self._claimed and not now.is_leader:
+            # Rule 5, checked before anything else: this epoch is over for good.
+            self._step_down(now.reason, now)
+            self._drop_session()
+            return f"stepped down ({now.reason}); starting a new session"
         if self.session is None or self.session.lost.is_set():
             return await self._start_session()
         if self.config.leader.eligible and self.campaign is None:
             self.campaign = await campaign(self.store, self.keys, self.session, self.node_id)
             return f"campaigning with epoch {self.campaign.epoch}"
-        now = self.leadership()
         if now.is_leader and not self._claimed:
             self._claimed = True
             log.info(
@@ -175,18 +182,20 @@ class Agent:
                 extra={"event": "elected", "epoch": now.epoch},
             )
             self.hooks.fire("elected", epoch=now.epoch, leader=self.node_id)
-        elif self._claimed and not now.is_leader:
-            self._claimed = False
-            log.warning(
-                "stopped being leader: %s",
-                now.reason,
-                extra={"event": "demoted", "epoch": self.campaign.epoch if self.campaign else None},
-            )
-            self.hooks.fire("demoted", epoch=now.epoch, leader=now.leader)
-            self._drop_session()
-            return f"stepped down ({now.reason}); starting a new session"
         await self._revoke_stale_leases()
         return f"{'leader' if now.is_leader else 'follower'}: {now.reason}"
+
+    def _step_down(self, reason: str, now: Leadership | None = None) -> None:
+        """Note the end of our leadership: log it and run the demotion hook."""
+        self._claimed = False
+        epoch = self.campaign.epoch if self.campaign else None
+        log.warning(
+            "stopped being leader (epoch %s): %s", epoch, reason,
+            extra={"event": "demoted", "epoch": epoch},
+        )  # fmt: skip
+        self.hooks.fire(
+            "demoted", epoch=now.epoch if now else None, leader=now.leader if now else None
+        )
 
     async def _start_session(self) -> str:
         """Rule 1: new lease, member key, keepalives. `DuplicateNode` propagates and stops us."""
@@ -233,15 +242,25 @@ class Agent:
             self._stale_leases.pop(0)
 
     async def resign(self) -> bool:
-        """Hand leadership over now: delete our election key, then campaign again at the back
-        of the queue (a new key, so a new, higher epoch if we ever lead again)."""
+        """Hand leadership over now: delete our election key so the next candidate leads at
+        once, then campaign again at the back of the queue (a new key: a new, higher epoch).
+
+        If the key cannot be deleted, the whole session is dropped instead, so the old epoch
+        can never be picked up again by re-campaigning on the same lease.
+        """
         ours = self.campaign
-        if ours is None or not self.leadership().is_leader:
+        if ours is None or not self._claimed or not self.leadership().is_leader:
             return False
+        self._step_down("resigned")
         self.campaign = None
-        deleted = await resign(self.store, ours)
+        try:
+            deleted = await resign(self.store, ours)
+        except StoreError:
+            deleted = False
+        if not deleted:
+            self._drop_session()
         self._wake.set()
-        return deleted
+        return True
 
     async def fenced(self, ops: Sequence[TxnOp]) -> bool:
         """Apply a leader-only write, fenced by our epoch; False when we do not lead."""
@@ -253,10 +272,10 @@ class Agent:
     async def _leave(self) -> None:
         """Shutdown: resign if leading, revoke the lease; bounded so SIGTERM exits in time."""
         with contextlib.suppress(TimeoutError, StoreError):
-            async with asyncio.timeout(1.5):
-                if self.campaign is not None and self.leadership().is_leader:
+            async with asyncio.timeout(SHUTDOWN_BUDGET_S):
+                if self.campaign is not None and self._claimed:
+                    self._step_down("shutting down")
                     await resign(self.store, self.campaign)
-                    self.hooks.fire("demoted", epoch=self.campaign.epoch, leader=None)
                 if self.session is not None:
                     await self.session.revoke()
         if self._keepalive_task is not None:

@@ -102,6 +102,8 @@ def leadership(
 
     if ours is None or session is None:
         return no("not a candidate")
+    if session.lost.is_set():
+        return no("our lease is gone")
     if not view.synced:
         return no("cluster view not in sync with etcd")
     if head is None or head.key != ours.key:

@@ -84,6 +84,7 @@ class RoleHooks:
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._closed = False
+        self._detach = False
         # Stderr pipes still held open by something a hook left running; read until they close.
         self._lingering: set[_StderrTail] = set()
         self.last_results: deque[HookResult] = deque(maxlen=RESULTS_KEPT)
@@ -109,17 +110,25 @@ class RoleHooks:
                 self._work(), name="ringside-hooks"
             )
 
-    async def close(self) -> None:
-        """Wait up to the hook timeout for queued hooks, then cancel (and kill) what is left."""
+    async def close(self, grace_s: float | None = None, *, detach: bool = False) -> None:
+        """Wait for queued hooks (up to `grace_s`, default the hook timeout), then cancel
+        what is left: killed, or with `detach` left running on its own.
+
+        The sidecar detaches at shutdown: it must exit within 2 s, and killing an `on_demoted`
+        hook half-way could leave the orchestrator's leader-only daemons running.
+        """
         self._closed = True
+        self._detach = detach
+        wait_s = self._timeout_s if grace_s is None else min(grace_s, self._timeout_s)
         worker = self._worker
         if worker is not None and not worker.done():
             try:
-                await asyncio.wait_for(self._queue.join(), self._timeout_s)
+                await asyncio.wait_for(self._queue.join(), wait_s)
             except TimeoutError:
                 log.warning(
-                    "role hooks still running after %.1f s at shutdown; cancelling them",
-                    self._timeout_s,
+                    "role hooks still running after %.1f s at shutdown; %s",
+                    wait_s,
+                    "leaving them to finish on their own" if detach else "killing them",
                 )
             worker.cancel()
             await asyncio.wait([worker])
@@ -167,7 +176,8 @@ class RoleHooks:
             timed_out = True
             await _kill_group(proc)
         except asyncio.CancelledError:
-            await _kill_group(proc)
+            if not self._detach:
+                await _kill_group(proc)
             tail.close()
             raise
         duration_s = time.monotonic() - started

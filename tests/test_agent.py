@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 
@@ -27,20 +28,22 @@ from sidecar.view import ViewKeeper, build_view
 TTL = 2
 
 
-def config_for(cluster: str, *, eligible: bool = True, margin: float = 0.5) -> RingsideConfig:
+def config_for(cluster: str, **leader: object) -> RingsideConfig:
     return RingsideConfig.model_validate(
         {
             "cluster": cluster,
             "lease_ttl": TTL,
-            "leader": {"eligible": eligible, "validity_margin": margin},
+            "leader": {"eligible": True, "validity_margin": 0.5, **leader},
         }
     )
 
 
 @asynccontextmanager
-async def running(store: Store, node_id: str, cluster: str) -> AsyncIterator[Agent]:
+async def running(
+    store: Store, node_id: str, cluster: str, **leader: object
+) -> AsyncIterator[Agent]:
     record = MemberRecord(node_id=node_id, hostname="test", pid=1)
-    agent = Agent(config_for(cluster), node_id, store, record, quorum_interval_s=0.5)
+    agent = Agent(config_for(cluster, **leader), node_id, store, record, quorum_interval_s=0.5)
     stop = asyncio.Event()
     task = asyncio.create_task(agent.run(stop))
     try:
@@ -176,3 +179,36 @@ async def test_reload_after_a_broken_watch_misses_no_deletion(store: Store, clus
         await asyncio.gather(task, return_exceptions=True)
     assert "gone" not in keeper.current.members
     assert "member_left:gone" in seen
+
+
+async def test_resign_hands_over_at_once_and_requeues_with_a_higher_epoch(
+    store: Store, cluster: str
+) -> None:
+    async with running(store, "n1", cluster) as first:
+        await until(lambda: first.leadership().is_leader)
+        async with running(store, "n2", cluster) as second:
+            await until(lambda: second.view.alive == 2 and second.campaign is not None)
+            old_epoch = first.leadership().epoch
+            assert await first.resign() is True
+            await until(lambda: second.leadership().is_leader, within_s=1)
+            assert second.leadership().epoch > old_epoch  # type: ignore[operator]
+            await until(lambda: first.campaign is not None)
+            assert first.campaign is not None
+            assert first.campaign.epoch > second.leadership().epoch  # type: ignore[operator]
+            assert not first.leadership().is_leader
+            assert "n1" in second.view.members  # resigning is not leaving
+
+
+async def test_shutdown_is_quick_even_with_a_slow_demotion_hook(
+    store: Store, cluster: str, tmp_path: Path
+) -> None:
+    done = tmp_path / "demoted"
+    hook = f"sleep 1; touch {done}"
+    async with running(store, "n1", cluster, on_demoted=hook) as agent:
+        await until(lambda: agent.leadership().is_leader)
+        await until(lambda: agent.last_cycle.startswith("leader"))
+        started = time.monotonic()
+    assert time.monotonic() - started < 2
+    assert (await store.get(Keys(cluster).prefix, prefix=True)).kvs == ()  # lease revoked
+    # The hook was left to finish on its own, not killed half-way.
+    await until(done.exists, within_s=5)
