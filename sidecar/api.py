@@ -1,113 +1,288 @@
 """The local HTTP API the orchestrator reads (127.0.0.1:8776 by default).
 
-Every answer comes from the agent's in-memory state: the current `ClusterView`, the latest
-quorum check and the leadership decided at the moment of the request. Nothing here asks etcd,
-so the API stays fast and keeps answering while etcd is unreachable (and says so).
+Every answer comes from the agent's in-memory state (see `sidecar.documents`); nothing here
+asks etcd, so the API stays fast and keeps answering while etcd is unreachable, and says so.
+Every body is JSON, every error `{"error": ...}` with a 4xx status; an unexpected exception is
+logged and answered 500 `{"error": "internal error"}`, never with a traceback. The routes and
+their answers are documented in `sidecar/openapi.yaml`, served at `/openapi.json`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hmac
+import ipaddress
+import json
+import logging
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any
 
+import yaml
 from aiohttp import web
 
 from sidecar.agent import Agent
+from sidecar.documents import (
+    leader_document,
+    member_document,
+    members_document,
+    orchestrator_status,
+    readiness,
+    status_document,
+)
+from sidecar.inventory import Inventory
 
-AGENT: web.AppKey[Agent] = web.AppKey("agent", Agent)
-STARTED: web.AppKey[float] = web.AppKey("started", float)
-
-
-def _leader_document(agent: Agent) -> dict[str, Any]:
-    now = agent.leadership()
-    document: dict[str, Any] = {
-        "leader": now.leader,
-        "epoch": now.epoch,
-        "is_self": now.is_leader,
-        "reason": now.reason,
-    }
-    if now.is_leader:
-        document["valid_for_s"] = round(now.valid_for_s or 0.0, 3)
-    return document
+log = logging.getLogger(__name__)
 
 
-def _lease_document(agent: Agent) -> dict[str, Any] | None:
-    session = agent.session
-    if session is None:
+@dataclass
+class ApiState:
+    """What the handlers read: the agent, the inventory and the metrics renderer."""
+
+    agent: Agent
+    inventory: Inventory | None = None
+    render_metrics: Callable[[], tuple[bytes, str]] | None = None
+    started: float = field(default_factory=time.monotonic)
+
+
+STATE: web.AppKey[ApiState] = web.AppKey("state", ApiState)
+
+MAX_BODY_BYTES = 16 * 1024
+MAX_WAIT_S = 300.0
+SSE_KEEPALIVE_S = 15.0
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error(status: int, message: str, **fields: Any) -> web.Response:
+    return web.json_response({"error": message, **fields}, status=status)
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure becomes a JSON error; nothing leaks a traceback to the client."""
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        return error(413, f"body larger than {MAX_BODY_BYTES} bytes")
+    try:
+        return await handler(request)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        headers = {"Allow": e.headers["Allow"]} if "Allow" in e.headers else None
+        response = error(e.status, e.reason.lower())
+        if headers:
+            response.headers.update(headers)
+        return response
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        log.exception("API: unexpected error on %s %s", request.method, request.path)
+        return error(500, "internal error")
+
+
+def _float_param(request: web.Request, name: str, low: float, high: float) -> float | None:
+    raw = request.query.get(name)
+    if raw is None:
         return None
-    return {
-        "id": f"{session.lease_id:x}",
-        "ttl": session.lease.ttl,
-        "remaining_s": round(session.remaining(), 3),
-        "keepalive_age_s": round(session.lease.ttl - session.remaining(), 3),
-    }
+    try:
+        value = float(raw)
+    except ValueError:
+        raise web.HTTPBadRequest(reason=f"{name} must be a number") from None
+    if not low <= value <= high:
+        raise web.HTTPBadRequest(reason=f"{name} must be between {low:g} and {high:g}")
+    return value
 
 
-def status_document(agent: Agent) -> dict[str, Any]:
-    """The whole picture from this node, for `/v1/status` and `ringside status`."""
-    view, health, now = agent.view, agent.health, agent.leadership()
-    members = [
-        {
-            "node_id": m.node_id,
-            "addresses": list(m.record.addresses) if m.record else [],
-            "labels": m.record.labels if m.record else {},
-            "eligible": m.record.eligible if m.record else False,
-            "since": m.record.started_at if m.record else None,
-            "is_leader": now.leader == m.node_id,
-        }
-        for m in view.members.values()
-    ]
-    return {
-        "cluster": agent.config.cluster,
-        "node_id": agent.node_id,
-        "is_leader": now.is_leader,
-        "leader": now.leader,
-        "epoch": now.epoch,
-        "leadership": now.reason,
-        "alive": view.alive,
-        "members": members,
-        "registered": agent.registered,
-        "synced": view.synced,
-        "quorum_ok": health.quorum_ok,
-        "voters": {
-            "total": health.voters_total,
-            "healthy": health.voters_healthy,
-            "etcd_leader": health.etcd_leader,
-        },
-        "etcd": {
-            "connection": health.connection,
-            "error": health.error,
-            "endpoints": [
-                {"url": e.url, "reachable": e.reachable, "error": e.last_error}
-                for e in agent.store.endpoint_states()
-            ],
-        },
-        "lease": _lease_document(agent),
-        "history_violation": agent.guard.violation,
-        "revision": view.revision,
-        "last_change": view.changed_at or None,
-        "last_cycle": agent.last_cycle,
-    }
+def _int_param(request: web.Request, name: str) -> int | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise web.HTTPBadRequest(reason=f"{name} must be an integer") from None
+    if value < 0 or value >= 2**63:
+        raise web.HTTPBadRequest(reason=f"{name} must be a revision (0 to 2^63-1)")
+    return value
 
 
 async def health(request: web.Request) -> web.Response:
-    started = request.app[STARTED]
-    return web.json_response({"status": "ok", "uptime_s": round(time.monotonic() - started, 3)})
+    state = request.app[STATE]
+    uptime = time.monotonic() - state.started
+    agent = state.agent
+    return web.json_response(
+        {"status": "ok", "node_id": agent.node_id, "uptime_s": round(uptime, 3)}
+    )
+
+
+async def ready(request: web.Request) -> web.Response:
+    wait_s = _float_param(request, "wait", 0.0, MAX_WAIT_S) or 0.0
+    agent = request.app[STATE].agent
+    deadline = time.monotonic() + wait_s
+    reason = readiness(agent)
+    while reason is not None and time.monotonic() < deadline:
+        await asyncio.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+        reason = readiness(agent)
+    if reason is not None:
+        return web.json_response({"ready": False, "reason": reason}, status=503)
+    now = agent.leadership()
+    return web.json_response({"ready": True, "leader": now.leader, "epoch": now.epoch})
 
 
 async def status(request: web.Request) -> web.Response:
-    return web.json_response(status_document(request.app[AGENT]))
+    return web.json_response(
+        status_document(request.app[STATE].agent, request.app[STATE].inventory)
+    )
+
+
+async def orchestrator(request: web.Request) -> web.Response:
+    return web.json_response(
+        orchestrator_status(request.app[STATE].agent, request.app[STATE].inventory)
+    )
+
+
+async def members(request: web.Request) -> web.Response:
+    return web.json_response(members_document(request.app[STATE].agent))
+
+
+async def member(request: web.Request) -> web.Response:
+    agent = request.app[STATE].agent
+    node_id = request.match_info["node_id"]
+    found = agent.view.members.get(node_id)
+    if found is None:
+        return error(404, "no such live member", node_id=node_id)
+    return web.json_response(member_document(found, agent.leadership().leader))
 
 
 async def leader(request: web.Request) -> web.Response:
-    return web.json_response(_leader_document(request.app[AGENT]))
+    return web.json_response(leader_document(request.app[STATE].agent))
 
 
-def create_app(agent: Agent) -> web.Application:
-    app = web.Application()
-    app[AGENT] = agent
-    app[STARTED] = time.monotonic()
-    app.router.add_get("/health", health)
-    app.router.add_get("/v1/status", status)
-    app.router.add_get("/v1/leader", leader)
+async def fence(request: web.Request) -> web.Response:
+    """200 only while `epoch` is the current epoch and this node's leadership is valid now."""
+    epoch = _int_param(request, "epoch")
+    if epoch is None:
+        raise web.HTTPBadRequest(reason="epoch is required")
+    now = request.app[STATE].agent.leadership()
+    fields = {"epoch": now.epoch, "leader": now.leader, "is_self": now.is_leader}
+    if not now.is_leader:
+        return error(409, "this node is not the leader", reason=now.reason, **fields)
+    if epoch != now.epoch:
+        return error(409, "stale epoch", asked=epoch, **fields)
+    return web.json_response(
+        {"ok": True, "valid_for_s": round(now.valid_for_s or 0.0, 3), **fields}
+    )
+
+
+def _refuse_mutation(request: web.Request) -> web.Response | None:
+    """Mutating routes: loopback callers only, and the token when one is configured."""
+    try:
+        local = ipaddress.ip_address(request.remote or "").is_loopback
+    except ValueError:
+        local = False
+    if not local:
+        return error(403, "mutating routes only answer loopback callers")
+    token = request.app[STATE].agent.config.http.token
+    if token:
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            return error(401, "missing or wrong token (Authorization: Bearer <token>)")
+    return None
+
+
+async def resign(request: web.Request) -> web.Response:
+    refusal = _refuse_mutation(request)
+    if refusal is not None:
+        return refusal
+    await request.read()  # enforce the body limit on chunked uploads too
+    agent = request.app[STATE].agent
+    epoch = agent.leadership().epoch
+    if not await agent.resign():
+        return error(409, "not the leader", leader=agent.leadership().leader, epoch=epoch)
+    return web.json_response({"resigned": True, "epoch": epoch})
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    """Server-sent events; `?since=REV` first replays what is still remembered after REV."""
+    since = _int_param(request, "since")
+    log_ = request.app[STATE].agent.events
+    queue = log_.subscribe()
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    await response.prepare(request)
+    try:
+        for past in log_.since(since) if since is not None else ():
+            await response.write(_sse(past.kind, past.revision, past.document()))
+        while True:
+            try:
+                async with asyncio.timeout(SSE_KEEPALIVE_S):
+                    event = await queue.get()
+            except TimeoutError:
+                await response.write(b": keepalive\n\n")
+                continue
+            if event is None:
+                break  # shutting down, or this client fell too far behind (it resumes ?since=)
+            await response.write(_sse(event.kind, event.revision, event.document()))
+    except ConnectionResetError:
+        pass
+    finally:
+        log_.unsubscribe(queue)
+    return response
+
+
+def _sse(kind: str, revision: int, data: dict[str, object]) -> bytes:
+    return f"id: {revision}\nevent: {kind}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+async def metrics(request: web.Request) -> web.Response:
+    render = request.app[STATE].render_metrics
+    if render is None:
+        return error(404, "metrics are not enabled")
+    body, content_type = render()
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = content_type
+    return response
+
+
+def openapi_document() -> dict[str, Any]:
+    text = resources.files("sidecar").joinpath("openapi.yaml").read_text()
+    document: dict[str, Any] = yaml.safe_load(text)
+    return document
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document())
+
+
+def create_app(
+    agent: Agent,
+    *,
+    inventory: Inventory | None = None,
+    render_metrics: Callable[[], tuple[bytes, str]] | None = None,
+) -> web.Application:
+    app = web.Application(middlewares=[json_errors], client_max_size=MAX_BODY_BYTES)
+    app[STATE] = ApiState(agent, inventory, render_metrics)
+
+    async def stop_streams(app: web.Application) -> None:
+        app[STATE].agent.events.end_subscriptions()
+
+    app.on_shutdown.append(stop_streams)
+    routes = [
+        ("GET", "/health", health),
+        ("GET", "/ready", ready),
+        ("GET", "/status", orchestrator),
+        ("GET", "/v1/status", status),
+        ("GET", "/v1/members", members),
+        ("GET", "/v1/members/{node_id}", member),
+        ("GET", "/v1/leader", leader),
+        ("GET", "/v1/fence", fence),
+        ("GET", "/v1/events", events),
+        ("POST", "/v1/leader/resign", resign),
+        ("GET", "/metrics", metrics),
+        ("GET", "/openapi.json", openapi),
+    ]
+    for method, path, handler in routes:
+        app.router.add_route(method, path, handler)
     return app

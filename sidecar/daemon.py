@@ -20,8 +20,10 @@ from sidecar.config import LoadedConfig
 from sidecar.connect import open_store
 from sidecar.errors import ConfigError, RingsideError
 from sidecar.identity import HostFacts, resolve_identity
+from sidecar.inventory import load_inventory
 from sidecar.lock import InstanceLock, default_lock_path
 from sidecar.membership import MemberRecord, discovered_addresses
+from sidecar.metrics import Metrics
 from sidecar.settings import RingsideConfig
 
 log = logging.getLogger(__name__)
@@ -65,7 +67,10 @@ async def _serve(config: RingsideConfig, node_id: str) -> int:
         eligible=config.leader.eligible,
     )
     agent = Agent(config, node_id, store, record)
-    runner = web.AppRunner(create_app(agent), access_log=None, handle_signals=False)
+    inventory = load_inventory(config.inventory) if config.inventory else None
+    app = create_app(agent, inventory=inventory, render_metrics=Metrics(agent).render)
+    # In-flight requests get half a second at shutdown: SIGTERM must end the process in 2 s.
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
     await runner.setup()
     try:
         site = web.TCPSite(runner, config.http.host, config.http.port)

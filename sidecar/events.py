@@ -6,6 +6,7 @@ etcd revision it happened at, so a reader can ask for "everything since revision
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -25,6 +26,9 @@ class ClusterEvent:
     revision: int
     detail: dict[str, object]
     at: float = field(default_factory=time.time)  # wall clock, for people
+
+    def document(self) -> dict[str, object]:
+        return {"kind": self.kind, "revision": self.revision, "at": self.at, "detail": self.detail}
 
     def sentence(self) -> str:
         """The event as one log line."""
@@ -65,13 +69,43 @@ def diff_views(old: ClusterView, new: ClusterView) -> list[ClusterEvent]:
 
 
 class EventLog:
-    """The most recent events, oldest first."""
+    """The most recent events, oldest first, and live subscriptions to new ones.
+
+    A subscriber gets its own bounded queue; one that falls `SUBSCRIBER_BACKLOG` events behind
+    is dropped (its queue gets `None`) rather than slowing the sidecar down.
+    """
+
+    SUBSCRIBER_BACKLOG = 1000
 
     def __init__(self, size: int = 1000) -> None:
         self._events: deque[ClusterEvent] = deque(maxlen=size)
+        self._subscribers: set[asyncio.Queue[ClusterEvent | None]] = set()
 
     def add(self, event: ClusterEvent) -> None:
         self._events.append(event)
+        for queue in list(self._subscribers):
+            try:
+                queue.put_nowait(event)
+            except asyncio.QueueFull:
+                self._subscribers.discard(queue)
+                queue.get_nowait()  # make room for the end-of-stream mark
+                queue.put_nowait(None)
+
+    def subscribe(self) -> asyncio.Queue[ClusterEvent | None]:
+        queue: asyncio.Queue[ClusterEvent | None] = asyncio.Queue(self.SUBSCRIBER_BACKLOG)
+        self._subscribers.add(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[ClusterEvent | None]) -> None:
+        self._subscribers.discard(queue)
+
+    def end_subscriptions(self) -> None:
+        """Tell every subscriber the stream is over (shutdown: SIGTERM must not wait on them)."""
+        for queue in list(self._subscribers):
+            self._subscribers.discard(queue)
+            if queue.full():
+                queue.get_nowait()
+            queue.put_nowait(None)
 
     def since(self, revision: int) -> Iterator[ClusterEvent]:
         return (e for e in self._events if e.revision > revision)

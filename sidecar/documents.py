@@ -1,0 +1,167 @@
+"""The JSON documents the local API serves, built from one look at the agent's state.
+
+Each function takes the agent (and the inventory, when configured) and returns plain JSON
+data. Nothing here does I/O: the view, the quorum check and the endpoint states are all in
+memory, and leadership is decided at the moment the document is built.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from sidecar.inventory import Inventory
+from sidecar.view import Member
+
+if TYPE_CHECKING:
+    from sidecar.agent import Agent
+
+Json = dict[str, Any]
+
+
+def member_document(member: Member, leader: str | None) -> Json:
+    record = member.record
+    return {
+        "node_id": member.node_id,
+        "addresses": list(record.addresses) if record else [],
+        "labels": dict(record.labels) if record else {},
+        "eligible": record.eligible if record else False,
+        "since": record.started_at or None if record else None,
+        "is_leader": member.node_id == leader,
+        "version": record.version if record else None,
+        "hostname": record.hostname if record else None,
+        "pid": record.pid if record else None,
+    }
+
+
+def members_document(agent: Agent) -> Json:
+    leader = agent.leadership().leader
+    return {
+        "members": [member_document(m, leader) for m in agent.view.members.values()],
+        "revision": agent.view.revision,
+    }
+
+
+def leader_document(agent: Agent) -> Json:
+    now = agent.leadership()
+    document: Json = {
+        "leader": now.leader,
+        "epoch": now.epoch,
+        "is_self": now.is_leader,
+        "reason": now.reason,
+    }
+    if now.is_leader:
+        document["valid_for_s"] = round(now.valid_for_s or 0.0, 3)
+    return document
+
+
+def readiness(agent: Agent) -> str | None:
+    """Why this node is not ready, or None when it is (registered, in sync, leader known)."""
+    if not agent.registered:
+        return "not registered in etcd yet"
+    if not agent.view.synced:
+        return "cluster view not in sync with etcd"
+    if agent.leadership().leader is None:
+        return "no leader known"
+    return None
+
+
+def _lease_document(agent: Agent) -> Json | None:
+    session = agent.session
+    if session is None:
+        return None
+    remaining = session.remaining()
+    return {
+        "id": f"{session.lease_id:x}",
+        "ttl": session.lease.ttl,
+        "remaining_s": round(remaining, 3),
+        "keepalive_age_s": round(session.lease.ttl - remaining, 3),
+    }
+
+
+def inventory_missing(agent: Agent, inventory: Inventory | None) -> list[str] | None:
+    if inventory is None:
+        return None
+    return sorted(set(inventory.hosts) - set(agent.view.members))
+
+
+def status_document(agent: Agent, inventory: Inventory | None = None) -> Json:
+    """The whole picture from this node, for `/v1/status` and `ringside status`."""
+    view, health, now = agent.view, agent.health, agent.leadership()
+    return {
+        "cluster": agent.config.cluster,
+        "node_id": agent.node_id,
+        "is_leader": now.is_leader,
+        "leader": now.leader,
+        "epoch": now.epoch,
+        "leadership": now.reason,
+        "alive": view.alive,
+        "members": [member_document(m, now.leader) for m in view.members.values()],
+        "registered": agent.registered,
+        "synced": view.synced,
+        "quorum_ok": health.quorum_ok,
+        "voters": {
+            "total": health.voters_total,
+            "healthy": health.voters_healthy,
+            "etcd_leader": health.etcd_leader,
+        },
+        "etcd": {
+            "connection": health.connection,
+            "error": health.error,
+            "endpoints": [
+                {"url": e.url, "reachable": e.reachable, "error": e.last_error}
+                for e in agent.store.endpoint_states()
+            ],
+        },
+        "lease": _lease_document(agent),
+        "history_violation": agent.guard.violation,
+        "revision": view.revision,
+        "last_change": view.changed_at or None,
+        "last_cycle": agent.last_cycle,
+        "inventory_missing": inventory_missing(agent, inventory),
+    }
+
+
+def orchestrator_status(agent: Agent, inventory: Inventory | None = None) -> Json:
+    """The orchestrator's existing `/status` shape, so its monitoring scripts keep working.
+
+    Its conventions, kept on purpose: `alive_peers` counts live peers *excluding* this node;
+    `peers` holds live peers only; `all_peers` adds every inventory host, "dead" when it has no
+    live lease. Voters are the etcd voters, and `voter_quorum_size` is a real majority.
+    """
+    view, health, now = agent.view, agent.health, agent.leadership()
+    peers = {
+        node_id: member_document(m, now.leader)
+        for node_id, m in view.members.items()
+        if node_id != agent.node_id
+    }
+    all_peers: Json = {node_id: {**doc, "status": "alive"} for node_id, doc in peers.items()}
+    for host in sorted(inventory.hosts if inventory else ()):
+        if host != agent.node_id and host not in all_peers:
+            all_peers[host] = {"node_id": host, "status": "dead"}
+    me = view.members.get(agent.node_id)
+    effective = now.leader if view.synced and health.quorum_ok else None
+    voters = {v.name: v for v in health.voters}
+    return {
+        "node_id": agent.node_id,
+        "role": "leader" if now.is_leader else "follower",
+        "leader_id": now.leader,
+        "effective_leader_id": effective,
+        "is_leader": now.is_leader,
+        "epoch": now.epoch,
+        "alive_peers": len(peers),
+        "peers": peers,
+        "all_peers": all_peers,
+        "self": member_document(me, now.leader) if me else {"node_id": agent.node_id},
+        "voter_node_ids": sorted(voters),
+        "voter_quorum_size": health.voters_total // 2 + 1 if health.voters_total else 0,
+        "voters_alive": health.voters_healthy,
+        "voter_quorum_ok": health.quorum_ok,
+        "voter_health": {
+            name: {
+                "healthy": v.healthy,
+                "is_raft_leader": v.is_raft_leader,
+                "error": v.error,
+            }
+            for name, v in sorted(voters.items())
+        },
+    }

@@ -1,0 +1,165 @@
+"""Prometheus metrics for one agent, in a registry of its own.
+
+State the agent already keeps (leadership, view, quorum health, endpoints, the lease clock) is
+read from the agent at scrape time by a custom collector, so a gauge can never drift from what
+`status` says. Only what happens between scrapes is counted as it happens: keepalive latencies
+(chained onto `Agent.on_keepalive`) and cluster events (by wrapping the agent's `EventLog.add`,
+since the log is a bounded ring a scrape could not count reliably once it wraps).
+
+    metrics = Metrics(agent)  # before or after agent.run() starts
+    body, content_type = metrics.render()
+
+`render()` reads the agent unlocked: call it from the agent's event loop thread (an aiohttp
+handler), not from a separate exporter thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from sidecar import __version__
+from sidecar.agent import Agent
+from sidecar.events import ClusterEvent
+
+# A loopback etcd answers in about a millisecond; anything near the TTL/3 keepalive period
+# (seconds) means the lease is at risk, so the buckets span 1 ms .. 5 s.
+KEEPALIVE_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Metrics:
+    """The metrics of `agent`, exposed from a private `CollectorRegistry` (never the global
+    one, so several agents can share a process, as they do in tests).
+
+    Counters start at construction: events already in the agent's log are counted once then,
+    later ones as they are added. Keepalives are observed from the next one on.
+    """
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.registry = CollectorRegistry()
+        self.keepalive_latency = Histogram(
+            "ringside_keepalive_latency_seconds",
+            "Round trip of each successful lease keepalive.",
+            buckets=KEEPALIVE_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.leader_changes = Counter(
+            "ringside_leader_changes",
+            "Leader or epoch changes seen in the cluster view (the first load counts as one).",
+            registry=self.registry,
+        )
+        self.member_changes = Counter(
+            "ringside_member_changes",
+            "Members that joined or left the cluster view (the first load counts as joins).",
+            ["kind"],
+            registry=self.registry,
+        )
+        for kind in ("joined", "left"):
+            self.member_changes.labels(kind=kind)  # exported as 0 before the first change
+        self.registry.register(_AgentCollector(agent))
+
+        agent.on_keepalive = self._observing(agent.on_keepalive)
+        if agent.session is not None:  # it was handed the old callback when it was opened
+            agent.session.on_keepalive = self._observing(agent.session.on_keepalive)
+
+        for event in agent.events:
+            self._count(event)
+        add = agent.events.add
+
+        def add_and_count(event: ClusterEvent) -> None:
+            add(event)
+            self._count(event)
+
+        # The agent calls `self.events.add` for every event, so an instance attribute that
+        # shadows the method sees them all without any change to `EventLog` or `Agent`.
+        agent.events.add = add_and_count  # type: ignore[method-assign]
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition text and its content type, for an HTTP response."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    def _observing(self, previous: Callable[[float], None]) -> Callable[[float], None]:
+        """`previous` plus an observation; observed first, as a raising callback would
+        otherwise hide the latency (and `observe` itself cannot raise)."""
+
+        def observe(latency_s: float) -> None:
+            self.keepalive_latency.observe(latency_s)
+            previous(latency_s)
+
+        return observe
+
+    def _count(self, event: ClusterEvent) -> None:
+        if event.kind == "leader_changed":
+            self.leader_changes.inc()
+        elif event.kind == "member_joined":
+            self.member_changes.labels(kind="joined").inc()
+        elif event.kind == "member_left":
+            self.member_changes.labels(kind="left").inc()
+
+
+class _AgentCollector(Collector):
+    """Gauges (and the watch reconnect counter) read from the agent at each scrape."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+
+    def collect(self) -> Iterable[Metric]:
+        agent = self.agent
+        now = agent.leadership()  # read once, so is_leader and epoch agree
+        view, health = agent.view, agent.health
+
+        yield _gauge("ringside_is_leader", "1 while this node may act as leader.", now.is_leader)
+        # No leader, no epoch: the series is absent then rather than NaN or 0, so dashboards
+        # show a gap and `max(ringside_epoch)` stays meaningful.
+        yield _gauge("ringside_epoch", "Fencing epoch of the current leader.", now.epoch)
+        yield _gauge("ringside_members_alive", "Members with a live lease.", view.alive)
+        yield _gauge("ringside_view_synced", "1 while the view follows etcd.", view.synced)
+        yield _gauge("ringside_quorum_ok", "1 while etcd has a quorum.", health.quorum_ok)
+        yield _gauge("ringside_voters_healthy", "Healthy etcd voters.", health.voters_healthy)
+        yield _gauge("ringside_voters_total", "etcd voters in the cluster.", health.voters_total)
+        yield _gauge(
+            "ringside_lease_remaining_seconds",
+            "Seconds until etcd could expire our lease, by our clock; absent without a session.",
+            max(0.0, agent.session.remaining()) if agent.session is not None else None,
+        )
+
+        up = GaugeMetricFamily(
+            "ringside_etcd_endpoint_up",
+            "1 if the last request to the endpoint got an answer; 0 if not or not tried yet.",
+            labels=["endpoint"],
+        )
+        for state in agent.store.endpoint_states():
+            up.add_metric([state.url], state.reachable is True)
+        yield up
+
+        info = GaugeMetricFamily(
+            "ringside_info",
+            "Always 1; labels identify the sidecar.",
+            labels=["node_id", "cluster", "version"],
+        )
+        info.add_metric([agent.node_id, agent.config.cluster, __version__], 1)
+        yield info
+
+        yield CounterMetricFamily(
+            "ringside_watch_reconnects_total",
+            "Times the cluster watch had to resume on another connection.",
+            value=getattr(agent.store, "watch_reconnects", 0),
+        )
+
+
+def _gauge(name: str, documentation: str, value: float | None) -> GaugeMetricFamily:
+    """A gauge without labels; no sample at all when `value` is None."""
+    family = GaugeMetricFamily(name, documentation)
+    if value is not None:
+        family.add_metric([], value)
+    return family

@@ -1,0 +1,212 @@
+"""Metrics of real in-process agents on the in-memory store, read back through the
+Prometheus text parser exactly as a scraper would see them."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from sidecar import __version__
+from sidecar.agent import Agent
+from sidecar.membership import MemberRecord
+from sidecar.metrics import Metrics
+from sidecar.settings import RingsideConfig
+from sidecar.store.memory import ENDPOINT, MemoryStore
+from sidecar.store.model import EndpointState
+
+TTL = 2  # keepalives every ~0.67 s
+
+
+def make_agent(store: MemoryStore, node_id: str, cluster: str) -> Agent:
+    config = RingsideConfig.model_validate(
+        {"cluster": cluster, "lease_ttl": TTL, "leader": {"eligible": True, "validity_margin": 0.5}}
+    )
+    record = MemberRecord(node_id=node_id, hostname="test", pid=1)
+    return Agent(config, node_id, store, record, quorum_interval_s=0.5)
+
+
+@asynccontextmanager
+async def running(agent: Agent) -> AsyncIterator[Agent]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    try:
+        yield agent
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+
+async def until(predicate: Callable[[], bool], within_s: float = 5.0) -> None:
+    deadline = time.monotonic() + within_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {within_s} s")
+        await asyncio.sleep(0.02)
+
+
+def scrape(metrics: Metrics) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample of one scrape, by sample name and labels."""
+    body, content_type = metrics.render()
+    assert content_type.startswith("text/plain")
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(body.decode())
+        for sample in family.samples
+    }
+
+
+def value(metrics: Metrics, name: str, **labels: str) -> float | None:
+    """One sample's value, None when the series is absent."""
+    return scrape(metrics).get((name, frozenset(labels.items())))
+
+
+@pytest.fixture
+def cluster() -> str:
+    return f"metrics-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+async def store() -> AsyncIterator[MemoryStore]:
+    memory = MemoryStore()
+    yield memory
+    await memory.close()
+
+
+async def test_before_running_nothing_is_claimed(store: MemoryStore, cluster: str) -> None:
+    metrics = Metrics(make_agent(store, "n1", cluster))
+    assert value(metrics, "ringside_is_leader") == 0
+    assert value(metrics, "ringside_epoch") is None  # no leader: the series is absent
+    assert value(metrics, "ringside_lease_remaining_seconds") is None
+    assert value(metrics, "ringside_view_synced") == 0
+    assert value(metrics, "ringside_members_alive") == 0
+    assert value(metrics, "ringside_quorum_ok") == 0
+    assert value(metrics, "ringside_info", node_id="n1", cluster=cluster, version=__version__) == 1
+
+
+async def test_leader_gauges_follow_the_agent(store: MemoryStore, cluster: str) -> None:
+    agent = make_agent(store, "n1", cluster)
+    metrics = Metrics(agent)
+    async with running(agent):
+        await until(lambda: agent.leadership().is_leader and agent.health.quorum_ok)
+        assert value(metrics, "ringside_is_leader") == 1
+        assert agent.leadership().epoch is not None
+        assert value(metrics, "ringside_epoch") == agent.leadership().epoch
+        assert value(metrics, "ringside_members_alive") == 1
+        assert value(metrics, "ringside_view_synced") == 1
+        assert value(metrics, "ringside_quorum_ok") == 1
+        assert value(metrics, "ringside_voters_healthy") == 1
+        assert value(metrics, "ringside_voters_total") == 1
+        assert value(metrics, "ringside_etcd_endpoint_up", endpoint=ENDPOINT) == 1
+        remaining = value(metrics, "ringside_lease_remaining_seconds")
+        assert remaining is not None
+        assert 0 < remaining <= TTL
+
+
+async def test_endpoint_up_is_zero_when_down_or_unknown(cluster: str) -> None:
+    class ThreeEndpoints(MemoryStore):
+        def endpoint_states(self) -> tuple[EndpointState, ...]:
+            return (
+                EndpointState("http://a:2379", reachable=True),
+                EndpointState("http://b:2379", reachable=False),
+                EndpointState("http://c:2379", reachable=None),
+            )
+
+    store = ThreeEndpoints()
+    try:
+        metrics = Metrics(make_agent(store, "n1", cluster))
+        assert value(metrics, "ringside_etcd_endpoint_up", endpoint="http://a:2379") == 1
+        assert value(metrics, "ringside_etcd_endpoint_up", endpoint="http://b:2379") == 0
+        assert value(metrics, "ringside_etcd_endpoint_up", endpoint="http://c:2379") == 0
+    finally:
+        await store.close()
+
+
+async def test_watch_reconnects_read_from_the_store(cluster: str) -> None:
+    class Reconnecting(MemoryStore):
+        watch_reconnects = 0
+
+    plain, reconnecting = MemoryStore(), Reconnecting()
+    try:
+        assert (
+            value(Metrics(make_agent(plain, "n1", cluster)), "ringside_watch_reconnects_total") == 0
+        )
+        metrics = Metrics(make_agent(reconnecting, "n2", cluster))
+        reconnecting.watch_reconnects = 3
+        assert value(metrics, "ringside_watch_reconnects_total") == 3
+    finally:
+        await plain.close()
+        await reconnecting.close()
+
+
+async def test_keepalive_latency_is_observed_and_chained(store: MemoryStore, cluster: str) -> None:
+    agent = make_agent(store, "n1", cluster)
+    seen: list[float] = []
+    agent.on_keepalive = seen.append
+    metrics = Metrics(agent)
+    count = "ringside_keepalive_latency_seconds_count"
+    async with running(agent):
+        await until(lambda: (value(metrics, count) or 0) >= 2)
+        total = value(metrics, count)
+        assert total is not None
+        assert len(seen) >= total  # the callback that was there before still runs
+        assert value(metrics, "ringside_keepalive_latency_seconds_bucket", le="5.0") == total
+
+
+async def test_keepalives_of_an_open_session_are_observed(store: MemoryStore, cluster: str) -> None:
+    agent = make_agent(store, "n1", cluster)
+    async with running(agent):
+        await until(lambda: agent.session is not None)
+        session = agent.session
+        metrics = Metrics(agent)  # after the session got its callback
+        await until(lambda: (value(metrics, "ringside_keepalive_latency_seconds_count") or 0) >= 1)
+        assert agent.session is session
+
+
+async def test_leader_and_member_changes_are_counted(store: MemoryStore, cluster: str) -> None:
+    first = make_agent(store, "n1", cluster)
+    metrics = Metrics(first)
+
+    def counted(kind: str) -> float | None:
+        return value(metrics, "ringside_member_changes_total", kind=kind)
+
+    def logged(kind: str) -> int:
+        return sum(1 for event in first.events if event.kind == kind)
+
+    async with running(first):
+        await until(lambda: first.leadership().is_leader)
+        assert value(metrics, "ringside_leader_changes_total") == logged("leader_changed") >= 1
+        assert counted("joined") == 1
+        assert counted("left") == 0
+        async with running(make_agent(store, "n2", cluster)):
+            await until(lambda: counted("joined") == 2)
+        await until(lambda: counted("left") == 1)
+        assert logged("member_left") == 1  # the log itself still gets every event
+        assert value(metrics, "ringside_members_alive") == 1
+
+
+async def test_events_before_construction_are_counted_once(
+    store: MemoryStore, cluster: str
+) -> None:
+    agent = make_agent(store, "n1", cluster)
+    async with running(agent):
+        await until(lambda: agent.leadership().is_leader)
+        metrics = Metrics(agent)
+        assert value(metrics, "ringside_member_changes_total", kind="joined") == 1
+        assert value(metrics, "ringside_leader_changes_total") == sum(
+            1 for event in agent.events if event.kind == "leader_changed"
+        )
+
+
+async def test_agents_in_one_process_have_separate_registries(
+    store: MemoryStore, cluster: str
+) -> None:
+    one, two = Metrics(make_agent(store, "n1", cluster)), Metrics(make_agent(store, "n2", cluster))
+    assert value(one, "ringside_info", node_id="n1", cluster=cluster, version=__version__) == 1
+    assert value(one, "ringside_info", node_id="n2", cluster=cluster, version=__version__) is None
+    assert value(two, "ringside_info", node_id="n2", cluster=cluster, version=__version__) == 1
