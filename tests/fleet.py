@@ -243,6 +243,14 @@ class InvariantChecker:
         if claim.valid_for_s <= 0:
             self.violations.append(f"{claim.node_id} claimed epoch {claim.epoch} with no validity")
 
+    async def wait_claim(self, epoch: int, within_s: float = 2.0) -> None:
+        """Wait until the checker itself has seen someone claim `epoch`."""
+        deadline = time.monotonic() + within_s
+        while epoch not in self._owner:
+            if time.monotonic() > deadline:
+                pytest.fail(f"the checker saw no claim of epoch {epoch} within {within_s} s")
+            await asyncio.sleep(self.interval_s)
+
     def epochs(self) -> list[int]:
         return sorted(self._owner)
 
