@@ -31,7 +31,7 @@ pytest: $(STAMP) etcd
 test: lint typecheck pytest
 
 demo: $(STAMP) etcd
-	$(BIN)/python -m sidecar.demo
+	$(BIN)/python -m sidecar.demo $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,82 +1,269 @@
-"""`make demo`: ringside's moving parts on a real local etcd cluster, with nothing to set up.
+"""`make demo`: five ringside sidecars on a real three-member etcd cluster, nothing to set up.
 
-Starts three etcd members on loopback, then shows the primitives every node relies on, as
-etcd answers them: a lease, a member key created only if absent, a duplicate refused, the
-key vanishing when its lease is revoked, and a watch that sees it all. It then keeps the
-cluster up until Ctrl-C (or `--seconds`), printing the endpoints to point `ringside` at.
+Starts etcd on loopback, then `ringside run` as hetzner-cpu1..3 (leader-eligible, like the
+voters), lambda-gh200-3 and vast-29118471 (not eligible), with the sample inventory when it is
+checked out beside the repository. Once all are ready it prints `ringside status` and follows
+`ringside status --watch` until Ctrl-C; `--once` prints the status and exits (for tests).
+
+Everything is stopped in order on the way out: the sidecars first (SIGTERM, so the leader
+resigns and every lease is revoked while etcd is still there), then etcd. The demo runs in a
+session of its own so that Ctrl-C reaches only it: the terminal would otherwise signal etcd and
+the sidecars at the same moment. If the demo itself is killed, the kernel stops its children.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
-import json
+import ctypes
+import os
 import signal
+import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
+from typing import Final
 
-from sidecar.localcluster import LocalClusterError, LocalEtcdCluster
-from sidecar.store.base import Store
-from sidecar.store.model import Compare, Get, Put
+from sidecar.client import SidecarClient, SidecarUnreachable
+from sidecar.deadline import Deadline
+from sidecar.localcluster import LocalClusterError, LocalEtcdCluster, free_port
+from sidecar.statusdoc import NoAnswer
 
-PREFIX = "/ringside/demo/members/"
-
-
-async def show_membership(store: Store) -> None:
-    async with store.watch(PREFIX, prefix=True) as batches:
-        lease = await store.lease_grant(10)
-        print(f"lease {lease.id:x} granted, ttl {lease.ttl}s")
-        record = json.dumps({"node_id": "hetzner-cpu1", "pid": 4242}).encode()
-        key = PREFIX + "hetzner-cpu1"
-        first = await store.txn([Compare.absent(key)], [Put(key, record, lease.id)], [Get(key)])
-        print(f"register hetzner-cpu1 (create_revision == 0): succeeded={first.succeeded}")
-        second = await store.txn([Compare.absent(key)], [Put(key, b"{}", 0)], [Get(key)])
-        print(f"register hetzner-cpu1 again: succeeded={second.succeeded} (duplicate refused)")
-        await store.lease_revoke(lease.id)
-        print("lease revoked")
-        seen = 0
-        async for batch in batches:
-            for event in batch.events:
-                print(f"  watch: revision {batch.revision} {event.type.name} {event.kv.key}")
-                seen += 1
-            if seen >= 2:
-                break
+CLUSTER: Final = "ringrift"
+NODES: Final = (
+    ("hetzner-cpu1", True),
+    ("hetzner-cpu2", True),
+    ("hetzner-cpu3", True),
+    ("lambda-gh200-3", False),
+    ("vast-29118471", False),
+)
+READY_WITHIN_S: Final = 60.0
+STOP_WITHIN_S: Final = 5.0
+INVENTORY: Final = Path("shared/fixtures/distributed_hosts.example.yaml")
+_IN_SESSION: Final = "--in-own-session"
+_PR_SET_PDEATHSIG: Final = 1
 
 
-async def run(cluster: LocalEtcdCluster, seconds: float | None) -> None:
-    store = cluster.client()
-    try:
-        await show_membership(store)
-        members = await store.members()
-        print(f"etcd cluster: {len(members)} members, endpoints {','.join(cluster.client_urls)}")
-    finally:
-        await store.close()
-    print(f"export RINGSIDE_ETCD_ENDPOINTS={','.join(cluster.client_urls)}")
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    print("cluster running; Ctrl-C stops it" if seconds is None else f"running {seconds:.0f}s")
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
+class DemoFailed(Exception):
+    """A sidecar did not start or did not become ready; the message says which and why."""
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m sidecar.demo", description=__doc__)
-    parser.add_argument("--seconds", type=float, help="stop after this long (default: Ctrl-C)")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="ringside-demo-") as tmp:
+class _Stop(Exception):
+    """SIGTERM or SIGINT arrived: stop everything in order."""
+
+
+def _on_parent_death(sig: signal.Signals) -> None:
+    """In a child before exec: the kernel sends `sig` when our (forking) thread dies."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, sig)
+
+
+def _sidecar_child() -> None:
+    _on_parent_death(signal.SIGTERM)  # a sidecar stops cleanly (resigns, revokes its lease)
+
+
+@dataclass
+class DemoSidecar:
+    node_id: str
+    url: str
+    log_path: Path
+    process: subprocess.Popen[bytes]
+
+
+def find_inventory() -> Path | None:
+    """The sample inventory in ``shared/`` beside the checkout (or beside the current directory)."""
+    checkout = Path(__file__).resolve().parent.parent
+    for base in (checkout.parent, Path.cwd().parent):
+        if (base / INVENTORY).is_file():
+            return base / INVENTORY
+    return None
+
+
+def start_sidecars(
+    cluster: LocalEtcdCluster, workdir: Path, inventory: Path | None
+) -> list[DemoSidecar]:
+    sidecars = []
+    for node_id, eligible in NODES:
+        listen = f"127.0.0.1:{free_port()}"
+        env = {
+            **os.environ,
+            "RINGSIDE_NODE_ID": node_id,
+            "RINGSIDE_CLUSTER": CLUSTER,
+            "RINGSIDE_ETCD_ENDPOINTS": ",".join(cluster.client_urls),
+            "RINGSIDE_HTTP_LISTEN": listen,
+            "RINGSIDE_LOCK_FILE": str(workdir / f"{node_id}.lock"),
+            "RINGSIDE_LEADER_ELIGIBLE": "true" if eligible else "false",
+        }
+        env.pop("RINGSIDE_CONFIG", None)
+        if inventory is not None:
+            env["RINGSIDE_INVENTORY"] = str(inventory)
+        log_path = workdir / f"{node_id}.log"
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "sidecar", "run"],
+                env=env,
+                stdout=log,
+                stderr=log,
+                preexec_fn=_sidecar_child,  # noqa: PLW1509  # prctl must run in the child
+            )
+        sidecars.append(DemoSidecar(node_id, f"http://{listen}", log_path, process))
+    return sidecars
+
+
+def wait_ready(sidecars: Sequence[DemoSidecar], within_s: float) -> None:
+    """Each sidecar answers /ready, then the first one sees all five and a leader."""
+    deadline = Deadline(within_s)
+    for sidecar in sidecars:
+        client = SidecarClient(sidecar.url, timeout_s=1.0)
+        while True:
+            _check_running(sidecar)
+            try:
+                if client.ready(wait_s=min(1.0, deadline.remaining()))[0]:
+                    break
+            except SidecarUnreachable:  # not listening yet
+                time.sleep(0.1)
+            if deadline.expired:
+                raise DemoFailed(f"{sidecar.node_id} not ready within {within_s:g} s")
+    first = SidecarClient(sidecars[0].url)
+    expected = sorted(s.node_id for s in sidecars)
+    while True:
+        report = first.status()
+        if report.healthy and sorted(m.node_id for m in report.members) == expected:
+            return
+        if deadline.expired:
+            raise DemoFailed(f"no leader and all five members within {within_s:g} s")
+        time.sleep(0.1)
+
+
+def _check_running(sidecar: DemoSidecar) -> None:
+    if sidecar.process.poll() is not None:
+        tail = sidecar.log_path.read_text(errors="replace").strip().splitlines()[-3:]
+        raise DemoFailed(
+            f"{sidecar.node_id} exited with code {sidecar.process.returncode}: " + " | ".join(tail)
+        )
+
+
+def ringside(*args: str) -> subprocess.Popen[bytes]:
+    """The `ringside` command, run as an operator would run it (shown first)."""
+    print(f"$ ringside {' '.join(args)}", flush=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "sidecar", *args],
+        preexec_fn=_sidecar_child,  # noqa: PLW1509
+    )
+
+
+def stop_sidecars(sidecars: Sequence[DemoSidecar]) -> None:
+    for sidecar in sidecars:
+        if sidecar.process.poll() is None:
+            sidecar.process.send_signal(signal.SIGTERM)
+    for sidecar in sidecars:
         try:
-            with LocalEtcdCluster(Path(tmp)) as cluster:
-                print(f"etcd members up: {', '.join(m.name for m in cluster.members)}")
-                asyncio.run(run(cluster, args.seconds))
-        except LocalClusterError as e:
-            print(f"demo: {e}", file=sys.stderr)
-            return 1
-    print("cluster stopped, data removed")
-    return 0
+            sidecar.process.wait(STOP_WITHIN_S)
+        except subprocess.TimeoutExpired:
+            sidecar.process.kill()
+            sidecar.process.wait()
+
+
+def run_demo(once: bool, seconds: float | None) -> int:
+    """Everything from an empty temp dir to a clean stop; returns the exit code."""
+    with tempfile.TemporaryDirectory(prefix="ringside-demo-") as tmp, _stop_on_signals():
+        workdir = Path(tmp)
+        inventory = find_inventory()
+        sidecars: list[DemoSidecar] = []
+        watcher: subprocess.Popen[bytes] | None = None
+        with LocalEtcdCluster(workdir / "etcd") as cluster:
+            try:
+                print(f"etcd: 3 members at {','.join(cluster.client_urls)}", flush=True)
+                sidecars = start_sidecars(cluster, workdir, inventory)
+                print(
+                    f"starting {len(sidecars)} sidecars (cluster {CLUSTER}, inventory "
+                    f"{inventory or 'none'}, logs in {workdir})",
+                    flush=True,
+                )
+                wait_ready(sidecars, READY_WITHIN_S)
+                code = ringside("status", "--sidecar", sidecars[0].url).wait()
+                print(_point_your_shell(cluster, sidecars), flush=True)
+                if once:
+                    return code
+                print("following changes; Ctrl-C stops it all", flush=True)
+                watcher = ringside("status", "--watch", "--sidecar", sidecars[0].url)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    watcher.wait(seconds)
+                return 0
+            except (DemoFailed, NoAnswer) as e:
+                print(f"demo: {e}", file=sys.stderr)
+                return 1
+            finally:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                if watcher is not None and watcher.poll() is None:
+                    watcher.terminate()
+                    watcher.wait()
+                stop_sidecars(sidecars)
+                print("sidecars stopped; stopping etcd", flush=True)
+    return 1  # not reached: LocalEtcdCluster does not swallow exceptions
+
+
+def _point_your_shell(cluster: LocalEtcdCluster, sidecars: Sequence[DemoSidecar]) -> str:
+    listen = sidecars[0].url.removeprefix("http://")
+    return "\n".join(
+        [
+            f"from another shell: export RINGSIDE_ETCD_ENDPOINTS={','.join(cluster.client_urls)} "
+            f"RINGSIDE_HTTP_LISTEN={listen}  # then: ringside status",
+            "sidecars: " + ", ".join(f"{s.node_id} {s.url}" for s in sidecars),
+        ]
+    )
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise _Stop
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _shielded(argv: Sequence[str]) -> int:
+    """Run the demo in its own session and turn our Ctrl-C into its orderly stop."""
+    child = subprocess.Popen(
+        [sys.executable, "-m", "sidecar.demo", *argv, _IN_SESSION],
+        start_new_session=True,
+        preexec_fn=lambda: _on_parent_death(signal.SIGTERM),  # noqa: PLW1509
+    )
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        child.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    return child.wait()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="python -m sidecar.demo", description=__doc__)
+    parser.add_argument("--once", action="store_true", help="print the status once and exit")
+    parser.add_argument("--seconds", type=float, help="stop after this long (default: Ctrl-C)")
+    parser.add_argument(_IN_SESSION, action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if not args.in_own_session:
+        return _shielded(argv)
+    try:
+        return run_demo(args.once, args.seconds)
+    except _Stop:
+        return 0
+    except LocalClusterError as e:
+        print(f"demo: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

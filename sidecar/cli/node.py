@@ -1,155 +1,22 @@
-"""The ``ringside`` command line.
+"""Commands about this node: `identity`, `config`, `etcd` (can this node reach a quorum?) and
+`run` (the sidecar itself). Their heavy imports happen inside each command."""
 
-Every command takes the same configuration options (`config_options`), and every operator
-mistake (a `ConfigError`, which includes identity and inventory errors) ends the same way: one
-``ringside: error: ...`` line on stderr and exit code 2, never a traceback. Click's own usage
-errors exit 2 as well.
+from __future__ import annotations
 
-Example::
-
-    $ ringside identity --node-id hetzner-cpu1
-    $ RINGSIDE_LEASE_TTL=30 ringside config --check
-"""
-
-import asyncio
 import dataclasses
-import functools
 import json
 import os
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Final, TypeVar
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import click
-from click.core import ParameterSource
 
-from sidecar import __version__
-from sidecar.config import LoadedConfig, RingsideConfig, load_config, render_with_sources
-from sidecar.connect import open_store
-from sidecar.daemon import run_sidecar
-from sidecar.errors import ConfigError
-from sidecar.health import EtcdHealth, check_etcd
-from sidecar.identity import HostFacts, IdentityError, SourceReport, resolve_identity
-from sidecar.inventory import load_inventory
-from sidecar.keys import Keys
-from sidecar.logs import setup_logging
+from sidecar.cli.base import EXIT_NO_QUORUM, ConfigRequest, config_options, ringside
 
-EXIT_CONFIG_ERROR: Final = 2
-EXIT_NO_QUORUM: Final = 1
-
-Result = TypeVar("Result")
-
-_CONFIG_OPTIONS: Final = (
-    click.option(
-        "--config",
-        "config_path",
-        type=click.Path(path_type=Path),
-        help="YAML config file (default: $RINGSIDE_CONFIG, else defaults only).",
-    ),
-    click.option("--cluster", help="Cluster name; keys live under /ringside/<cluster>/."),
-    click.option("--node-id", help="This node's id; overrides every other identity source."),
-    click.option("--etcd-endpoints", metavar="URL[,URL...]", help="etcd client URLs."),
-    click.option("--lease-ttl", type=int, metavar="SECONDS", help="Membership lease TTL (2-600)."),
-    click.option("--http-listen", metavar="HOST:PORT", help="Local HTTP API address."),
-    click.option(
-        "--leader-eligible/--not-leader-eligible",
-        default=None,
-        help="Whether this node campaigns for leadership.",
-    ),
-    click.option(
-        "--inventory",
-        type=click.Path(path_type=Path),
-        help="The orchestrator's distributed_hosts.yaml.",
-    ),
-    click.option(
-        "--lock-file",
-        type=click.Path(path_type=Path),
-        help="Single-instance lock file (default /run/ringside/<cluster>.lock).",
-    ),
-    click.option(
-        "--allow-unknown-node",
-        is_flag=True,
-        help="Accept a node id that is not a host in the inventory.",
-    ),
-)
-_FLAG_PARAMS: Final = frozenset(
-    {
-        "cluster",
-        "node_id",
-        "etcd_endpoints",
-        "lease_ttl",
-        "http_listen",
-        "leader_eligible",
-        "inventory",
-        "allow_unknown_node",
-        "lock_file",
-    }
-)
-
-
-@dataclass(frozen=True)
-class ConfigRequest:
-    """The config file a command was pointed at and the config flags the user actually passed.
-
-    `flags` is keyed by option name (``{"--lease-ttl": 30}``), as `load_config` expects.
-    """
-
-    path: Path | None
-    flags: Mapping[str, object]
-
-    def load(self, env: Mapping[str, str] | None = None) -> LoadedConfig:
-        """Load and validate the configuration against `env` (default: the process's)."""
-        return load_config(self.path, os.environ if env is None else env, self.flags)
-
-
-def config_options(command: Callable[..., Result]) -> Callable[..., Result]:
-    """Add the shared configuration options; the command receives them as `config_request`.
-
-    Only options given on the command line become flags, so a flag never hides an environment
-    variable or a file setting the user did not mean to override.
-    """
-
-    @functools.wraps(command)
-    def with_config_request(*args: Any, **kwargs: Any) -> Result:
-        ctx = click.get_current_context()
-        flags: dict[str, object] = {}
-        for param in ctx.command.params:
-            name = param.name
-            if name in _FLAG_PARAMS:
-                value = kwargs.pop(name)
-                if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE:
-                    flags[_option_name(param, value)] = value
-        request = ConfigRequest(path=kwargs.pop("config_path"), flags=flags)
-        return command(*args, config_request=request, **kwargs)
-
-    decorated: Callable[..., Result] = with_config_request
-    for option in reversed(_CONFIG_OPTIONS):
-        decorated = option(decorated)
-    return decorated
-
-
-def _option_name(param: click.Parameter, value: object) -> str:
-    if value is False and isinstance(param, click.Option) and param.secondary_opts:
-        return param.secondary_opts[0]
-    return param.opts[0]
-
-
-class _RingsideGroup(click.Group):
-    """Turns operator mistakes into one stderr line and exit code 2."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except ConfigError as error:
-            click.echo(f"ringside: error: {' '.join(str(error).splitlines())}", err=True)
-            ctx.exit(EXIT_CONFIG_ERROR)
-
-
-@click.group(cls=_RingsideGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="ringside")
-def ringside() -> None:
-    """ringside: etcd-backed membership and leader election for the orchestrator."""
+if TYPE_CHECKING:
+    from sidecar.config import RingsideConfig
+    from sidecar.health import EtcdHealth
+    from sidecar.identity import SourceReport
 
 
 @ringside.command()
@@ -160,6 +27,8 @@ def identity(config_request: ConfigRequest, as_json: bool) -> None:
 
     Exits 2 when an explicit id is rejected or no source gives a usable one.
     """
+    from sidecar.identity import HostFacts, IdentityError, resolve_identity  # noqa: PLC0415
+
     loaded = config_request.load()
     try:
         result = resolve_identity(loaded, os.environ, HostFacts.gather())
@@ -184,6 +53,9 @@ def show_config(config_request: ConfigRequest, check: bool) -> None:
 
     A configured inventory is read too, so a broken inventory fails here rather than at start.
     """
+    from sidecar.config import render_with_sources  # noqa: PLC0415
+    from sidecar.inventory import load_inventory  # noqa: PLC0415
+
     loaded = config_request.load()
     if loaded.config.inventory is not None:
         load_inventory(loaded.config.inventory)
@@ -201,6 +73,8 @@ def etcd_check(config_request: ConfigRequest, as_json: bool) -> None:
 
     Exits 0 when a quorum answers, 1 when it does not (etcd down or unreachable from here).
     """
+    import asyncio  # noqa: PLC0415  # ~30 ms that `ringside status` does not need
+
     config = config_request.load().config
     health = asyncio.run(_check_etcd(config))
     if as_json:
@@ -212,6 +86,10 @@ def etcd_check(config_request: ConfigRequest, as_json: bool) -> None:
 
 
 async def _check_etcd(config: RingsideConfig) -> EtcdHealth:
+    from sidecar.connect import open_store  # noqa: PLC0415
+    from sidecar.health import check_etcd  # noqa: PLC0415
+    from sidecar.keys import Keys  # noqa: PLC0415
+
     store = open_store(config.etcd)
     try:
         return await check_etcd(store, config.etcd.endpoints, Keys(config.cluster).prefix)
@@ -280,13 +158,11 @@ def run(config_request: ConfigRequest, log_format: str, log_level: str) -> None:
     Exits 0 after a clean stop, 1 when it must not run (node id held by another live node,
     another sidecar on this node, API address taken), 2 for bad configuration.
     """
+    from sidecar.daemon import run_sidecar  # noqa: PLC0415  # aiohttp and the agent
+    from sidecar.logs import setup_logging  # noqa: PLC0415
+
     setup_logging("json" if log_format == "json" else "text", log_level)
     raise SystemExit(run_sidecar(config_request.load()))
-
-
-def main() -> None:
-    """Console entry point of the ``ringside`` script."""
-    ringside(prog_name="ringside")
 
 
 def _report_table(reports: Sequence[SourceReport]) -> str:

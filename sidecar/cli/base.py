@@ -1,0 +1,153 @@
+"""What every `ringside` command shares: the group, its exit codes and error handling, and
+the configuration options (`config_options`) with their precedence flags > env > file.
+
+Kept to the standard library and click so that the fast commands stay fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+import click
+from click.core import ParameterSource
+
+from sidecar import __version__
+from sidecar.errors import ConfigError
+from sidecar.statusdoc import NoAnswer
+
+if TYPE_CHECKING:
+    from sidecar.config import LoadedConfig
+
+
+EXIT_DEGRADED: Final = 1  # no leader, or no etcd quorum
+EXIT_NO_QUORUM: Final = 1
+EXIT_CONFIG_ERROR: Final = 2
+EXIT_UNREACHABLE: Final = 3  # the sidecar or etcd did not answer, or answered garbage
+
+Result = TypeVar("Result")
+
+_CONFIG_OPTIONS: Final = (
+    click.option(
+        "--config",
+        "config_path",
+        type=click.Path(path_type=Path),
+        help="YAML config file (default: $RINGSIDE_CONFIG, else defaults only).",
+    ),
+    click.option("--cluster", help="Cluster name; keys live under /ringside/<cluster>/."),
+    click.option("--node-id", help="This node's id; overrides every other identity source."),
+    click.option("--etcd-endpoints", metavar="URL[,URL...]", help="etcd client URLs."),
+    click.option("--lease-ttl", type=int, metavar="SECONDS", help="Membership lease TTL (2-600)."),
+    click.option("--http-listen", metavar="HOST:PORT", help="Local HTTP API address."),
+    click.option(
+        "--leader-eligible/--not-leader-eligible",
+        default=None,
+        help="Whether this node campaigns for leadership.",
+    ),
+    click.option(
+        "--inventory",
+        type=click.Path(path_type=Path),
+        help="The orchestrator's distributed_hosts.yaml.",
+    ),
+    click.option(
+        "--lock-file",
+        type=click.Path(path_type=Path),
+        help="Single-instance lock file (default /run/ringside/<cluster>.lock).",
+    ),
+    click.option(
+        "--allow-unknown-node",
+        is_flag=True,
+        help="Accept a node id that is not a host in the inventory.",
+    ),
+)
+_FLAG_PARAMS: Final = frozenset(
+    {
+        "cluster",
+        "node_id",
+        "etcd_endpoints",
+        "lease_ttl",
+        "http_listen",
+        "leader_eligible",
+        "inventory",
+        "allow_unknown_node",
+        "lock_file",
+    }
+)
+
+
+@dataclass(frozen=True)
+class ConfigRequest:
+    """The config file a command was pointed at and the config flags the user actually passed.
+
+    `flags` is keyed by option name (``{"--lease-ttl": 30}``), as `load_config` expects.
+    """
+
+    path: Path | None
+    flags: Mapping[str, object]
+
+    def load(self, env: Mapping[str, str] | None = None) -> LoadedConfig:
+        """Load and validate the configuration against `env` (default: the process's)."""
+        from sidecar.config import load_config  # noqa: PLC0415  # pydantic: only when needed
+
+        return load_config(self.path, os.environ if env is None else env, self.flags)
+
+
+def config_options(command: Callable[..., Result]) -> Callable[..., Result]:
+    """Add the shared configuration options; the command receives them as `config_request`.
+
+    Only options given on the command line become flags, so a flag never hides an environment
+    variable or a file setting the user did not mean to override.
+    """
+
+    @functools.wraps(command)
+    def with_config_request(*args: Any, **kwargs: Any) -> Result:
+        ctx = click.get_current_context()
+        flags: dict[str, object] = {}
+        for param in ctx.command.params:
+            name = param.name
+            if name in _FLAG_PARAMS:
+                value = kwargs.pop(name)
+                if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE:
+                    flags[_option_name(param, value)] = value
+        request = ConfigRequest(path=kwargs.pop("config_path"), flags=flags)
+        return command(*args, config_request=request, **kwargs)
+
+    decorated: Callable[..., Result] = with_config_request
+    for option in reversed(_CONFIG_OPTIONS):
+        decorated = option(decorated)
+    return decorated
+
+
+def _option_name(param: click.Parameter, value: object) -> str:
+    if value is False and isinstance(param, click.Option) and param.secondary_opts:
+        return param.secondary_opts[0]
+    return param.opts[0]
+
+
+class _RingsideGroup(click.Group):
+    """Turns operator mistakes into one stderr line and exit code 2, and a sidecar or etcd
+    that does not answer (or answers garbage) into one stderr line and exit code 3."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConfigError as error:
+            click.echo(f"ringside: error: {_one_line(error)}", err=True)
+            ctx.exit(EXIT_CONFIG_ERROR)
+        except NoAnswer as error:
+            click.echo(f"ringside: {_one_line(error)}", err=True)
+            ctx.exit(EXIT_UNREACHABLE)
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).splitlines())
+
+
+@click.group(cls=_RingsideGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ringside")
+def ringside() -> None:
+    """ringside: etcd-backed membership and leader election for the orchestrator."""

@@ -1,0 +1,271 @@
+"""Commands about the cluster, asked of the local sidecar (or of etcd directly with
+`status --etcd`): `status`, `members`, `leader`, `resign`. They must start fast: their import
+path is the standard library, click and `sidecar.client`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import urllib.parse
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Final
+
+import click
+
+from sidecar.cli.base import (
+    EXIT_CONFIG_ERROR,
+    EXIT_DEGRADED,
+    ConfigRequest,
+    Result,
+    config_options,
+    ringside,
+)
+from sidecar.client import SidecarClient, sidecar_url
+from sidecar.render import FORMATS
+from sidecar.statusdoc import ClusterEvent, StatusReport
+
+if TYPE_CHECKING:
+    from sidecar.config import RingsideConfig
+
+
+# --- asking a sidecar (or etcd) how the cluster is ---------------------------------------
+
+
+def _sidecar_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """`--sidecar`: an http(s) URL with a host; a bare ``host:port`` means http."""
+    if value is None:
+        return None
+    url = value if "://" in value else "http://" + value
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018  # raises ValueError for a port that is not a port
+    except ValueError as e:
+        raise click.BadParameter(f"{value!r}: {e}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise click.BadParameter(f"{value!r} is not an http(s) URL, e.g. http://127.0.0.1:8776")
+    return url
+
+
+_SIDECAR_OPTION: Final = click.option(
+    "--sidecar",
+    metavar="URL",
+    callback=_sidecar_url,
+    help="The sidecar's API (default: http://<http.listen> from the configuration).",
+)
+
+
+def _output_option(
+    choices: Sequence[str],
+) -> Callable[[Callable[..., Result]], Callable[..., Result]]:
+    return click.option(
+        "-o",
+        "--output",
+        type=click.Choice(choices),
+        default=choices[0],
+        show_default=True,
+        help="A table for people; json or yaml for programs.",
+    )
+
+
+def _client(
+    config_request: ConfigRequest, sidecar: str | None, *, with_token: bool = False
+) -> SidecarClient:
+    """A client for `--sidecar`, else for the configured `http.listen`.
+
+    The configuration (pydantic, ~0.1 s) is read only when it is needed: for the address when
+    no `--sidecar` is given, and for `http.token` when the request needs one.
+    """
+    if sidecar is not None and not with_token:
+        return SidecarClient(sidecar)
+    config = config_request.load().config
+    token = config.http.token if with_token else None
+    return SidecarClient(sidecar or sidecar_url(config.http.listen), token=token)
+
+
+@ringside.command()
+@_SIDECAR_OPTION
+@click.option(
+    "--etcd",
+    "etcd_direct",
+    metavar="URL[,URL...]",
+    help="Read etcd at these endpoints directly instead of asking a sidecar (no sidecar needed).",
+)
+@_output_option(FORMATS)
+@click.option("-w", "--watch", is_flag=True, help="Then print one timestamped line per change.")
+@click.option(
+    "--wait-ready",
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="First wait up to SECONDS for the sidecar to be ready.",
+)
+@config_options
+def status(
+    *,
+    config_request: ConfigRequest,
+    sidecar: str | None,
+    etcd_direct: str | None,
+    output: str,
+    watch: bool,
+    wait_ready: float | None,
+) -> None:
+    """The cluster as this node's sidecar sees it: leader, epoch, quorum, members.
+
+    Exits 0 when there is a leader and an etcd quorum, 1 when not, 2 for a usage or
+    configuration error, 3 when the sidecar (or etcd, with --etcd) does not answer or answers
+    something that is not a status.
+    """
+    if etcd_direct is not None:
+        import asyncio  # noqa: PLC0415
+
+        if sidecar is not None:
+            raise click.UsageError("--sidecar and --etcd exclude each other")
+        request = ConfigRequest(
+            config_request.path, {**config_request.flags, "--etcd-endpoints": etcd_direct}
+        )
+        config = request.load().config
+        if watch:
+            _until_interrupted(
+                lambda: asyncio.run(_status_from_etcd(config, output, True, wait_ready))
+            )
+        raise SystemExit(asyncio.run(_status_from_etcd(config, output, False, wait_ready)))
+    client = _client(config_request, sidecar)
+    ready = True
+    if wait_ready is not None:
+        ready, reason = client.wait_ready(wait_ready)
+        if not ready:
+            click.echo(f"ringside: not ready after {wait_ready:g} s: {reason}", err=True)
+    report = client.status()
+    _show_status(report, output)
+    if watch:
+        from sidecar.follow import follow_sidecar  # noqa: PLC0415
+
+        _until_interrupted(lambda: follow_sidecar(client, report, *_watch_printers(output)))
+    raise SystemExit(0 if report.healthy and ready else EXIT_DEGRADED)
+
+
+async def _status_from_etcd(
+    config: RingsideConfig, output: str, watch: bool, wait_ready: float | None
+) -> int:
+    """`status --etcd`: read (until healthy, with --wait-ready), show, then poll (--watch)."""
+    import asyncio  # noqa: PLC0415
+
+    from sidecar.deadline import Deadline  # noqa: PLC0415
+    from sidecar.follow import follow_etcd  # noqa: PLC0415
+    from sidecar.snapshot import EtcdSnapshots  # noqa: PLC0415  # aiohttp, pydantic
+
+    async with EtcdSnapshots(config) as snapshots:
+        report = await snapshots.read()
+        deadline = Deadline(wait_ready or 0.0)
+        while not report.healthy and not deadline.expired:
+            await asyncio.sleep(min(1.0, deadline.remaining()))
+            report = await snapshots.read()
+        _show_status(report, output)
+        if watch:
+            await follow_etcd(snapshots.read, report, *_watch_printers(output))
+    return 0 if report.healthy else EXIT_DEGRADED
+
+
+def _show_status(report: StatusReport, output: str) -> None:
+    from sidecar import render  # noqa: PLC0415
+
+    if output in ("json", "yaml"):
+        click.echo(render.document(report.document, output))
+    else:
+        click.echo(render.status_text(report, wide=output == "wide"))
+
+
+def _watch_printers(output: str) -> tuple[Callable[[ClusterEvent], None], Callable[[str], None]]:
+    """How a watch prints a change, and a note about the watch itself (a source lost or back):
+    timestamped lines for people; JSON lines (or YAML documents) on stdout, notes on stderr."""
+    from sidecar import render  # noqa: PLC0415
+
+    def emit(event: ClusterEvent) -> None:
+        if output == "json":
+            click.echo(json.dumps(event.document()))
+        elif output == "yaml":
+            click.echo("---\n" + render.document(event.document(), "yaml"))
+        else:
+            click.echo(render.stamped(render.event_sentence(event), event.at))
+
+    def note(sentence: str) -> None:
+        click.echo(render.stamped(sentence), err=output in ("json", "yaml"))
+
+    return emit, note
+
+
+def _until_interrupted(follow: Callable[[], object]) -> None:
+    """Run a watch until Ctrl-C, which is how a watch is meant to end (exit 0, no message)."""
+    try:
+        follow()
+    except KeyboardInterrupt:
+        raise SystemExit(0) from None
+
+
+@ringside.command()
+@click.argument("member_id", metavar="NODE_ID", required=False)
+@_SIDECAR_OPTION
+@_output_option(FORMATS)
+@config_options
+def members(
+    config_request: ConfigRequest, member_id: str | None, sidecar: str | None, output: str
+) -> None:
+    """The live members (or the one NODE_ID): role, addresses, since when, labels.
+
+    Exits 1 when NODE_ID is not a live member, 3 when the sidecar does not answer.
+    """
+    from sidecar import render  # noqa: PLC0415
+
+    client = _client(config_request, sidecar)
+    if member_id is None:
+        found = client.members()
+    else:
+        member = client.member(member_id)
+        if member is None:
+            click.echo(f"ringside: {member_id} is not a live member", err=True)
+            raise SystemExit(EXIT_DEGRADED)
+        found = (member,)
+    if output in ("json", "yaml"):
+        documents = [dataclasses.asdict(m) for m in found]
+        click.echo(render.document(documents[0] if member_id else {"members": documents}, output))
+    else:
+        click.echo("\n".join(render.member_rows(found, wide=output == "wide")))
+
+
+@ringside.command()
+@_SIDECAR_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@config_options
+def leader(config_request: ConfigRequest, sidecar: str | None, as_json: bool) -> None:
+    """Who leads and at which epoch (the fencing token). Exits 1 when nobody leads."""
+    from sidecar import render  # noqa: PLC0415
+
+    report = _client(config_request, sidecar).leader()
+    click.echo(json.dumps(dataclasses.asdict(report)) if as_json else render.leader_text(report))
+    if report.leader is None:
+        raise SystemExit(EXIT_DEGRADED)
+
+
+@ringside.command()
+@_SIDECAR_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print the sidecar's JSON answer.")
+@config_options
+def resign(config_request: ConfigRequest, sidecar: str | None, as_json: bool) -> None:
+    """Make this node hand leadership over now; the next candidate leads with a higher epoch.
+
+    Sends `http.token` from the configuration when one is set. Exits 1 when this node is not
+    the leader, 2 when the sidecar refuses the request (token missing or wrong, not loopback).
+    """
+    answer = _client(config_request, sidecar, with_token=True).resign()
+    if as_json:
+        click.echo(json.dumps({"status": answer.status, **answer.document}))
+    if answer.status == 200:
+        if not as_json:
+            click.echo(f"resigned: epoch {answer.document.get('epoch')} handed over")
+        return
+    if answer.status == 409:
+        click.echo(f"ringside: not resigned: {answer.error}", err=True)
+        raise SystemExit(EXIT_DEGRADED)
+    click.echo(
+        f"ringside: error: the sidecar refused (HTTP {answer.status}): {answer.error}", err=True
+    )
+    raise SystemExit(EXIT_CONFIG_ERROR)

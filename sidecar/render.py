@@ -1,0 +1,145 @@
+"""How `ringside status`, `members` and `--watch` print: a table for people, JSON/YAML for programs.
+
+    ringrift: leader hetzner-cpu1 (epoch 42), 5 alive, quorum ok (3/3 voters)
+    NODE            ROLE      STATE  ADDRESS       SINCE
+    hetzner-cpu1    leader    alive  203.0.113.21  3m12s
+    lambda-gh200-3  observer  alive  100.64.0.88   41s
+    missing: mac-studio, nebius-h100-3
+
+A member's state is "alive" while the view it comes from is in sync with an etcd quorum, and
+"stale" otherwise: a sidecar cut off from etcd keeps showing the last members it saw.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any, Final
+
+from sidecar.statusdoc import ClusterEvent, LeaderReport, MemberInfo, StatusReport
+
+FORMATS: Final = ("table", "wide", "json", "yaml")
+
+
+def age(since: str | None, now: float | None = None) -> str:
+    """How long ago `since` (ISO time) was, for a table cell.
+
+    >>> age("2024-05-01T12:00:00+00:00", now=1714564992.0)
+    '3m12s'
+    >>> age("2024-05-01T12:00:00+00:00", now=1714572000.0), age(None), age("soon")
+    ('2h00m', '-', '-')
+    """
+    if not since:
+        return "-"
+    try:
+        started = datetime.fromisoformat(since).timestamp()
+    except ValueError:
+        return "-"
+    seconds = max(0, int((time.time() if now is None else now) - started))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
+
+
+def summary(report: StatusReport) -> str:
+    """The one line that says whether the cluster is healthy."""
+    if report.leader is None:
+        leader = "no leader"
+    else:
+        leader = f"leader {report.leader} (epoch {report.epoch})"
+    quorum = "quorum ok" if report.quorum_ok else "quorum LOST"
+    voters = f"{report.voters_healthy}/{report.voters_total} voters"
+    return f"{report.cluster}: {leader}, {report.alive} alive, {quorum} ({voters})"
+
+
+def member_rows(
+    members: Sequence[MemberInfo], *, state: str = "alive", wide: bool = False
+) -> list[str]:
+    """A header and one aligned row per member."""
+    header = ["NODE", "ROLE", "STATE", "ADDRESSES" if wide else "ADDRESS", "SINCE"]
+    if wide:
+        header.append("LABELS")
+    rows = [header]
+    for m in members:
+        addresses = ",".join(m.addresses) if wide else (m.addresses[0] if m.addresses else "")
+        row = [m.node_id, m.role, state, addresses or "-", age(m.since)]
+        if wide:
+            row.append(",".join(f"{k}={v}" for k, v in sorted(m.labels.items())) or "-")
+        rows.append(row)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+
+
+def status_text(report: StatusReport, *, wide: bool = False) -> str:
+    state = "alive" if report.synced and report.quorum_ok else "stale"
+    lines = [summary(report)]
+    if report.etcd_connection != "connected" or report.etcd_error:
+        lines.append(f"etcd: {report.etcd_connection}" + _suffix(report.etcd_error))
+    if report.history_violation:
+        lines.append(f"etcd history: {report.history_violation}")
+    if report.members:
+        lines += member_rows(report.members, state=state, wide=wide)
+    if report.inventory_missing:
+        lines.append(f"missing: {', '.join(report.inventory_missing)}")
+    return "\n".join(lines)
+
+
+def document(value: Mapping[str, Any] | Sequence[Any], output: str) -> str:
+    """A JSON or YAML rendering of a document (yaml is imported only when asked for)."""
+    if output == "yaml":
+        import yaml  # noqa: PLC0415  # only `-o yaml` pays for it
+
+        return yaml.safe_dump(_plain(value), sort_keys=False, allow_unicode=True).rstrip("\n")
+    return json.dumps(value, indent=2)
+
+
+def _plain(value: Any) -> Any:
+    """Mappings and sequences as dicts and lists, which `yaml.safe_dump` takes."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def leader_text(report: LeaderReport) -> str:
+    if report.leader is None:
+        return f"no leader ({report.reason})"
+    text = f"leader {report.leader} (epoch {report.epoch})"
+    if report.is_self:
+        text += f"; this node, valid for {report.valid_for_s or 0:.1f} s"
+    return text
+
+
+def event_sentence(event: ClusterEvent) -> str:
+    detail = event.detail
+    if event.kind == "member_joined":
+        return f"member {detail.get('node_id')} joined"
+    if event.kind == "member_left":
+        return f"member {detail.get('node_id')} left"
+    if event.kind == "leader_changed":
+        if detail.get("leader") is None:
+            return "leader changed: no leader"
+        return f"leader changed: {detail.get('leader')} (epoch {detail.get('epoch')})"
+    if event.kind == "quorum_lost":
+        return "quorum lost" + _suffix(detail.get("reason"))
+    return "quorum regained"
+
+
+def stamped(sentence: str, at: float | None = None) -> str:
+    """`sentence` after the local time `at` (default now), e.g. ``2024-05-01 12:03:07 ...``."""
+    when = datetime.fromtimestamp(time.time() if at is None else at)
+    return f"{when:%Y-%m-%d %H:%M:%S} {sentence}"
+
+
+def _suffix(text: object) -> str:
+    return f": {text}" if text else ""

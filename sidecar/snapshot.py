@@ -1,0 +1,129 @@
+"""`ringside status --etcd`: the status document read from etcd itself, for a laptop with no
+sidecar. The same document a sidecar serves, with `node_id` null and `is_leader` false.
+
+One read of the `/ringside/<cluster>/` prefix (linearizable, so an answer means a quorum stood
+behind it) builds the `ClusterView` a sidecar would hold, and a quorum check asks each voter,
+both at once. When etcd answers but cannot serve the read (no quorum), the document says so with
+an empty member list; only when no endpoint answers at all is that `NoAnswer` (exit 3).
+
+    async with EtcdSnapshots(config) as snapshots:
+        report = await snapshots.read()
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Collection
+from types import TracebackType
+from typing import Any
+
+from sidecar.connect import open_store
+from sidecar.inventory import load_inventory
+from sidecar.keys import Keys
+from sidecar.quorum import QuorumHealth, check_quorum
+from sidecar.settings import RingsideConfig
+from sidecar.statusdoc import NoAnswer, StatusReport, parse_status
+from sidecar.store.base import Store
+from sidecar.store.errors import StoreError
+from sidecar.store.model import RangeResult
+from sidecar.view import ClusterView, build_view
+
+
+class EtcdUnreachable(NoAnswer):
+    """No etcd endpoint answered."""
+
+
+class EtcdSnapshots:
+    """Reads status documents from the etcd of `config` (its endpoints, TLS, credentials)."""
+
+    def __init__(self, config: RingsideConfig) -> None:
+        self.keys = Keys(config.cluster)
+        self.endpoints = config.etcd.endpoints
+        self.inventory_hosts: Collection[str] | None = None
+        if config.inventory is not None:
+            self.inventory_hosts = tuple(load_inventory(config.inventory).hosts)
+        self.store: Store = open_store(config.etcd)
+
+    async def __aenter__(self) -> EtcdSnapshots:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.store.close()
+
+    async def read(self) -> StatusReport:
+        """The cluster now, as a status report; `EtcdUnreachable` when no endpoint answers."""
+        loaded, health = await asyncio.gather(
+            _read_prefix(self.store, self.keys), check_quorum(self.store)
+        )
+        if isinstance(loaded, StoreError):
+            if health.connection == "partitioned":
+                where = ", ".join(self.endpoints)
+                raise EtcdUnreachable(f"cannot reach etcd at {where}: {loaded}")
+            unread = f"cannot read the member list: {loaded}"
+            return parse_status(self._document(ClusterView(), health, unread))
+        view = build_view(self.keys, loaded.kvs, loaded.header)
+        return parse_status(self._document(view, health, None))
+
+    def _document(
+        self, view: ClusterView, health: QuorumHealth, read_error: str | None
+    ) -> dict[str, Any]:
+        head = view.leader
+        members = [
+            {
+                "node_id": m.node_id,
+                "addresses": list(m.record.addresses) if m.record else [],
+                "labels": dict(m.record.labels) if m.record else {},
+                "eligible": m.record.eligible if m.record else False,
+                "since": (m.record.started_at or None) if m.record else None,
+                "is_leader": head is not None and head.node_id == m.node_id,
+            }
+            for m in view.members.values()
+        ]
+        missing = None
+        if self.inventory_hosts is not None and view.synced:
+            missing = sorted(set(self.inventory_hosts) - set(view.members))
+        return {
+            "cluster": self.keys.cluster,
+            "node_id": None,
+            "is_leader": False,
+            "leader": head.node_id if head else None,
+            "epoch": view.epoch,
+            "leadership": "read from etcd: the oldest election key leads"
+            if head
+            else "read from etcd: no candidate",
+            "alive": view.alive,
+            "members": members,
+            "registered": False,
+            "synced": view.synced,
+            "quorum_ok": health.quorum_ok,
+            "voters": {
+                "total": health.voters_total,
+                "healthy": health.voters_healthy,
+                "etcd_leader": health.etcd_leader,
+            },
+            "etcd": {
+                "connection": health.connection,
+                "error": read_error or health.error,
+                "endpoints": [
+                    {"url": e.url, "reachable": e.reachable, "error": e.last_error}
+                    for e in self.store.endpoint_states()
+                ],
+            },
+            "lease": None,
+            "history_violation": None,
+            "revision": view.revision,
+            "last_change": None,
+            "inventory_missing": missing,
+        }
+
+
+async def _read_prefix(store: Store, keys: Keys) -> RangeResult | StoreError:
+    try:
+        return await store.get(keys.prefix, prefix=True)
+    except StoreError as e:
+        return e

@@ -1,0 +1,68 @@
+"""`make demo` on this machine: five real sidecars on a real etcd, one status, nothing left over."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import uuid
+
+import psutil
+
+NODES = ("hetzner-cpu1", "hetzner-cpu2", "hetzner-cpu3", "lambda-gh200-3", "vast-29118471")
+MARK = "RINGSIDE_TEST_DEMO_MARK"
+
+
+def marked(mark: str) -> list[psutil.Process]:
+    """Live processes whose environment carries `mark`: everything the demo started."""
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.environ().get(MARK) == mark and process.status() != "zombie":
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def test_demo_once_shows_five_sidecars_one_hetzner_leader_and_cleans_up() -> None:
+    mark = uuid.uuid4().hex
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RINGSIDE_")}
+    if "RINGSIDE_ETCD_BINARY" in os.environ:
+        env["RINGSIDE_ETCD_BINARY"] = os.environ["RINGSIDE_ETCD_BINARY"]
+    env[MARK] = mark  # inherited by every process the demo starts
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "sidecar.demo", "--once"],
+            check=False,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=90,
+        )
+    finally:
+        leftovers = marked(mark)
+        left = [" ".join(p.cmdline()) for p in leftovers]
+        for process in leftovers:  # never leave them to the next test
+            process.kill()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert left == [], f"left running: {left}"  # etcd members, `sidecar run`, anything
+
+    out = result.stdout
+    summary = re.search(
+        r"^ringrift: leader (\S+) \(epoch \d+\), 5 alive, quorum ok \(3/3 voters\)$", out, re.M
+    )
+    assert summary is not None, out
+    rows = {
+        cells[0]: cells
+        for cells in map(str.split, out.splitlines())
+        if cells[:1] in [[n] for n in NODES]
+    }
+    assert sorted(rows) == sorted(NODES), out
+    leaders = [node_id for node_id, cells in rows.items() if cells[1] == "leader"]
+    assert leaders == [summary.group(1)], out
+    assert leaders[0].startswith("hetzner-cpu")
+    observers = {node_id for node_id, cells in rows.items() if cells[1] == "observer"}
+    assert observers == {"lambda-gh200-3", "vast-29118471"}
+    assert re.search(r"^from another shell: export RINGSIDE_ETCD_ENDPOINTS=http://", out, re.M)
