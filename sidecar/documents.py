@@ -7,10 +7,14 @@ memory, and leadership is decided at the moment the document is built.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
+from sidecar.election import Leadership
 from sidecar.inventory import Inventory
-from sidecar.view import Member
+from sidecar.quorum import QuorumHealth
+from sidecar.store.model import EndpointState
+from sidecar.view import ClusterView, Member
 
 if TYPE_CHECKING:
     from sidecar.agent import Agent
@@ -78,25 +82,32 @@ def _lease_document(agent: Agent) -> Json | None:
     }
 
 
-def inventory_missing(agent: Agent, inventory: Inventory | None) -> list[str] | None:
-    if inventory is None:
-        return None
-    return sorted(set(inventory.hosts) - set(agent.view.members))
-
-
-def status_document(agent: Agent, inventory: Inventory | None = None) -> Json:
-    """The whole picture from this node, for `/v1/status` and `ringside status`."""
-    view, health, now = agent.view, agent.health, agent.leadership()
+def cluster_document(
+    *,
+    cluster: str,
+    node_id: str | None,
+    now: Leadership,
+    view: ClusterView,
+    health: QuorumHealth,
+    endpoints: Sequence[EndpointState],
+    inventory_hosts: Collection[str] | None,
+    etcd_error: str | None = None,
+    **node_fields: Any,
+) -> Json:
+    """The status document: what `/v1/status` serves and `ringside status --etcd` builds from
+    etcd directly (there with `node_id` None). `node_fields` are the sidecar-only extras."""
+    missing = None
+    if inventory_hosts is not None and view.synced:
+        missing = sorted(set(inventory_hosts) - set(view.members))
     return {
-        "cluster": agent.config.cluster,
-        "node_id": agent.node_id,
+        "cluster": cluster,
+        "node_id": node_id,
         "is_leader": now.is_leader,
         "leader": now.leader,
         "epoch": now.epoch,
         "leadership": now.reason,
         "alive": view.alive,
         "members": [member_document(m, now.leader) for m in view.members.values()],
-        "registered": agent.registered,
         "synced": view.synced,
         "quorum_ok": health.quorum_ok,
         "voters": {
@@ -106,19 +117,36 @@ def status_document(agent: Agent, inventory: Inventory | None = None) -> Json:
         },
         "etcd": {
             "connection": health.connection,
-            "error": health.error,
+            "error": etcd_error or health.error,
             "endpoints": [
-                {"url": e.url, "reachable": e.reachable, "error": e.last_error}
-                for e in agent.store.endpoint_states()
+                {"url": e.url, "reachable": e.reachable, "error": e.last_error} for e in endpoints
             ],
         },
-        "lease": _lease_document(agent),
-        "history_violation": agent.guard.violation,
         "revision": view.revision,
         "last_change": view.changed_at or None,
-        "last_cycle": agent.last_cycle,
-        "inventory_missing": inventory_missing(agent, inventory),
+        "inventory_missing": missing,
+        "registered": False,
+        "lease": None,
+        "history_violation": None,
+        **node_fields,
     }
+
+
+def status_document(agent: Agent, inventory: Inventory | None = None) -> Json:
+    """The whole picture from this node, for `/v1/status` and `ringside status`."""
+    return cluster_document(
+        cluster=agent.config.cluster,
+        node_id=agent.node_id,
+        now=agent.leadership(),
+        view=agent.view,
+        health=agent.health,
+        endpoints=agent.store.endpoint_states(),
+        inventory_hosts=tuple(inventory.hosts) if inventory else None,
+        registered=agent.registered,
+        lease=_lease_document(agent),
+        history_violation=agent.guard.violation,
+        last_cycle=agent.last_cycle,
+    )
 
 
 def orchestrator_status(agent: Agent, inventory: Inventory | None = None) -> Json:

@@ -18,6 +18,8 @@ from types import TracebackType
 from typing import Any
 
 from sidecar.connect import open_store
+from sidecar.documents import cluster_document
+from sidecar.election import Leadership
 from sidecar.inventory import load_inventory
 from sidecar.keys import Keys
 from sidecar.quorum import QuorumHealth, check_quorum
@@ -73,53 +75,21 @@ class EtcdSnapshots:
         self, view: ClusterView, health: QuorumHealth, read_error: str | None
     ) -> dict[str, Any]:
         head = view.leader
-        members = [
-            {
-                "node_id": m.node_id,
-                "addresses": list(m.record.addresses) if m.record else [],
-                "labels": dict(m.record.labels) if m.record else {},
-                "eligible": m.record.eligible if m.record else False,
-                "since": (m.record.started_at or None) if m.record else None,
-                "is_leader": head is not None and head.node_id == m.node_id,
-            }
-            for m in view.members.values()
-        ]
-        missing = None
-        if self.inventory_hosts is not None and view.synced:
-            missing = sorted(set(self.inventory_hosts) - set(view.members))
-        return {
-            "cluster": self.keys.cluster,
-            "node_id": None,
-            "is_leader": False,
-            "leader": head.node_id if head else None,
-            "epoch": view.epoch,
-            "leadership": "read from etcd: the oldest election key leads"
+        reason = (
+            "read from etcd: the oldest election key leads"
             if head
-            else "read from etcd: no candidate",
-            "alive": view.alive,
-            "members": members,
-            "registered": False,
-            "synced": view.synced,
-            "quorum_ok": health.quorum_ok,
-            "voters": {
-                "total": health.voters_total,
-                "healthy": health.voters_healthy,
-                "etcd_leader": health.etcd_leader,
-            },
-            "etcd": {
-                "connection": health.connection,
-                "error": read_error or health.error,
-                "endpoints": [
-                    {"url": e.url, "reachable": e.reachable, "error": e.last_error}
-                    for e in self.store.endpoint_states()
-                ],
-            },
-            "lease": None,
-            "history_violation": None,
-            "revision": view.revision,
-            "last_change": None,
-            "inventory_missing": missing,
-        }
+            else "read from etcd: no candidate"
+        )
+        return cluster_document(
+            cluster=self.keys.cluster,
+            node_id=None,
+            now=Leadership(False, head.node_id if head else None, view.epoch, None, reason),
+            view=view,
+            health=health,
+            endpoints=self.store.endpoint_states(),
+            inventory_hosts=self.inventory_hosts,
+            etcd_error=read_error,
+        )
 
 
 async def _read_prefix(store: Store, keys: Keys) -> RangeResult | StoreError:

@@ -7,58 +7,21 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from sidecar.agent import Agent
 from sidecar.election import campaign, fenced_txn, leadership
 from sidecar.events import diff_views
 from sidecar.keys import Keys
 from sidecar.membership import MemberRecord
 from sidecar.session import Session
-from sidecar.settings import RingsideConfig
 from sidecar.store.base import Store
 from sidecar.store.memory import MemoryStore
 from sidecar.store.model import Header, Put
 from sidecar.view import ViewKeeper, build_view
-
-TTL = 2
-
-
-def config_for(cluster: str, **leader: object) -> RingsideConfig:
-    return RingsideConfig.model_validate(
-        {
-            "cluster": cluster,
-            "lease_ttl": TTL,
-            "leader": {"eligible": True, "validity_margin": 0.5, **leader},
-        }
-    )
-
-
-@asynccontextmanager
-async def running(
-    store: Store, node_id: str, cluster: str, **leader: object
-) -> AsyncIterator[Agent]:
-    record = MemberRecord(node_id=node_id, hostname="test", pid=1)
-    agent = Agent(config_for(cluster, **leader), node_id, store, record, quorum_interval_s=0.5)
-    stop = asyncio.Event()
-    task = asyncio.create_task(agent.run(stop))
-    try:
-        yield agent
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 5)
-
-
-async def until(predicate: Callable[[], bool], within_s: float = 5.0) -> None:
-    deadline = time.monotonic() + within_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {within_s} s")
-        await asyncio.sleep(0.02)
+from tests.agents import TTL, running_agent, until
 
 
 @pytest.fixture
@@ -75,7 +38,7 @@ async def store() -> AsyncIterator[MemoryStore]:
 
 async def test_epoch_is_the_leader_keys_create_revision(store: Store, cluster: str) -> None:
     """Rule 1: the fencing token is the election key's create_revision, read from etcd."""
-    async with running(store, "n1", cluster) as agent:
+    async with running_agent(store, "n1", cluster) as agent:
         await until(lambda: agent.leadership().is_leader)
         keys = (await store.get(Keys(cluster).election, prefix=True)).kvs
         assert len(keys) == 1
@@ -113,7 +76,7 @@ async def test_validity_clock_decides_at_read_time(store: Store, cluster: str) -
 async def test_losing_our_key_ends_leadership_and_the_epoch(store: Store, cluster: str) -> None:
     """Rules 3 and 5: our key deleted behind our back -> not leader at once, and the next
     leadership is a new session with a higher epoch, never the old one resumed."""
-    async with running(store, "n1", cluster) as agent:
+    async with running_agent(store, "n1", cluster) as agent:
         await until(lambda: agent.leadership().is_leader)
         first = agent.leadership().epoch
         assert agent.campaign is not None
@@ -138,7 +101,7 @@ async def test_session_uses_the_granted_ttl(store: Store) -> None:
 
 async def test_foreign_cluster_id_blocks_leadership(store: Store, cluster: str) -> None:
     """Rule 7: a header from another etcd cluster stops this node acting as leader."""
-    async with running(store, "n1", cluster) as agent:
+    async with running_agent(store, "n1", cluster) as agent:
         await until(lambda: agent.leadership().is_leader)
         header = agent.view.header
         assert header is not None
@@ -184,9 +147,9 @@ async def test_reload_after_a_broken_watch_misses_no_deletion(store: Store, clus
 async def test_resign_hands_over_at_once_and_requeues_with_a_higher_epoch(
     store: Store, cluster: str
 ) -> None:
-    async with running(store, "n1", cluster) as first:
+    async with running_agent(store, "n1", cluster) as first:
         await until(lambda: first.leadership().is_leader)
-        async with running(store, "n2", cluster) as second:
+        async with running_agent(store, "n2", cluster) as second:
             await until(lambda: second.view.alive == 2 and second.campaign is not None)
             old_epoch = first.leadership().epoch
             assert await first.resign() is True
@@ -204,7 +167,7 @@ async def test_shutdown_is_quick_even_with_a_slow_demotion_hook(
 ) -> None:
     done = tmp_path / "demoted"
     hook = f"sleep 1; touch {done}"
-    async with running(store, "n1", cluster, on_demoted=hook) as agent:
+    async with running_agent(store, "n1", cluster, on_demoted=hook) as agent:
         await until(lambda: agent.leadership().is_leader)
         await until(lambda: agent.last_cycle.startswith("leader"))
         started = time.monotonic()

@@ -20,7 +20,8 @@ from sidecar.api import MAX_BODY_BYTES, Handler, create_app, openapi_document
 from sidecar.inventory import load_inventory
 from sidecar.metrics import Metrics
 from sidecar.store.memory import MemoryStore
-from tests.api_support import assert_documented, running_agent, until
+from tests.agents import running_agent, until
+from tests.api_support import assert_documented
 
 INVENTORY = Path(__file__).resolve().parents[2] / "shared/fixtures/distributed_hosts.example.yaml"
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from sidecar.api import create_app
 from sidecar.metrics import Metrics
 from sidecar.store.memory import MemoryStore
-from tests.api_support import running_agent, until
+from tests.agents import running_agent, until
 
 ROUTES = [
     "/health", "/ready", "/status", "/v1/status", "/v1/members", "/v1/members/hetzner-cpu1",

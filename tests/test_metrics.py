@@ -3,51 +3,22 @@ Prometheus text parser exactly as a scraper would see them."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar import __version__
-from sidecar.agent import Agent
-from sidecar.membership import MemberRecord
 from sidecar.metrics import Metrics
-from sidecar.settings import RingsideConfig
 from sidecar.store.memory import ENDPOINT, MemoryStore
 from sidecar.store.model import EndpointState
-
-TTL = 2  # keepalives every ~0.67 s
-
-
-def make_agent(store: MemoryStore, node_id: str, cluster: str) -> Agent:
-    config = RingsideConfig.model_validate(
-        {"cluster": cluster, "lease_ttl": TTL, "leader": {"eligible": True, "validity_margin": 0.5}}
-    )
-    record = MemberRecord(node_id=node_id, hostname="test", pid=1)
-    return Agent(config, node_id, store, record, quorum_interval_s=0.5)
-
-
-@asynccontextmanager
-async def running(agent: Agent) -> AsyncIterator[Agent]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(agent.run(stop))
-    try:
-        yield agent
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 5)
-
-
-async def until(predicate: Callable[[], bool], within_s: float = 5.0) -> None:
-    deadline = time.monotonic() + within_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {within_s} s")
-        await asyncio.sleep(0.02)
+from tests.agents import (
+    TTL,
+    make_agent,
+    running,
+    until,
+)
 
 
 def scrape(metrics: Metrics) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
