@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint typecheck pytest etcd demo clean
+.PHONY: test lint typecheck pytest etcd demo bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "ringside needs Python 3.11+"'
@@ -32,6 +32,12 @@ test: lint typecheck pytest
 
 demo: $(STAMP) etcd
 	$(BIN)/python -m sidecar.demo $(DEMO_ARGS)
+
+# Benchmarks report figures (bench/results/latest.json, docs/benchmarks.md); they never fail
+# on a slow machine. BENCH_ARGS=--quick runs a few trials only, to check the harness.
+bench: $(STAMP) etcd
+	@scripts/ensure-bench-tools.sh
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

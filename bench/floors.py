@@ -1,0 +1,71 @@
+"""What etcd itself costs on this machine, measured in the same run: the floors ringside's
+figures are compared with. A sidecar cannot notice a change faster than etcd can tell a
+watcher on another member about it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+from bench.stats import Figure
+from sidecar.localcluster import LocalEtcdCluster
+from sidecar.store.etcd import EtcdStore
+from sidecar.store.model import EventType
+
+
+async def _watcher(store: EtcdStore, prefix: str, kind: EventType, seen: dict[str, float]) -> None:
+    async with store.watch(prefix, prefix=True) as batches:
+        async for batch in batches:
+            for event in batch.events:
+                if event.type is kind:
+                    seen[event.kv.key] = time.monotonic()
+
+
+async def _arrival(seen: dict[str, float], key: str, within_s: float = 5.0) -> float:
+    deadline = time.monotonic() + within_s
+    while key not in seen:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"watcher never saw {key}")
+        await asyncio.sleep(0.0005)
+    return seen[key]
+
+
+async def measure_floors(cluster: LocalEtcdCluster, samples: int = 200) -> dict[str, Figure]:
+    """put latency, put -> watch on another member, lease revoke -> delete seen elsewhere."""
+    writer = EtcdStore.connect([cluster.members[0].client_url])
+    reader = EtcdStore.connect([cluster.members[1].client_url])
+    prefix = f"/bench/floor/{uuid.uuid4().hex[:8]}/"
+    put = Figure("etcd put", "ms")
+    put_watch = Figure("etcd put seen by a watcher on another member", "ms")
+    revoke_delete = Figure("etcd lease revoke seen as a delete on another member", "ms")
+    puts: dict[str, float] = {}
+    deletes: dict[str, float] = {}
+    tasks = [
+        asyncio.create_task(_watcher(reader, prefix + "p/", EventType.PUT, puts)),
+        asyncio.create_task(_watcher(reader, prefix + "r/", EventType.DELETE, deletes)),
+    ]
+    try:
+        await writer.put(prefix + "warm", b"")
+        await asyncio.sleep(0.2)  # let both watch streams open before timing anything
+        for i in range(samples):
+            key = f"{prefix}p/{i}"
+            started = time.monotonic()
+            await writer.put(key, b"x")
+            put.samples.append((time.monotonic() - started) * 1000)
+            put_watch.samples.append((await _arrival(puts, key) - started) * 1000)
+        for i in range(max(20, samples // 4)):
+            key = f"{prefix}r/{i}"
+            lease = await writer.lease_grant(10)
+            await writer.put(key, b"x", lease=lease.id)
+            started = time.monotonic()
+            await writer.lease_revoke(lease.id)
+            revoke_delete.samples.append((await _arrival(deletes, key) - started) * 1000)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await writer.delete(prefix, prefix=True)
+        await writer.close()
+        await reader.close()
+    return {"put": put, "put_watch": put_watch, "revoke_delete": revoke_delete}
