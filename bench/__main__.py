@@ -94,7 +94,12 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
         sections["local_api"] = await node.local_api(etcd, step("api"), 3 if quick else 10)
         sections["footprint"] = await node.footprint(etcd, step("footprint"), 10 if quick else 60)
-    sections["bad_network"] = bad_network()
+        minutes = (
+            args.bad_network_minutes
+            if args.bad_network_minutes is not None
+            else (1 if quick else 10)
+        )
+        sections["bad_network"] = await bad_network(etcd, step("bad network"), minutes)
     return results
 
 
@@ -111,6 +116,9 @@ def _jsonable(value: Any) -> Any:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="few trials: check the harness")
+    parser.add_argument(
+        "--bad-network-minutes", type=float, help="length of the bad-network run (default 10)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/latest.json")
     parser.add_argument("--doc", type=Path, default=ROOT / "docs/benchmarks.md")
     args = parser.parse_args()

@@ -74,6 +74,12 @@ def _shortfalls(sections: dict[str, Any]) -> list[str]:
                 f"- {run['sessions']} sessions: {achieved}/s keepalives achieved of {needed}/s "
                 f"needed, {run['keepalive_failures']} failed."
             )
+    bad = sections.get("bad_network", {})
+    if bad.get("lease_losses") or bad.get("leader_changes"):
+        found.append(
+            f"- bad network: {bad['lease_losses']} lease losses and {bad['leader_changes']} "
+            "leader changes where the target is zero."
+        )
     return found or ["- Nothing: every figure met the design's expectation in this run."]
 
 
@@ -81,8 +87,10 @@ def _bad_network(result: dict[str, Any]) -> str:
     if "skipped" in result:
         return f"Not measured: {result['skipped']}."
     return (
-        f"{result['minutes']} minutes: {result['lease_losses']} lease losses, "
-        f"{result['leader_changes']} leader changes."
+        f"{result['minutes']} minutes through a {result['method']}: "
+        f"{result['lease_losses']} lease losses of the far sidecar, "
+        f"{result['leader_changes']} leader changes (leaders seen: "
+        f"{', '.join(result['leaders_seen']) or 'none'})."
     )
 
 
