@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint typecheck pytest etcd demo bench clean
+.PHONY: test lint typecheck pytest etcd demo bench test-compose clean
 
 $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "ringside needs Python 3.11+"'
@@ -38,6 +38,14 @@ demo: $(STAMP) etcd
 bench: $(STAMP) etcd
 	@scripts/ensure-bench-tools.sh
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# compose/local-cluster.yml end to end in real containers (tests/compose), apart from `make test`:
+# starts dockerd if none answers, installs what is missing, builds the stand-in images and
+# ringside's (scripts/build-images.sh; no registry needed). Needs root.
+test-compose: $(STAMP)
+	@scripts/docker-up.sh
+	@scripts/build-images.sh
+	$(BIN)/pytest -s -m compose tests/compose $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

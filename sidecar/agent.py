@@ -138,11 +138,8 @@ class Agent:
             if control.done():
                 control.result()
         finally:
-            for task in (stopping, control, *tasks):
-                task.cancel()
-            await asyncio.gather(stopping, control, return_exceptions=True)
+            await _cancel_and_wait(stopping, control, *tasks)
             await self._leave()
-            await asyncio.gather(*tasks, return_exceptions=True)
             await self.hooks.close(grace_s=SHUTDOWN_HOOK_GRACE_S, detach=True)
 
     async def _control_loop(self) -> None:
@@ -160,7 +157,8 @@ class Agent:
             log.debug("cycle: %s", self.last_cycle)
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), TICK_S)
+                async with asyncio.timeout(TICK_S):
+                    await self._wake.wait()
 
     async def _cycle(self) -> str:
         now = self.leadership()
@@ -306,3 +304,14 @@ class Agent:
     def _record(self, event: ClusterEvent) -> None:
         self.events.add(event)
         log.info(event.sentence(), extra={"event": event.kind, **event.detail})
+
+
+async def _cancel_and_wait(*tasks: asyncio.Task[object]) -> None:
+    """Cancel `tasks` until every one has ended. One cancel is not always enough on Python
+    3.11: `asyncio.wait_for` drops a cancel that arrives as its inner await completes
+    (CPython gh-86296), and the task then runs on as if never cancelled."""
+    while pending := [task for task in tasks if not task.done()]:
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=0.2)
+    await asyncio.gather(*tasks, return_exceptions=True)

@@ -94,10 +94,15 @@ class DuplicateNode(RingsideError):
 
 
 def _is_dead_predecessor(holder: MemberRecord | None) -> bool:
-    """A record from an earlier sidecar on this host whose process no longer exists."""
-    if holder is None or holder.hostname != socket.gethostname() or holder.pid == os.getpid():
+    """A record from an earlier sidecar on this host whose process no longer exists.
+
+    A record with our own pid is one: it is not ours (its lease is another), and no other live
+    process has our pid. That is every restart of a sidecar container, where the sidecar is
+    pid 1 and the hostname is the container's.
+    """
+    if holder is None or holder.hostname != socket.gethostname():
         return False
-    return not psutil.pid_exists(holder.pid)
+    return holder.pid == os.getpid() or not psutil.pid_exists(holder.pid)
 
 
 async def register(store: Store, keys: Keys, record: MemberRecord, session: Session) -> int:

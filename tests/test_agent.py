@@ -5,6 +5,7 @@ real etcd where the rule is about etcd). Process-level scenarios are in test_coo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from sidecar.agent import _cancel_and_wait
 from sidecar.election import campaign, fenced_txn, leadership
 from sidecar.events import diff_views
 from sidecar.keys import Keys
@@ -175,3 +177,20 @@ async def test_shutdown_is_quick_even_with_a_slow_demotion_hook(
     assert (await store.get(Keys(cluster).prefix, prefix=True)).kvs == ()  # lease revoked
     # The hook was left to finish on its own, not killed half-way.
     await until(done.exists, within_s=5)
+
+
+async def test_shutdown_outlasts_a_cancel_that_a_task_swallowed() -> None:
+    """On Python 3.11 `asyncio.wait_for` can drop a cancel (CPython gh-86296); the sidecar then
+    hung at SIGTERM until killed. Shutdown cancels again until every task has ended."""
+
+    async def swallows_one_cancel() -> None:
+        # What wait_for does when the cancel meets its inner await finishing:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(60)
+        await asyncio.sleep(60)
+
+    task = asyncio.create_task(swallows_one_cancel())
+    await asyncio.sleep(0)
+    async with asyncio.timeout(2):
+        await _cancel_and_wait(task)
+    assert task.cancelled()

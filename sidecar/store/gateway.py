@@ -308,12 +308,11 @@ class EtcdGateway:
             total=None, connect=self.request_timeout, sock_connect=self.request_timeout
         )
         try:
-            response = await asyncio.wait_for(
-                self._client().post(
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can drop a cancel (CPython gh-86296).
+            async with asyncio.timeout(self.request_timeout):
+                response = await self._client().post(
                     endpoint + path, json=body, headers=self._headers(), timeout=timeout
-                ),
-                self.request_timeout,
-            )
+                )
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             self._record(endpoint, ok=False, error=_describe(e))
             raise _EndpointFailed(_describe(e)) from None

@@ -1,0 +1,1 @@
+"""End-to-end tests of compose/local-cluster.yml in real containers (`make test-compose`)."""
