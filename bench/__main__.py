@@ -119,9 +119,17 @@ def main() -> int:
     parser.add_argument(
         "--bad-network-minutes", type=float, help="length of the bad-network run (default 10)"
     )
+    parser.add_argument(
+        "--render-only",
+        action="store_true",
+        help="rewrite the Markdown from --out, measure nothing",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/latest.json")
     parser.add_argument("--doc", type=Path, default=ROOT / "docs/benchmarks.md")
     args = parser.parse_args()
+    if args.render_only:
+        args.doc.write_text(render_markdown(json.loads(args.out.read_text())))
+        return 0
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="ringside-bench-") as tmp:
         results = _jsonable(asyncio.run(run(args, Path(tmp))))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+NOTES = Path(__file__).with_name("notes.md")  # hand-kept commentary, appended to the report
 
 EXPLAIN = {
     "floors": "etcd alone, same run, same machine: a put, a put seen by a watcher on another "
@@ -19,7 +22,8 @@ EXPLAIN = {
     "TTL/3 and its own watch: where does etcd or the client saturate?",
     "local_api": "`wrk` (2 threads, 16 connections) against one sidecar with 20 members in view.",
     "bad_network": "a sidecar whose path to etcd has 200 ms +- 100 ms delay and 5 % loss "
-    "(tc netem in a network namespace) for 10 minutes at the default TTL: lease losses and "
+    "(tc netem in a network namespace, or a userspace delay proxy where the kernel has no netem) "
+    "for 10 minutes at the default TTL: lease losses and "
     "leader changes (target: zero).",
     "footprint": "one idle sidecar: memory, CPU, the etcd requests it causes, and how long "
     "`ringside status` takes as a command.",
@@ -155,4 +159,6 @@ def render_markdown(results: dict[str, Any]) -> str:
         _bad_network(s["bad_network"]),
         "", "## Short of the design's expectations", "", *_shortfalls(s), "",
     ]  # fmt: skip
+    if NOTES.exists():
+        out += ["## Reading these figures", "", NOTES.read_text().strip(), ""]
     return "\n".join(out)
