@@ -14,6 +14,7 @@ import contextlib
 import ctypes
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -51,10 +52,38 @@ def find_etcd() -> str:
     return found
 
 
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    """The kernel's first port for outgoing connections (32768 on most Linux systems)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port nothing listens on, chosen *below* the kernel's ephemeral range.
+
+    A port the kernel hands out for `bind(0)` comes from the range it also uses for outgoing
+    connections, so between our check and etcd's bind, a client or an etcd peer dialling out
+    could take it as its local port ("address already in use": seen here). Below the range, only
+    a listener could take it.
+    """
+    low = _ephemeral_low()
+    for _ in range(100):
+        port = random.randrange(20000, low) if low > 21000 else random.randrange(1024, 65535)
+        if port in _HANDED_OUT:
+            continue  # given to a caller that may not have bound it yet
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise LocalClusterError("no free loopback port found below the ephemeral range")
 
 
 def _die_with_parent() -> None:
@@ -234,12 +263,23 @@ class LocalEtcdCluster:
                 return
             dead = [m.name for m in self.members if m.process is not None and not m.running]
             if deadline.expired or dead:
-                logs = self.base_dir
                 raise LocalClusterError(
                     f"etcd members not healthy after {timeout:.0f}s: unhealthy={sick} "
-                    f"exited={dead}; logs in {logs}"
+                    f"exited={dead}; {self._log_tail(dead or sick)}"
                 )
             time.sleep(0.05)
+
+    def _log_tail(self, names: list[str]) -> str:
+        """The last log line of each named member: the data dir is removed on close."""
+        tails = []
+        for name in names:
+            try:
+                lines = (self.base_dir / f"{name}.log").read_text(errors="replace").splitlines()
+            except OSError:
+                continue
+            if lines:
+                tails.append(f"{name}: {lines[-1][:300]}")
+        return "; ".join(tails) or f"logs in {self.base_dir}"
 
     def heal(self, timeout: float = 30.0) -> None:
         """Bring every member back (resume the paused, restart the stopped) and wait."""

@@ -35,6 +35,17 @@ from sidecar.localcluster import LocalEtcdCluster, free_port
 POLL_TIMEOUT_S = 0.5
 
 
+async def fetch_json(session: aiohttp.ClientSession, url: str) -> dict[str, Any] | None:
+    """GET `url` as JSON; None when it does not answer within the poll timeout, or not JSON."""
+    try:
+        timeout = aiohttp.ClientTimeout(total=POLL_TIMEOUT_S)
+        async with session.get(url, timeout=timeout) as response:
+            document: dict[str, Any] = await response.json()
+            return document
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return None
+
+
 @dataclass
 class Sidecar:
     """One `ringside run` process."""
@@ -132,13 +143,7 @@ class Fleet:
         """One GET to a sidecar's API; None when it does not answer in time."""
         if self._session is None:
             self._session = aiohttp.ClientSession()
-        try:
-            timeout = aiohttp.ClientTimeout(total=POLL_TIMEOUT_S)
-            async with self._session.get(sidecar.url + path, timeout=timeout) as response:
-                document: dict[str, Any] = await response.json()
-                return document
-        except (aiohttp.ClientError, TimeoutError, ValueError):
-            return None
+        return await fetch_json(self._session, sidecar.url + path)
 
     async def wait_converged(
         self, members: Iterable[str], *, within_s: float, leader_among: Iterable[str] | None = None

@@ -30,7 +30,7 @@ import pytest
 from docker.models.containers import Container
 from docker.models.networks import Network
 
-from tests.fleet import POLL_TIMEOUT_S, Fleet
+from tests.fleet import POLL_TIMEOUT_S, Fleet, fetch_json
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "compose" / "local-cluster.yml"
@@ -155,13 +155,7 @@ class ComposeFleet:
             return await asyncio.to_thread(self._get_inside, sidecar, path)
         if self._session is None:
             self._session = aiohttp.ClientSession()
-        try:
-            timeout = aiohttp.ClientTimeout(total=POLL_TIMEOUT_S)
-            async with self._session.get(sidecar.url + path, timeout=timeout) as response:
-                document: dict[str, Any] = await response.json()
-                return document
-        except (aiohttp.ClientError, TimeoutError, ValueError):
-            return None
+        return await fetch_json(self._session, sidecar.url + path)
 
     def _get_inside(self, sidecar: ContainerSidecar, path: str) -> dict[str, Any] | None:
         try:
