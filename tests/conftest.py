@@ -8,11 +8,13 @@ members whatever happened.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
 from sidecar.localcluster import LocalEtcdCluster
+from tests.fleet import FLEET_TTL, Fleet
 
 
 @pytest.fixture(scope="session")
@@ -32,3 +34,14 @@ def etcd(etcd_cluster: LocalEtcdCluster) -> Iterator[LocalEtcdCluster]:
         yield etcd_cluster
     finally:
         etcd_cluster.heal()
+
+
+@pytest.fixture
+async def fleet(etcd: LocalEtcdCluster, tmp_path: Path) -> AsyncIterator[Fleet]:
+    """Sidecar processes of a cluster name of their own (lease TTL `FLEET_TTL`), all stopped
+    after the test."""
+    group = Fleet(etcd, tmp_path, lease_ttl=FLEET_TTL)
+    try:
+        yield group
+    finally:
+        await group.close()

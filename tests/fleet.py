@@ -33,6 +33,7 @@ import yaml
 from sidecar.localcluster import LocalEtcdCluster, free_port
 
 POLL_TIMEOUT_S = 0.5
+FLEET_TTL = 5  # seconds: short enough for crash scenarios, long enough for a busy 2-core CI
 
 
 async def fetch_json(session: aiohttp.ClientSession, url: str) -> dict[str, Any] | None:

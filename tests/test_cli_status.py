@@ -22,9 +22,9 @@ import pytest
 import yaml
 
 from sidecar.localcluster import LocalEtcdCluster, free_port
-from tests.fleet import Fleet, Sidecar
+from tests.fleet import FLEET_TTL, Fleet, Sidecar
 
-TTL = 5
+TTL = FLEET_TTL
 VOTERS = ("hetzner-cpu1", "hetzner-cpu2")
 OBSERVER = "lambda-gh200-3"
 STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
@@ -57,15 +57,6 @@ def table(stdout: str) -> dict[str, list[str]]:
     start = next(i for i, line in enumerate(lines) if line.startswith("NODE "))
     rows = [line.split() for line in lines[start + 1 :] if not line.startswith("missing: ")]
     return {row[0]: row for row in rows}
-
-
-@pytest.fixture
-async def fleet(etcd: LocalEtcdCluster, tmp_path: Path) -> AsyncIterator[Fleet]:
-    group = Fleet(etcd, tmp_path, lease_ttl=TTL)
-    try:
-        yield group
-    finally:
-        await group.close()
 
 
 @pytest.fixture

@@ -12,26 +12,15 @@ import asyncio
 import json
 import signal
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from sidecar.localcluster import LocalEtcdCluster
-from tests.fleet import Fleet, InvariantChecker, Sidecar
+from tests.fleet import FLEET_TTL, Fleet, InvariantChecker, Sidecar
 
-TTL = 5
+TTL = FLEET_TTL
 NODES = ("hetzner-cpu1", "hetzner-cpu2", "hetzner-cpu3")
-
-
-@pytest.fixture
-async def fleet(etcd: LocalEtcdCluster, tmp_path: Path) -> AsyncIterator[Fleet]:
-    group = Fleet(etcd, tmp_path, lease_ttl=TTL)
-    try:
-        yield group
-    finally:
-        await group.close()
 
 
 async def start_three(fleet: Fleet) -> tuple[Sidecar, list[Sidecar]]:
