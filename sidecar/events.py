@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
+from sidecar.render import describe_event
 from sidecar.view import ClusterView
 
 EventKind = Literal[
@@ -31,17 +32,8 @@ class ClusterEvent:
         return {"kind": self.kind, "revision": self.revision, "at": self.at, "detail": self.detail}
 
     def sentence(self) -> str:
-        """The event as one log line."""
-        d = self.detail
-        if self.kind == "member_joined":
-            return f"member {d['node_id']} joined"
-        if self.kind == "member_left":
-            return f"member {d['node_id']} left"
-        if self.kind == "leader_changed":
-            return f"leader is now {d['leader'] or 'nobody'} (epoch {d['epoch']})"
-        if self.kind == "quorum_lost":
-            return f"etcd quorum lost: {d.get('reason') or 'too few healthy voters'}"
-        return "etcd quorum regained"
+        """The event as one log line (the same words `ringside status --watch` prints)."""
+        return describe_event(self.kind, self.detail)
 
 
 def diff_views(old: ClusterView, new: ClusterView) -> list[ClusterEvent]:

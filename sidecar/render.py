@@ -121,16 +121,20 @@ def leader_text(report: LeaderReport) -> str:
 
 
 def event_sentence(event: ClusterEvent) -> str:
-    detail = event.detail
-    if event.kind == "member_joined":
+    return describe_event(event.kind, event.detail)
+
+
+def describe_event(kind: str, detail: Mapping[str, Any]) -> str:
+    """One cluster event as a sentence; the sidecar's log and `status --watch` both use it."""
+    if kind == "member_joined":
         return f"member {detail.get('node_id')} joined"
-    if event.kind == "member_left":
+    if kind == "member_left":
         return f"member {detail.get('node_id')} left"
-    if event.kind == "leader_changed":
+    if kind == "leader_changed":
         if detail.get("leader") is None:
             return "leader changed: no leader"
         return f"leader changed: {detail.get('leader')} (epoch {detail.get('epoch')})"
-    if event.kind == "quorum_lost":
+    if kind == "quorum_lost":
         return "quorum lost" + _suffix(detail.get("reason"))
     return "quorum regained"
 
