@@ -32,6 +32,7 @@ from sidecar.documents import (
     readiness,
     status_document,
 )
+from sidecar.election import reported_validity
 from sidecar.inventory import Inventory
 
 log = logging.getLogger(__name__)
@@ -171,7 +172,7 @@ async def fence(request: web.Request) -> web.Response:
     if epoch != now.epoch:
         return error(409, "stale epoch", asked=epoch, **fields)
     return web.json_response(
-        {"ok": True, "valid_for_s": round(now.valid_for_s or 0.0, 3), **fields}
+        {"ok": True, "valid_for_s": reported_validity(now.valid_for_s), **fields}
     )
 
 

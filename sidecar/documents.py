@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
-from sidecar.election import Leadership
+from sidecar.election import Leadership, reported_validity
 from sidecar.inventory import Inventory
 from sidecar.quorum import QuorumHealth
 from sidecar.store.model import EndpointState
@@ -54,7 +54,7 @@ def leader_document(agent: Agent) -> Json:
         "reason": now.reason,
     }
     if now.is_leader:
-        document["valid_for_s"] = round(now.valid_for_s or 0.0, 3)
+        document["valid_for_s"] = reported_validity(now.valid_for_s)
     return document
 
 

@@ -16,6 +16,7 @@ answers "not leader" on its first look after it wakes, whatever its view still s
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -71,6 +72,17 @@ async def fenced_txn(store: Store, ours: Campaign, ops: Sequence[TxnOp]) -> bool
     return result.succeeded
 
 
+VALIDITY_RESOLUTION_S = 0.001
+"""Validity is reported in whole milliseconds; leadership with less than one left is not
+claimed, so no answer can say "leader, valid for 0 s"."""
+
+
+def reported_validity(valid_for_s: float | None) -> float:
+    """Seconds of validity as reported to callers: floored to the millisecond, never more
+    than what is really left (rounding up would promise time that does not exist)."""
+    return math.floor((valid_for_s or 0.0) * 1000) / 1000
+
+
 @dataclass(frozen=True)
 class Leadership:
     """Who leads, as seen from this node at one instant."""
@@ -111,7 +123,7 @@ def leadership(
     if head.lease != ours.lease or head.create_revision != ours.epoch:
         return no("our election key was replaced")
     valid_for = session.remaining(now) - margin_s
-    if valid_for <= 0:
+    if valid_for < VALIDITY_RESOLUTION_S:
         return no("lease validity ran out (keepalives failing or process was frozen)")
     if blocked:
         return no(blocked)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.agent import _cancel_and_wait
-from sidecar.election import campaign, fenced_txn, leadership
+from sidecar.election import campaign, fenced_txn, leadership, reported_validity
 from sidecar.events import diff_views
 from sidecar.keys import Keys
 from sidecar.membership import MemberRecord
@@ -73,6 +73,23 @@ async def test_validity_clock_decides_at_read_time(store: Store, cluster: str) -
     decided = leadership(view, ours, session, margin_s=0.5, now=late)
     assert not decided.is_leader
     assert "validity" in decided.reason
+
+
+async def test_no_claim_is_ever_reported_with_zero_validity(store: Store, cluster: str) -> None:
+    """Rule 2 as callers see it: validity is reported floored to the millisecond, so the
+    last half millisecond must not be claimed (it once read "leader, valid for 0.0 s")."""
+    keys = Keys(cluster)
+    session = await Session.open(store, TTL)
+    ours = await campaign(store, keys, session, "n1")
+    loaded = await store.get(keys.prefix, prefix=True)
+    view = build_view(keys, loaded.kvs, loaded.header)
+    now = time.monotonic()
+    edge = now + session.remaining(now) - 0.5 - 0.0004  # 0.4 ms of validity left
+    assert not leadership(view, ours, session, margin_s=0.5, now=edge).is_leader
+    inside = leadership(view, ours, session, margin_s=0.5, now=edge - 0.002)
+    assert inside.is_leader
+    assert 0 < reported_validity(inside.valid_for_s) <= (inside.valid_for_s or 0)
+    assert reported_validity(0.0029999) == 0.002  # floored, never rounded up
 
 
 async def test_losing_our_key_ends_leadership_and_the_epoch(store: Store, cluster: str) -> None:
