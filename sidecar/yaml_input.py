@@ -20,6 +20,34 @@ _SELF_DESCRIBING = frozenset({"ringside", "value_error"})
 """Error types whose message is ours and already quotes the value where that helps."""
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, but a key given twice in one mapping is an error: the silent
+    last-one-wins rule would let `lease_ttl: 5` further down undo an operator's edit."""
+
+
+def _refuse_duplicate_keys(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    first_line: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # `<<: *anchor` merges; explicit keys may override merged ones
+        key = loader.construct_object(key_node)
+        try:
+            line = first_line.setdefault(key, key_node.start_mark.line)
+        except TypeError:
+            continue  # an unhashable key; construct_mapping reports it
+        if line != key_node.start_mark.line:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first given on line {line + 1})",
+                key_node.start_mark,
+            )  # fmt: skip
+    return loader.construct_mapping(node)
+
+
+_StrictLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _refuse_duplicate_keys
+)
+
+
 def read_yaml_mapping(
     path: Path, what: str, error: type[ConfigError] = ConfigError
 ) -> dict[str, Any]:
@@ -35,7 +63,7 @@ def read_yaml_mapping(
     except UnicodeDecodeError as e:
         raise error(f"cannot read {what} {path}: not UTF-8 text") from e
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f" line {mark.line + 1}" if mark is not None else ""

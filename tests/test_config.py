@@ -288,6 +288,17 @@ def test_yaml_syntax_error_gives_file_and_line(tmp_path: Path) -> None:
     assert message.startswith(f"config file {path} line 4: ")
 
 
+def test_a_key_given_twice_is_refused_with_both_lines(tmp_path: Path) -> None:
+    """YAML's last-one-wins would silently undo the first value; name both lines instead."""
+    path = write(tmp_path, "cluster: a\nlease_ttl: 5\nlabels:\n  gpu: h100\nlease_ttl: 7\n")
+    message = load_error(path)
+    assert message == (
+        f"config file {path} line 5: duplicate key 'lease_ttl' (first given on line 2)"
+    )
+    nested = write(tmp_path, "etcd:\n  username: a\n  username: b\n")
+    assert "line 3: duplicate key 'username'" in load_error(nested)
+
+
 def test_missing_config_file() -> None:
     message = load_error(Path("/nonexistent/ringside.yaml"))
     assert (
