@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import stat
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -123,7 +124,26 @@ def default_lock_path(cluster: str) -> Path:
     runtime_dir = os.environ.get("XDG_RUNTIME_DIR", "")
     if runtime_dir:
         return Path(runtime_dir) / "ringside" / name
-    return Path(tempfile.gettempdir()) / f"ringside-{os.getuid()}" / name
+    return private_dir(Path(tempfile.gettempdir()) / f"ringside-{os.getuid()}") / name
+
+
+def private_dir(path: Path) -> Path:
+    """`path` as a directory only this user can write, created if missing.
+
+    The temp directory is shared: another user could create our per-user directory first and
+    then hold (or swap) our lock file in it, keeping this node's sidecar from ever starting.
+    """
+    try:
+        path.mkdir(mode=0o700, exist_ok=True)
+        st = path.lstat()
+    except OSError as e:
+        raise ConfigError(f"cannot use lock directory {path}: {e.strerror or e}") from e
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise ConfigError(
+            f"lock directory {path} is not a private directory of uid {os.geteuid()}"
+            f" (owner uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o}); set lock_file"
+        )
+    return path
 
 
 def _write_holder_info(fd: int) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 import sidecar.lock
 from sidecar.errors import ConfigError
-from sidecar.lock import AlreadyRunning, InstanceLock, default_lock_path
+from sidecar.lock import AlreadyRunning, InstanceLock, default_lock_path, private_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HOLD_LOCK = """
@@ -132,8 +132,31 @@ def test_default_path_falls_back_to_the_runtime_then_temp_dir(
     assert default_lock_path("ringrift") == Path("/run/user/1000/ringside/ringrift.lock")
 
     monkeypatch.delenv("XDG_RUNTIME_DIR")
-    expected = Path(tempfile.gettempdir()) / f"ringside-{os.getuid()}" / "ringrift.lock"
-    assert default_lock_path("ringrift") == expected
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))
+    own = tmp_path / f"ringside-{os.getuid()}"
+    own.mkdir(mode=0o700)
+    os.chown(own, 1000, -1)  # as the user the test pretends to be (the tests run as root)
+    assert default_lock_path("ringrift") == own / "ringrift.lock"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make another user's directory")
+@pytest.mark.parametrize("setup", ["other owner", "group writable", "symlink"])
+def test_a_temp_lock_directory_that_is_not_private_is_refused(tmp_path: Path, setup: str) -> None:
+    """Another user who made our per-user directory first could hold our lock forever."""
+    target = tmp_path / "ringside-0"
+    if setup == "symlink":
+        (tmp_path / "elsewhere").mkdir(mode=0o700)
+        target.symlink_to(tmp_path / "elsewhere")
+    else:
+        target.mkdir(mode=0o700)
+        if setup == "other owner":
+            os.chown(target, 1000, -1)
+        else:
+            target.chmod(0o770)
+    with pytest.raises(ConfigError, match="not a private directory"):
+        private_dir(target)
+    fresh = private_dir(tmp_path / "new")
+    assert fresh.stat().st_mode & 0o777 == 0o700
 
 
 def test_default_path_uses_a_writable_run_dir(
