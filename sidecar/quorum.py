@@ -184,6 +184,7 @@ def _judge(
     voters = tuple(
         _voter(m, by_member.get(m.id), member_ids, errors, names[m.id])
         for m in sorted(members, key=lambda m: names[m.id])
+        if not m.is_learner  # a learner has no vote: counting it would fake a majority
     )
     healthy = [v for v in voters if v.healthy]
     quorum_ok = 2 * len(healthy) > len(voters)

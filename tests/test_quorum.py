@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.localcluster import EtcdMember, LocalEtcdCluster
+from sidecar.localcluster import EtcdMember, LocalEtcdCluster, find_etcd, free_port
 from sidecar.quorum import HistoryGuard, QuorumHealth, QuorumMonitor, check_quorum
 from sidecar.store.errors import StoreUnavailable
 from sidecar.store.etcd import EtcdStore
@@ -252,6 +252,65 @@ async def test_two_voters_killed_is_no_quorum(etcd: LocalEtcdCluster, client: Et
     assert alone.raft_term is not None
     assert alone.error is not None
     assert "no Raft leader" in alone.error
+
+
+async def test_a_learner_is_listed_but_never_counted_as_a_voter(tmp_path: Path) -> None:
+    """etcd 3.4+ learners get the log without a vote; counting one would let 2 of 4 "voters"
+    look like a quorum when only 1 of 3 real voters answers. A cluster of its own, since
+    adding a member changes the cluster for good."""
+    with LocalEtcdCluster(tmp_path / "etcd") as cluster:
+        cluster.start()
+        store = cluster.client(request_timeout=REQUEST_TIMEOUT_S)
+        learner = EtcdMember("learner", free_port(), free_port(), tmp_path / "etcd" / "l.data")
+        try:
+
+            async def add_learner() -> bool:
+                # etcd refuses to reconfigure until every member has been connected for 5 s.
+                try:
+                    await store.gateway.call(
+                        "/v3/cluster/member/add",
+                        {"peerURLs": [learner.peer_url], "isLearner": True},
+                    )
+                except StoreUnavailable as e:
+                    if "unhealthy cluster" not in str(e):
+                        raise
+                    return False
+                return True
+
+            await wait_for(add_learner, within_s=15)
+            everyone = ",".join(f"{m.name}={m.peer_url}" for m in [*cluster.members, learner])
+            learner.args = [
+                find_etcd(), "--name=learner", f"--data-dir={learner.data_dir}",
+                f"--listen-client-urls={learner.client_url}",
+                f"--advertise-client-urls={learner.client_url}",
+                f"--listen-peer-urls={learner.peer_url}",
+                f"--initial-advertise-peer-urls={learner.peer_url}",
+                f"--initial-cluster={everyone}", "--initial-cluster-state=existing",
+                "--logger=zap", "--log-level=warn",
+            ]  # fmt: skip
+            learner.start()
+
+            async def learner_published() -> bool:
+                return any(m.name == "learner" and m.client_urls for m in await store.members())
+
+            await wait_for(learner_published, within_s=20)
+            listed = {m.name: m.is_learner for m in await store.members()}
+            assert listed == {"m0": False, "m1": False, "m2": False, "learner": True}
+            health = await check_quorum(store)
+            assert (health.voters_total, health.voters_healthy) == (3, 3)
+            assert "learner" not in {v.name for v in health.voters}
+
+            cluster.members[0].kill()
+            cluster.members[1].kill()
+            await wait_for(lambda: _no_quorum(store), within_s=10)
+        finally:
+            learner.stop()
+            await store.close()
+
+
+async def _no_quorum(store: EtcdStore) -> bool:
+    health = await check_quorum(store)
+    return not health.quorum_ok and health.voters_total == 3
 
 
 async def test_a_paused_voter_costs_one_request_deadline(etcd: LocalEtcdCluster) -> None:

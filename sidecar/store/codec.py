@@ -52,6 +52,14 @@ def as_int(obj: JsonObject, field: str) -> int:
         raise ProtocolError(f"etcd sent {field}={value!r}, not an integer") from None
 
 
+def as_bool(obj: JsonObject, field: str) -> bool:
+    """etcd's bool fields are JSON booleans, omitted when false."""
+    value = obj.get(field, False)
+    if not isinstance(value, bool):
+        raise ProtocolError(f"etcd sent {field}={value!r}, not a boolean")
+    return value
+
+
 def as_obj(obj: JsonObject, field: str) -> JsonObject:
     value = obj.get(field) or {}
     if not isinstance(value, dict):

@@ -13,6 +13,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from sidecar.store.base import Store
 from sidecar.store.codec import (
     JsonObject,
+    as_bool,
     as_int,
     as_list,
     as_obj,
@@ -196,6 +197,7 @@ class EtcdStore(Store):
                 name=str(m.get("name", "")),
                 peer_urls=tuple(str(u) for u in m.get("peerURLs") or []),
                 client_urls=tuple(str(u) for u in m.get("clientURLs") or []),
+                is_learner=as_bool(m, "isLearner"),
             )
             for m in as_list(answer, "members")
         )

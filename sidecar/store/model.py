@@ -207,12 +207,14 @@ class LeaseInfo:
 
 @dataclass(frozen=True)
 class StoreMember:
-    """A member of the store's cluster (an etcd voter), as the cluster lists it."""
+    """A member of the store's cluster, as the cluster lists it. A learner (etcd 3.4+) gets
+    the log but has no vote, so it must never count towards a quorum."""
 
     id: int
     name: str
     peer_urls: tuple[str, ...]
     client_urls: tuple[str, ...]
+    is_learner: bool = False
 
 
 @dataclass(frozen=True)

@@ -114,3 +114,16 @@ async def test_a_refusal_is_not_retried_elsewhere(aiohttp_server: ServerFactory)
         assert store.endpoint_states()[0].reachable is True
     finally:
         await store.close()
+
+
+async def test_a_member_list_with_a_bad_learner_flag_is_a_protocol_error(
+    aiohttp_server: ServerFactory,
+) -> None:
+    """A learner flag we cannot read must not quietly turn a learner into a voter."""
+    body = {"header": HEADER, "members": [{"ID": "5", "name": "m5", "isLearner": "yes"}]}
+    store = EtcdStore.connect([await fake_endpoint(aiohttp_server, json_answer(body))])
+    try:
+        with pytest.raises(ProtocolError, match="isLearner='yes', not a boolean"):
+            await store.members()
+    finally:
+        await store.close()
