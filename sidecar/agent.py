@@ -29,10 +29,11 @@ from sidecar.election import (
     resign,
 )
 from sidecar.events import ClusterEvent, EventLog, diff_views
+from sidecar.history import HistoryGuard
 from sidecar.hooks import RoleHooks
 from sidecar.keys import Keys
 from sidecar.membership import DuplicateNode, MemberRecord, register
-from sidecar.quorum import HistoryGuard, QuorumHealth, QuorumMonitor
+from sidecar.quorum import QuorumHealth, QuorumMonitor
 from sidecar.session import Session
 from sidecar.settings import RingsideConfig
 from sidecar.store.base import Store

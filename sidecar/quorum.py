@@ -1,10 +1,9 @@
-"""Does etcd have a quorum right now, and is it still the history we knew? (rules 7 and 8)
+"""Does etcd have a quorum right now? (rule 8)
 
 The sidecar daemon keeps asking, every couple of seconds, each etcd voter for its own view
 (etcd: maintenance status) and counts the voters that answer and follow a Raft leader. Only a
 strict majority of them is a quorum; without one there is no leader, and every sidecar says so
-(rule 8). `HistoryGuard` remembers the cluster id and the highest revision seen, so a restored
-snapshot or a foreign cluster is caught instead of silently trusted (rule 7).
+(rule 8). Whether it is still the history we knew is `sidecar.history.HistoryGuard` (rule 7).
 
 `health.check_etcd` is the one-shot look behind `ringside etcd`; this is the continuous one:
 
@@ -26,7 +25,7 @@ from typing import Literal
 
 from sidecar.store.base import Store
 from sidecar.store.errors import StoreError
-from sidecar.store.model import EndpointState, EndpointStatus, Header, StoreMember
+from sidecar.store.model import EndpointState, EndpointStatus, StoreMember
 
 log = logging.getLogger(__name__)
 
@@ -250,67 +249,6 @@ def _voter(
         raft_term=status.raft_term if status is not None else None,
         error=error,
     )
-
-
-class HistoryGuard:
-    """Rule 7: the cluster id and the revision only ever go one way; anything else stops us.
-
-    Feed it the header of every linearizable answer (reads, writes, txns). A follower's
-    status or a serializable read may lag another member's by a few revisions, so those
-    headers are not for this guard.
-
-    >>> guard = HistoryGuard()
-    >>> guard.observe(Header(cluster_id=7, member_id=1, revision=10, raft_term=2)) is None
-    True
-    >>> guard.observe(Header(cluster_id=7, member_id=2, revision=4, raft_term=2))
-    'etcd revision went backwards from 10 to 4: a restored snapshot?'
-
-    A violation is sticky: every later `observe` returns it until an operator calls
-    `reset()`. (A snapshot restored with the same peer URLs and cluster token keeps the
-    old cluster id, so the revision check is the one that catches it.)
-    """
-
-    def __init__(self) -> None:
-        self._cluster_id: int | None = None
-        self._highest_revision = 0
-        self._violation: str | None = None
-
-    @property
-    def cluster_id(self) -> int | None:
-        return self._cluster_id
-
-    @property
-    def highest_revision(self) -> int:
-        return self._highest_revision
-
-    @property
-    def violation(self) -> str | None:
-        return self._violation
-
-    def observe(self, header: Header) -> str | None:
-        """Check one header: None when it continues the history seen so far, else why not."""
-        if self._violation is not None or header.cluster_id == 0:
-            return self._violation
-        if self._cluster_id is None:
-            self._cluster_id = header.cluster_id
-        elif header.cluster_id != self._cluster_id:
-            self._violation = (
-                f"etcd cluster id changed from {self._cluster_id:x} to {header.cluster_id:x}: "
-                "a different or restored cluster"
-            )
-            return self._violation
-        if header.revision and header.revision < self._highest_revision:
-            self._violation = (
-                f"etcd revision went backwards from {self._highest_revision} to "
-                f"{header.revision}: a restored snapshot?"
-            )
-            return self._violation
-        self._highest_revision = max(self._highest_revision, header.revision)
-        return None
-
-    def reset(self) -> None:
-        """Forget everything, the violation included (an operator accepted the new history)."""
-        self._cluster_id, self._highest_revision, self._violation = None, 0, None
 
 
 ChangeHandler = Callable[[QuorumHealth, QuorumHealth], None]

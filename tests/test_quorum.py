@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from sidecar.history import HistoryGuard
 from sidecar.localcluster import EtcdMember, LocalEtcdCluster, find_etcd, free_port
-from sidecar.quorum import HistoryGuard, QuorumHealth, QuorumMonitor, check_quorum
+from sidecar.quorum import QuorumHealth, QuorumMonitor, check_quorum
 from sidecar.store.errors import StoreUnavailable
 from sidecar.store.etcd import EtcdStore
 from sidecar.store.memory import MemoryStore
