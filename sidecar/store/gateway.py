@@ -39,6 +39,7 @@ from sidecar.store.errors import (
     StoreError,
     StoreUnavailable,
 )
+from sidecar.store.lines import LineReader, describe_error
 from sidecar.store.model import EndpointState
 
 JsonObject = dict[str, Any]
@@ -274,8 +275,8 @@ class EtcdGateway:
         except aiohttp.ServerDisconnectedError:
             raise
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
-            self._record(endpoint, ok=False, error=_describe(e))
-            raise _EndpointFailed(_describe(e)) from None
+            self._record(endpoint, ok=False, error=describe_error(e))
+            raise _EndpointFailed(describe_error(e)) from None
         answer = self._decode(endpoint, status, raw)
         self._record(endpoint, ok=True, latency=time.monotonic() - started)
         return answer
@@ -314,8 +315,8 @@ class EtcdGateway:
                     endpoint + path, json=body, headers=self._headers(), timeout=timeout
                 )
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
-            self._record(endpoint, ok=False, error=_describe(e))
-            raise _EndpointFailed(_describe(e)) from None
+            self._record(endpoint, ok=False, error=describe_error(e))
+            raise _EndpointFailed(describe_error(e)) from None
         if response.status != 200:
             raw = await response.read()
             response.release()
@@ -345,64 +346,3 @@ class EtcdGateway:
             self._states[endpoint] = replace(
                 state, reachable=False, last_error=error, failures=state.failures + 1
             )
-
-
-class LineReader:
-    """Reads newline-separated JSON objects from a streamed response.
-
-    A read that outlives its timeout is kept, not cancelled, so no bytes are ever lost
-    between a timeout and the next read. Lines may be any length (a watch catching up on
-    many keys sends one long line).
-    """
-
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
-        self._response = response
-        self._buffer = b""
-        self._pending: asyncio.Task[bytes] | None = None
-
-    async def next(self, wait_s: float) -> JsonObject | None:
-        """The next object; None if nothing complete arrived within `wait_s` seconds.
-
-        Raises `_StreamEnded` when the server closed the stream.
-        """
-        deadline = Deadline(wait_s)
-        while b"\n" not in self._buffer:
-            if self._pending is None:
-                self._pending = asyncio.ensure_future(self._response.content.readany())
-            done, _ = await asyncio.wait({self._pending}, timeout=deadline.remaining())
-            if not done:
-                return None
-            task, self._pending = self._pending, None
-            try:
-                chunk = task.result()
-            except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as e:
-                raise StreamEnded(_describe(e)) from None
-            if not chunk:
-                raise StreamEnded("closed by the server")
-            self._buffer += chunk
-        line, self._buffer = self._buffer.split(b"\n", 1)
-        if not line.strip():
-            return await self.next(deadline.remaining())
-        try:
-            value = json.loads(line)
-        except ValueError:
-            raise StreamEnded(f"not JSON: {line[:60]!r}") from None
-        if not isinstance(value, dict):
-            raise StreamEnded(f"not a JSON object: {line[:60]!r}")
-        return value
-
-    def cancel(self) -> None:
-        if self._pending is not None:
-            self._pending.cancel()
-            self._pending = None
-
-
-class StreamEnded(Exception):
-    """The streamed response broke or ended; the watch resumes elsewhere."""
-
-
-def _describe(error: BaseException) -> str:
-    if isinstance(error, TimeoutError | asyncio.TimeoutError):
-        return "timed out"
-    text = str(error) or type(error).__name__
-    return text.splitlines()[0][:200]

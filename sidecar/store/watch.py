@@ -21,7 +21,8 @@ from collections.abc import AsyncGenerator, Callable
 
 from sidecar.store.codec import JsonObject, as_int, parse_events, parse_header
 from sidecar.store.errors import AuthFailed, Compacted, StoreError
-from sidecar.store.gateway import EtcdGateway, LineReader, StreamEnded
+from sidecar.store.gateway import EtcdGateway
+from sidecar.store.lines import LineReader, StreamEnded
 from sidecar.store.model import WatchBatch
 
 log = logging.getLogger(__name__)
