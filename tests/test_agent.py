@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.agent import _cancel_and_wait
-from sidecar.election import campaign, fenced_txn, leadership, reported_validity
+from sidecar.election import Campaign, campaign, fenced_txn, leadership, reported_validity
 from sidecar.events import diff_views
 from sidecar.keys import Keys
 from sidecar.membership import MemberRecord
@@ -22,7 +22,7 @@ from sidecar.session import Session
 from sidecar.store.base import Store
 from sidecar.store.memory import MemoryStore
 from sidecar.store.model import Header, Put
-from sidecar.view import ViewKeeper, build_view
+from sidecar.view import ClusterView, ViewKeeper, build_view
 from tests.agents import TTL, running_agent, until
 
 
@@ -60,13 +60,18 @@ async def test_a_deposed_leaders_fenced_write_is_refused(store: Store, cluster: 
     assert kv.value == b"first"
 
 
-async def test_validity_clock_decides_at_read_time(store: Store, cluster: str) -> None:
-    """Rule 2: the same view and campaign stop being leadership once the clock runs out."""
+async def sole_candidate(store: Store, cluster: str) -> tuple[Session, Campaign, ClusterView]:
+    """A session that campaigned alone, and the view that makes it the leader."""
     keys = Keys(cluster)
     session = await Session.open(store, TTL)
     ours = await campaign(store, keys, session, "n1")
     loaded = await store.get(keys.prefix, prefix=True)
-    view = build_view(keys, loaded.kvs, loaded.header)
+    return session, ours, build_view(keys, loaded.kvs, loaded.header)
+
+
+async def test_validity_clock_decides_at_read_time(store: Store, cluster: str) -> None:
+    """Rule 2: the same view and campaign stop being leadership once the clock runs out."""
+    session, ours, view = await sole_candidate(store, cluster)
     now = time.monotonic()
     assert leadership(view, ours, session, margin_s=0.5, now=now).is_leader
     late = now + session.remaining(now) - 0.4  # inside the margin, lease not yet expired
@@ -78,11 +83,7 @@ async def test_validity_clock_decides_at_read_time(store: Store, cluster: str) -
 async def test_no_claim_is_ever_reported_with_zero_validity(store: Store, cluster: str) -> None:
     """Rule 2 as callers see it: validity is reported floored to the millisecond, so the
     last half millisecond must not be claimed (it once read "leader, valid for 0.0 s")."""
-    keys = Keys(cluster)
-    session = await Session.open(store, TTL)
-    ours = await campaign(store, keys, session, "n1")
-    loaded = await store.get(keys.prefix, prefix=True)
-    view = build_view(keys, loaded.kvs, loaded.header)
+    session, ours, view = await sole_candidate(store, cluster)
     now = time.monotonic()
     edge = now + session.remaining(now) - 0.5 - 0.0004  # 0.4 ms of validity left
     assert not leadership(view, ours, session, margin_s=0.5, now=edge).is_leader
