@@ -86,6 +86,29 @@ def free_port() -> int:
     raise LocalClusterError("no free loopback port found below the ephemeral range")
 
 
+def _wait_stopped(pid: int, timeout: float = 2.0) -> None:
+    """Wait until every thread of `pid` is in the stopped state (where /proc tells)."""
+    tasks = Path(f"/proc/{pid}/task")
+    deadline = Deadline(timeout)
+    while not deadline.expired:
+        try:
+            threads = list(tasks.iterdir())
+        except OSError:
+            return  # no /proc (not Linux), or the process is gone: nothing to wait for
+        if all(_thread_state(thread) in {"T", "t", None} for thread in threads):
+            return
+        time.sleep(0.005)
+    raise LocalClusterError(f"pid {pid} did not stop within {timeout} s of SIGSTOP")
+
+
+def _thread_state(task: Path) -> str | None:
+    """The state letter in /proc/<pid>/task/<tid>/stat; None when the thread has gone."""
+    try:
+        return (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
 def _die_with_parent() -> None:
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -156,10 +179,14 @@ class EtcdMember:
         self.stop(signal.SIGKILL)
 
     def pause(self) -> None:
+        """SIGSTOP the member, and return once the kernel reports every thread stopped: the
+        signal is delivered asynchronously, and a test that asks a half-stopped member could
+        still get an answer."""
         if self.running and not self.paused:
             assert self.process is not None
             self.process.send_signal(signal.SIGSTOP)
             self.paused = True
+            _wait_stopped(self.process.pid)
 
     def resume(self) -> None:
         if self.running and self.paused:

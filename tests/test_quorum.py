@@ -329,7 +329,7 @@ async def test_a_paused_voter_costs_one_request_deadline(etcd: LocalEtcdCluster)
         await store.close()
     assert elapsed < 2 * REQUEST_TIMEOUT_S + 0.5, f"check took {elapsed:.2f} s"
     paused = next(v for v in health.voters if v.name == frozen.name)
-    assert not paused.healthy
+    assert not paused.healthy, f"{frozen.name} answered while paused: {health.voters}"
     assert paused.error is not None
     assert "timed out" in paused.error
     assert (health.voters_healthy, health.quorum_ok, health.connection) == (2, True, "degraded")
