@@ -23,7 +23,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict sidecar
+	$(BIN)/mypy --strict sidecar bench tests
 
 pytest: $(STAMP) etcd
 	$(BIN)/pytest

@@ -9,7 +9,7 @@ while a scenario runs and records every violation of the coordination invariants
   epoch may be answered to a request sent after that;
 - every claim carries a positive validity (no claim past the node's validity deadline);
 
-and `Fleet.wait_converged` checks the last one: all sidecars agree on members and leader.
+and `wait_until_converged` checks the last one: all sidecars agree on members and leader.
 Later chaos tests reuse both.
 """
 
@@ -21,10 +21,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import aiohttp
 import pytest
@@ -45,6 +45,60 @@ async def fetch_json(session: aiohttp.ClientSession, url: str) -> dict[str, Any]
             return document
     except (aiohttp.ClientError, TimeoutError, ValueError):
         return None
+
+
+class Member(Protocol):
+    """One sidecar as the checker sees it: a process here, a container in tests/compose."""
+
+    @property
+    def node_id(self) -> str: ...
+
+    @property
+    def running(self) -> bool: ...
+
+
+M = TypeVar("M", bound=Member)
+
+
+class Observed(Protocol[M]):
+    """What `InvariantChecker` and `wait_until_converged` need of a group of sidecars."""
+
+    @property
+    def sidecars(self) -> Mapping[str, M]: ...
+
+    def running(self) -> list[M]: ...
+
+    async def get(self, sidecar: M, path: str) -> dict[str, Any] | None: ...
+
+
+async def wait_until_converged(
+    fleet: Observed[M],
+    members: Iterable[str],
+    *,
+    within_s: float,
+    leader_among: Iterable[str] | None = None,
+) -> dict[str, Any]:
+    """Wait until every running sidecar reports exactly `members` and one same leader;
+    return that leader's status. Fails the test with the last statuses seen."""
+    expected = sorted(members)
+    allowed = set(leader_among) if leader_among is not None else set(expected)
+    deadline = time.monotonic() + within_s
+    statuses: list[dict[str, Any] | None] = []
+    while time.monotonic() < deadline:
+        statuses = [await fleet.get(s, "/v1/status") for s in fleet.running()]
+        if statuses and all(statuses):
+            views = {
+                (tuple(sorted(m["node_id"] for m in st["members"])), st["leader"], st["epoch"])
+                for st in statuses
+                if st
+            }
+            leaders = [st for st in statuses if st and st["is_leader"]]
+            if len(views) == 1 and len(leaders) == 1:
+                view = views.pop()
+                if list(view[0]) == expected and view[1] in allowed:
+                    return leaders[0]
+        await asyncio.sleep(0.05)
+    pytest.fail(f"not converged on {expected} within {within_s} s: {statuses}")
 
 
 @dataclass
@@ -149,27 +203,10 @@ class Fleet:
     async def wait_converged(
         self, members: Iterable[str], *, within_s: float, leader_among: Iterable[str] | None = None
     ) -> dict[str, Any]:
-        """Wait until every running sidecar reports exactly `members` and one same leader;
-        return that leader's status. Fails the test with the last statuses seen."""
-        expected = sorted(members)
-        allowed = set(leader_among) if leader_among is not None else set(expected)
-        deadline = time.monotonic() + within_s
-        statuses: list[dict[str, Any] | None] = []
-        while time.monotonic() < deadline:
-            statuses = [await self.get(s, "/v1/status") for s in self.running()]
-            if statuses and all(statuses):
-                views = {
-                    (tuple(sorted(m["node_id"] for m in st["members"])), st["leader"], st["epoch"])
-                    for st in statuses
-                    if st
-                }
-                leaders = [st for st in statuses if st and st["is_leader"]]
-                if len(views) == 1 and len(leaders) == 1:
-                    view = views.pop()
-                    if list(view[0]) == expected and view[1] in allowed:
-                        return leaders[0]
-            await asyncio.sleep(0.05)
-        pytest.fail(f"not converged on {expected} within {within_s} s: {statuses}")
+        """See `wait_until_converged`."""
+        return await wait_until_converged(
+            self, members, within_s=within_s, leader_among=leader_among
+        )
 
     async def close(self) -> None:
         for sidecar in self.sidecars.values():
@@ -192,10 +229,10 @@ class Claim:
 
 
 @dataclass
-class InvariantChecker:
+class InvariantChecker(Generic[M]):
     """Polls `/v1/leader` on every sidecar of `fleet` until stopped; see the module doc."""
 
-    fleet: Fleet
+    fleet: Observed[M]
     interval_s: float = 0.05
     claims: list[Claim] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
@@ -204,7 +241,7 @@ class InvariantChecker:
     _highest_seen: tuple[int, float] = (0, 0.0)  # (epoch, when the claim was received)
     _task: asyncio.Task[None] | None = None
 
-    async def __aenter__(self) -> InvariantChecker:
+    async def __aenter__(self) -> InvariantChecker[M]:
         self._task = asyncio.create_task(self._poll_forever())
         return self
 
@@ -220,7 +257,7 @@ class InvariantChecker:
             await asyncio.gather(*(self._poll(s) for s in list(self.fleet.sidecars.values())))
             await asyncio.sleep(self.interval_s)
 
-    async def _poll(self, sidecar: Sidecar) -> None:
+    async def _poll(self, sidecar: M) -> None:
         if not sidecar.running:
             return
         sent = time.monotonic()

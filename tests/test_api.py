@@ -140,6 +140,7 @@ async def test_members_and_one_member(client: TestClient[Any, Any]) -> None:
 async def test_leader_and_fence(client: TestClient[Any, Any], leader_agent: Agent) -> None:
     status, body = await get(client, "/v1/leader")
     epoch = leader_agent.leadership().epoch
+    assert epoch is not None
     assert (status, body["is_self"], body["epoch"]) == (200, True, epoch)
     assert 0 < body["valid_for_s"] <= 2
     status, body = await get(client, f"/v1/fence?epoch={epoch}", "/v1/fence")

@@ -28,7 +28,7 @@ ROUTES = [
     "/v1/leader", "/v1/fence", "/v1/events", "/v1/leader/resign", "/metrics", "/openapi.json",
 ]  # fmt: skip
 PARAMETERS = ["wait", "epoch", "since", "x", ""]
-junk = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40)
+junk = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=40)
 query_value = st.one_of(
     junk,
     st.integers(min_value=-(2**70), max_value=2**70).map(str),

@@ -169,6 +169,7 @@ async def test_a_second_sidecar_on_the_same_node_exits_1(fleet: Fleet, tmp_path:
     lines = [json.loads(line) for line in second.log().splitlines() if line.strip()]
     refusal = [line for line in lines if line.get("event") == "refused"]
     assert refusal
+    assert first.process is not None
     assert (
         f"another ringside is running on this node (pid {first.process.pid}" in (refusal[0]["msg"])
     )

@@ -4,8 +4,8 @@
 file is valid for `docker compose` v2 too) under a project name of its own, and finds its
 containers, network and volumes with the Docker SDK by compose's labels.
 
-`ComposeFleet` gives `tests.fleet.InvariantChecker` and `Fleet.wait_converged` what they use
-from a `Fleet`: `sidecars` (objects with `node_id` and `running`), `running()` and
+`ComposeFleet` gives `tests.fleet.InvariantChecker` and `wait_until_converged` what they use
+(the `Observed` protocol): `sidecars` (objects with `node_id` and `running`), `running()` and
 `async get(sidecar, path)`. Sidecars are asked on their container address on the project's
 bridge network, from this host. A sidecar cut off from that network cannot be asked that way,
 so while it is disconnected `get` asks it from inside its own container (`docker exec`): the
@@ -30,7 +30,7 @@ import pytest
 from docker.models.containers import Container
 from docker.models.networks import Network
 
-from tests.fleet import POLL_TIMEOUT_S, Fleet, fetch_json
+from tests.fleet import POLL_TIMEOUT_S, fetch_json, wait_until_converged
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "compose" / "local-cluster.yml"
@@ -93,30 +93,23 @@ class ComposeProject:
 
     def leftovers(self) -> dict[str, list[str]]:
         """Whatever of the project still exists, by compose label or by its name prefix."""
-        label = {"label": self._labelled(project=self.name)}
+        label: dict[str, str | list[str] | bool] = {"label": self._labelled(project=self.name)}
         prefixes = (f"{self.name}_", f"{self.name}-")
 
-        def ours(names: Iterable[str]) -> list[str]:
-            return sorted(n for n in names if n.startswith(prefixes))
+        def names(found: Iterable[Any], *, by_prefix: bool = False) -> set[str]:
+            named = {str(o.name) for o in found if o.name}
+            return {n for n in named if n.startswith(prefixes)} if by_prefix else named
 
-        containers = self.client.containers.list(all=True)
-        networks = self.client.networks.list()
-        volumes = self.client.volumes.list()
+        client = self.client
         found = {
-            "containers": sorted(
-                {c.name for c in self.client.containers.list(all=True, filters=label)}
-                | set(ours(c.name for c in containers))
-            ),
-            "networks": sorted(
-                {n.name for n in self.client.networks.list(filters=label)}
-                | set(ours(n.name for n in networks))
-            ),
-            "volumes": sorted(
-                {v.name for v in self.client.volumes.list(filters=label)}
-                | set(ours(v.name for v in volumes))
-            ),
+            "containers": names(client.containers.list(all=True, filters=label))
+            | names(client.containers.list(all=True), by_prefix=True),
+            "networks": names(client.networks.list(filters=label))
+            | names(client.networks.list(), by_prefix=True),
+            "volumes": names(client.volumes.list(filters=label))
+            | names(client.volumes.list(), by_prefix=True),
         }
-        return {kind: names for kind, names in found.items() if names}
+        return {kind: sorted(found[kind]) for kind in found if found[kind]}
 
 
 @dataclass
@@ -160,12 +153,19 @@ class ComposeFleet:
     def _get_inside(self, sidecar: ContainerSidecar, path: str) -> dict[str, Any] | None:
         try:
             exit_code, output = sidecar.container.exec_run(["python3", "-c", _GET_INSIDE, path])
-            document: dict[str, Any] = json.loads(output) if exit_code == 0 else None
+            if exit_code != 0 or not isinstance(output, bytes):
+                return None
+            document: dict[str, Any] = json.loads(output)
         except (docker.errors.APIError, ValueError):
             return None
         return document
 
-    wait_converged = Fleet.wait_converged  # uses only running() and get()
+    async def wait_converged(
+        self, members: Iterable[str], *, within_s: float, leader_among: Iterable[str] | None = None
+    ) -> dict[str, Any]:
+        return await wait_until_converged(
+            self, members, within_s=within_s, leader_among=leader_among
+        )
 
     # --- failures --------------------------------------------------------------------------------
 
