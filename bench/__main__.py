@@ -69,10 +69,12 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             )
         sections["crash_detection"] = detection
 
-        failover = await sidecars.leader_change(
-            etcd, step("failover"), 5, 3 if quick else 10, "kill"
-        )
-        sections["crash_failover"] = [failover]
+        failover = []
+        for ttl, trials in ((5, 3 if quick else 10), (10, 2 if quick else 10)):
+            failover.append(
+                await sidecars.leader_change(etcd, step(f"failover {ttl}"), ttl, trials, "kill")
+            )
+        sections["crash_failover"] = failover
 
         handovers: list[Figure] = []
         for how in ("sigterm", "resign"):
