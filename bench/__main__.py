@@ -70,11 +70,16 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         sections["crash_detection"] = detection
 
         failover = []
-        for ttl, trials in ((5, 3 if quick else 10), (10, 2 if quick else 10)):
+        for ttl, trials in ((5, 3 if quick else 10), (10, 2 if quick else 5)):
             failover.append(
                 await sidecars.leader_change(etcd, step(f"failover {ttl}"), ttl, trials, "kill")
             )
         sections["crash_failover"] = failover
+        sections["failover_during_etcd_election"] = [
+            await sidecars.leader_change(
+                etcd, step("failover etcd leader"), 5, 2 if quick else 5, "kill-with-etcd-leader"
+            )
+        ]
 
         handovers: list[Figure] = []
         for how in ("sigterm", "resign"):
