@@ -43,7 +43,7 @@ NODES: Final = (
 )
 READY_WITHIN_S: Final = 60.0
 STOP_WITHIN_S: Final = 5.0
-INVENTORY: Final = Path("shared/fixtures/distributed_hosts.example.yaml")
+INVENTORY: Final = Path("config/distributed_hosts.example.yaml")
 _IN_SESSION: Final = "--in-own-session"
 _PR_SET_PDEATHSIG: Final = 1
 
@@ -75,9 +75,10 @@ class DemoSidecar:
 
 
 def find_inventory() -> Path | None:
-    """The sample inventory in ``shared/`` beside the checkout (or beside the current directory)."""
+    """The sample inventory in the checkout's ``config/`` (or the current directory's); None
+    when ringside runs from an installed package without a checkout."""
     checkout = Path(__file__).resolve().parent.parent
-    for base in (checkout.parent, Path.cwd().parent):
+    for base in (checkout, Path.cwd()):
         if (base / INVENTORY).is_file():
             return base / INVENTORY
     return None

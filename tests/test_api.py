@@ -8,7 +8,6 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,8 +21,8 @@ from sidecar.metrics import Metrics
 from sidecar.store.memory import MemoryStore
 from tests.agents import running_agent, until
 from tests.api_support import assert_documented
+from tests.paths import EXAMPLE_INVENTORY as INVENTORY
 
-INVENTORY = Path(__file__).resolve().parents[2] / "shared/fixtures/distributed_hosts.example.yaml"
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
 
 

@@ -11,8 +11,8 @@ import pytest
 from sidecar.localcluster import LocalEtcdCluster
 from tests.api_support import assert_documented
 from tests.fleet import Fleet
+from tests.paths import EXAMPLE_INVENTORY as INVENTORY
 
-INVENTORY = Path(__file__).resolve().parents[2] / "shared/fixtures/distributed_hosts.example.yaml"
 VOTERS = ("hetzner-cpu1", "hetzner-cpu2", "hetzner-cpu3")
 NODES = (*VOTERS, "lambda-gh200-3")
 

@@ -16,9 +16,8 @@ from sidecar import __version__
 from sidecar.cli import config_options, ringside
 from sidecar.config import FLAG_FIELDS
 from sidecar.identity import HostFacts
+from tests.paths import EXAMPLE_INVENTORY
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
-EXAMPLE_INVENTORY = FIXTURE / "distributed_hosts.example.yaml"
 RINGSIDE_SCRIPT = Path(sys.executable).parent / "ringside"
 OUTCOME = re.compile(r"  (chosen|not set|skipped: .*|rejected: .*|not in inventory)$")
 

@@ -21,9 +21,7 @@ from sidecar.identity import (
     resolve_identity,
     validate_node_id,
 )
-
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
-EXAMPLE_INVENTORY = FIXTURE / "distributed_hosts.example.yaml"
+from tests.paths import EXAMPLE_INVENTORY
 
 NO_FACTS = HostFacts(hostname="", addresses=())
 

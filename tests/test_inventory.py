@@ -6,9 +6,7 @@ import pytest
 
 from sidecar.errors import ConfigError
 from sidecar.inventory import Inventory, InventoryError, InventoryMatch, load_inventory
-
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
-EXAMPLE_INVENTORY = FIXTURE / "distributed_hosts.example.yaml"
+from tests.paths import EXAMPLE_INVENTORY, ROOT
 
 
 @pytest.fixture(scope="module")
@@ -150,3 +148,12 @@ def test_malformed_inventory_is_one_line(tmp_path: Path, text: str, expected: st
     assert isinstance(caught.value, InventoryError)
     assert expected.format(path=path) in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+SHARED_FIXTURE = ROOT.parent / "shared" / "fixtures" / "distributed_hosts.example.yaml"
+
+
+@pytest.mark.skipif(not SHARED_FIXTURE.is_file(), reason="no shared/ beside this checkout")
+def test_the_repository_copy_of_the_inventory_is_the_shared_fixture() -> None:
+    """The tests and `make demo` read the copy in config/; it must not drift from the source."""
+    assert EXAMPLE_INVENTORY.read_bytes() == SHARED_FIXTURE.read_bytes()
