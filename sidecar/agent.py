@@ -32,7 +32,8 @@ from sidecar.events import ClusterEvent, EventLog, diff_views
 from sidecar.history import HistoryGuard
 from sidecar.hooks import RoleHooks
 from sidecar.keys import Keys
-from sidecar.membership import DuplicateNode, MemberRecord, register
+from sidecar.membership import DuplicateNode, MemberRecord, register, update_record
+from sidecar.orchestrator import OrchestratorHealth, OrchestratorWatch
 from sidecar.quorum import QuorumHealth, QuorumMonitor
 from sidecar.session import Session
 from sidecar.settings import RingsideConfig
@@ -79,6 +80,17 @@ class Agent:
         )
         self.quorum = QuorumMonitor(store, interval_s=quorum_interval_s)
         self.quorum.on_change = self._quorum_changed
+        checks = config.orchestrator
+        self.orchestrator = (
+            OrchestratorWatch(
+                checks.health_url,
+                interval_s=checks.check_interval,
+                failures_before_unhealthy=checks.failures_before_unhealthy,
+                publish=self._publish_orchestrator,
+            )
+            if checks.health_url
+            else None
+        )
         self.session: Session | None = None
         self.campaign: Campaign | None = None
         self.registered = False
@@ -89,6 +101,7 @@ class Agent:
         self._keepalive_task: asyncio.Task[None] | None = None
         self._stale_leases: list[int] = []
         self._quorum_lost = False
+        self._written: MemberRecord | None = None  # what our member key holds, as we wrote it
 
     # --- reading -------------------------------------------------------------------------
 
@@ -132,6 +145,8 @@ class Agent:
             asyncio.create_task(self.keeper.run(), name="view"),
             asyncio.create_task(self.quorum.run(), name="quorum"),
         ]
+        if self.orchestrator is not None:
+            tasks.append(asyncio.create_task(self.orchestrator.run(), name="orchestrator"))
         control = asyncio.create_task(self._control_loop(), name="control")
         stopping = asyncio.create_task(stop.wait(), name="stop")
         try:
@@ -203,11 +218,13 @@ class Agent:
         await self._revoke_stale_leases()
         session = await Session.open(self.store, self.config.lease_ttl)
         session.on_keepalive = self.on_keepalive
+        record = self.record
         try:
-            await register(self.store, self.keys, self.record, session)
+            await register(self.store, self.keys, record, session)
         except BaseException:
             await session.revoke()
             raise
+        self._written = record
         self.session = session
         self.registered = True
         self._keepalive_task = asyncio.create_task(self._keep(session), name="keepalive")
@@ -281,6 +298,25 @@ class Agent:
             self._keepalive_task.cancel()
 
     # --- callbacks from the background tasks ---------------------------------------------
+
+    async def _publish_orchestrator(self, health: OrchestratorHealth) -> bool:
+        """Put the orchestrator's new state into our record; True once etcd has it. While we
+        are not registered, False: a registration running now may have written the old record,
+        so the watch offers it again after the next probe."""
+        self.record = record = self.record.model_copy(update={"orchestrator": health})
+        session = self.session
+        if session is None or not self.registered:
+            return False
+        if self._written == record:
+            return True  # the registration already wrote it
+        try:
+            written = await update_record(self.store, self.keys, record, session)
+        except StoreError as e:
+            log.warning("orchestrator health not published yet: %s", e)
+            return False
+        if written:
+            self._written = record
+        return written
 
     def _view_changed(self, old: ClusterView, new: ClusterView) -> None:
         for event in diff_views(old, new):

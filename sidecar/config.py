@@ -63,6 +63,7 @@ ENV_FIELDS: Final[Mapping[str, str]] = {
     "RINGSIDE_INVENTORY": "inventory",
     "RINGSIDE_ADVERTISE_ADDRESSES": "advertise_addresses",
     "RINGSIDE_LOCK_FILE": "lock_file",
+    "RINGSIDE_ORCHESTRATOR_HEALTH_URL": "orchestrator.health_url",
 }
 """Environment variable -> dotted field. Operators rely on these names: never rename one."""
 

@@ -34,6 +34,9 @@ def member_document(member: Member, leader: str | None) -> Json:
         "version": record.version if record else None,
         "hostname": record.hostname if record else None,
         "pid": record.pid if record else None,
+        "orchestrator": record.orchestrator.model_dump()
+        if record and record.orchestrator
+        else None,
     }
 
 

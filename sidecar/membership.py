@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from sidecar import __version__
 from sidecar.errors import RingsideError
 from sidecar.keys import Keys
+from sidecar.orchestrator import OrchestratorHealth
 from sidecar.session import Session
 from sidecar.store.base import Store
 from sidecar.store.errors import LeaseNotFound
@@ -43,6 +44,7 @@ class MemberRecord(BaseModel):
     pid: int = 0
     hostname: str = ""
     started_at: str = ""
+    orchestrator: OrchestratorHealth | None = None  # None: no health URL configured
 
     @classmethod
     def for_this_process(
@@ -156,6 +158,19 @@ async def _wait_out_or_refuse(store: Store, node_id: str, holder: KeyValue) -> N
                 async for batch in batches:
                     if any(e.type is EventType.DELETE for e in batch.events):
                         return
+
+
+async def update_record(store: Store, keys: Keys, record: MemberRecord, session: Session) -> bool:
+    """Rewrite our member key with `record`, only while it is still ours (our lease holds it).
+
+    False when the key is gone or held by another lease: the control loop registers again
+    on its own (a lost key is a lost session), with the newest record.
+    """
+    key = keys.member(record.node_id)
+    result = await store.txn(
+        [Compare.lease_is(key, session.lease_id)], [Put(key, record.encode(), session.lease_id)]
+    )
+    return result.succeeded
 
 
 def discovered_addresses() -> tuple[str, ...]:

@@ -58,18 +58,22 @@ def summary(report: StatusReport) -> str:
     return f"{report.cluster}: {leader}, {report.alive} alive, {quorum} ({voters})"
 
 
+_ORCHESTRATOR_STATE: Final = {True: "up", False: "DOWN", None: "-"}
+
+
 def member_rows(
     members: Sequence[MemberInfo], *, state: str = "alive", wide: bool = False
 ) -> list[str]:
     """A header and one aligned row per member."""
     header = ["NODE", "ROLE", "STATE", "ADDRESSES" if wide else "ADDRESS", "SINCE"]
     if wide:
-        header.append("LABELS")
+        header += ["ORCHESTRATOR", "LABELS"]
     rows = [header]
     for m in members:
         addresses = ",".join(m.addresses) if wide else (m.addresses[0] if m.addresses else "")
         row = [m.node_id, m.role, state, addresses or "-", age(m.since)]
         if wide:
+            row.append(_ORCHESTRATOR_STATE[m.orchestrator_healthy])
             row.append(",".join(f"{k}={v}" for k, v in sorted(m.labels.items())) or "-")
         rows.append(row)
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]

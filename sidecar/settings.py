@@ -85,6 +85,17 @@ def _etcd_url(value: str) -> str:
     return value
 
 
+def _health_url(value: str) -> str:
+    url = urlsplit(value)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise ValueError(f"{value!r} must be an http:// or https:// URL with a host")
+    try:
+        url.port  # noqa: B018 - parsing it is the check
+    except ValueError:
+        raise ValueError(f"{value!r} has a port outside 1-65535") from None
+    return value
+
+
 def _readable_file(path: Path) -> Path:
     try:
         with path.open("rb"):
@@ -96,6 +107,7 @@ def _readable_file(path: Path) -> Path:
 
 DnsLabel = Annotated[str, AfterValidator(_dns_label)]
 EtcdUrl = Annotated[str, AfterValidator(_etcd_url)]
+HealthUrl = Annotated[str, AfterValidator(_health_url)]
 ReadableFile = Annotated[Path, AfterValidator(_readable_file)]
 
 
@@ -203,6 +215,15 @@ class LeaderSettings(_Settings):
     hook_timeout: float = Field(default=10.0, gt=0)
 
 
+class OrchestratorSettings(_Settings):
+    """The local orchestrator's own health check. Its result goes into this node's member record,
+    so every node sees whether the orchestrator is up, not only whether its sidecar is."""
+
+    health_url: HealthUrl | None = None
+    check_interval: float = Field(default=5.0, ge=1, le=600)
+    failures_before_unhealthy: int = Field(default=2, ge=1, le=100)
+
+
 class IdentitySettings(_Settings):
     """Where node identity files live; configurable so tests and unusual hosts can move them."""
 
@@ -223,6 +244,7 @@ class RingsideConfig(_Settings):
     labels: dict[str, str] = Field(default_factory=dict)
     inventory: Path | None = None
     identity: IdentitySettings = Field(default_factory=IdentitySettings)
+    orchestrator: OrchestratorSettings = Field(default_factory=OrchestratorSettings)
     advertise_addresses: tuple[str, ...] = ()
     lock_file: Path | None = None
 

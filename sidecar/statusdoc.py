@@ -70,6 +70,7 @@ class MemberInfo:
     eligible: bool
     since: str | None  # ISO time the member's sidecar started
     is_leader: bool
+    orchestrator_healthy: bool | None = None  # None: that node checks no orchestrator
 
     @property
     def role(self) -> str:
@@ -90,7 +91,17 @@ def parse_member(value: object, where: str = "member") -> MemberInfo:
         eligible=_take(document, "eligible", bool, where=where),
         since=_take(document, "since", str, type(None), where=where) or None,
         is_leader=_take(document, "is_leader", bool, where=where),
+        orchestrator_healthy=_orchestrator_healthy(document, where),
     )
+
+
+def _orchestrator_healthy(document: Mapping[str, Any], where: str) -> bool | None:
+    """Older sidecars send no `orchestrator`; null means the node checks none."""
+    health = document.get("orchestrator")
+    if health is None:
+        return None
+    healthy: bool = _take(_mapping(health, f"{where}.orchestrator"), "healthy", bool, where=where)
+    return healthy
 
 
 def parse_members(value: object, where: str = "members document") -> tuple[MemberInfo, ...]:

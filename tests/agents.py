@@ -24,6 +24,7 @@ def make_agent(
     *,
     eligible: bool = True,
     token: str | None = None,
+    orchestrator: dict[str, object] | None = None,
     **leader: object,
 ) -> Agent:
     """An agent with a short lease; `leader` overrides `leader.*` settings (hooks, margin)."""
@@ -33,6 +34,7 @@ def make_agent(
             "lease_ttl": TTL,
             "leader": {"eligible": eligible, "validity_margin": 0.5, **leader},
             "http": {"token": token},
+            "orchestrator": orchestrator or {},
         }
     )
     record = MemberRecord(

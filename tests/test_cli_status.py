@@ -104,7 +104,8 @@ async def test_status_in_every_format_with_the_fleets_values(fleet: Fleet, inven
     assert wide.returncode == 0, wide
     assert wide.stdout.splitlines()[1].split()[-1] == "LABELS"
     assert table(wide.stdout)[OBSERVER][3] == ",".join(addresses[OBSERVER])
-    assert table(wide.stdout)[OBSERVER][5] == "gpu=gh200"
+    assert table(wide.stdout)[OBSERVER][5] == "-"  # no orchestrator check configured
+    assert table(wide.stdout)[OBSERVER][6] == "gpu=gh200"
 
     for output, parse in (("json", json.loads), ("yaml", yaml.safe_load)):
         result = await ringside("status", "--sidecar", observer.url, "-o", output)

@@ -160,6 +160,7 @@ def test_env_names_are_the_documented_ones() -> None:
         "RINGSIDE_HTTP_TOKEN",
         "RINGSIDE_ADVERTISE_ADDRESSES",
         "RINGSIDE_LOCK_FILE",
+        "RINGSIDE_ORCHESTRATOR_HEALTH_URL",
     }
 
 
@@ -178,6 +179,7 @@ def test_every_env_variable_sets_its_field(tmp_path: Path) -> None:
         "RINGSIDE_HTTP_TOKEN": "t0ken",
         "RINGSIDE_ADVERTISE_ADDRESSES": "203.0.113.21, 100.64.0.21",
         "RINGSIDE_LOCK_FILE": "/run/ringside/blue.lock",
+        "RINGSIDE_ORCHESTRATOR_HEALTH_URL": "http://127.0.0.1:8770/health",
     }
     loaded = load_config(None, env, {})
     config = loaded.config
@@ -194,6 +196,7 @@ def test_every_env_variable_sets_its_field(tmp_path: Path) -> None:
     assert config.http.token == "t0ken"
     assert config.advertise_addresses == ("203.0.113.21", "100.64.0.21")
     assert config.lock_file == Path("/run/ringside/blue.lock")
+    assert config.orchestrator.health_url == "http://127.0.0.1:8770/health"
     for name, field in ENV_FIELDS.items():
         assert loaded.sources[field] == f"env {name}"
 
@@ -513,3 +516,17 @@ def test_example_config_loads_and_documents_every_field() -> None:
         assert name in text, f"{name} ({field}) is not mentioned in the example"
     for field, source in loaded.sources.items():
         assert source == f"file {EXAMPLE_CONFIG}", f"{field} is not set in the example"
+
+
+@pytest.mark.parametrize(
+    ("url", "complaint"),
+    [
+        ("ftp://127.0.0.1/health", "must be an http:// or https:// URL with a host"),
+        ("http:///health", "must be an http:// or https:// URL with a host"),
+        ("http://127.0.0.1:99999/health", "has a port outside 1-65535"),
+    ],
+)
+def test_a_bad_orchestrator_health_url_names_the_variable(url: str, complaint: str) -> None:
+    message = load_error(env={"RINGSIDE_ORCHESTRATOR_HEALTH_URL": url})
+    assert message.startswith("orchestrator.health_url (env RINGSIDE_ORCHESTRATOR_HEALTH_URL): ")
+    assert complaint in message
