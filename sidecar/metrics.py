@@ -133,6 +133,22 @@ class _AgentCollector(Collector):
             max(0.0, agent.session.remaining()) if agent.session is not None else None,
         )
 
+        checked = agent.orchestrator.current if agent.orchestrator is not None else None
+        yield _gauge(
+            "ringside_orchestrator_healthy",
+            "1 while this node's orchestrator passes its health check; absent when not checked.",
+            checked.healthy if checked is not None else None,
+        )
+        yield _gauge(
+            "ringside_members_orchestrator_down",
+            "Live members whose record says their orchestrator is failing its health check.",
+            sum(
+                1
+                for m in view.members.values()
+                if m.record and m.record.orchestrator and not m.record.orchestrator.healthy
+            ),
+        )
+
         up = GaugeMetricFamily(
             "ringside_etcd_endpoint_up",
             "1 if the last request to the endpoint got an answer; 0 if not or not tried yet.",

@@ -181,3 +181,15 @@ async def test_agents_in_one_process_have_separate_registries(
     assert value(one, "ringside_info", node_id="n1", cluster=cluster, version=__version__) == 1
     assert value(one, "ringside_info", node_id="n2", cluster=cluster, version=__version__) is None
     assert value(two, "ringside_info", node_id="n2", cluster=cluster, version=__version__) == 1
+
+
+async def test_orchestrator_gauges(store: MemoryStore, cluster: str) -> None:
+    """This node's check, and how many live members report a failing orchestrator."""
+    unchecked = make_agent(store, "n1", cluster)
+    assert value(Metrics(unchecked), "ringside_orchestrator_healthy") is None  # not configured
+    checks = {"health_url": "http://127.0.0.1:9/health", "check_interval": 1}  # nothing there
+    agent = make_agent(store, "n2", cluster, orchestrator=checks)
+    metrics = Metrics(agent)
+    async with running(agent):
+        await until(lambda: value(metrics, "ringside_members_orchestrator_down") == 1)
+        assert value(metrics, "ringside_orchestrator_healthy") == 0
