@@ -22,8 +22,8 @@ from sidecar.localcluster import LocalEtcdCluster
 from sidecar.orchestrator import OrchestratorHealth
 from sidecar.store.etcd import EtcdStore
 from tests.agents import make_agent, running, running_agent, until
+from tests.cli_support import ringside, table
 from tests.fleet import Fleet
-from tests.test_cli_status import ringside, table
 
 
 @dataclass
