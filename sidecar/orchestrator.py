@@ -80,14 +80,18 @@ class OrchestratorWatch:
         again after every later probe until it lands."""
         async with aiohttp.ClientSession() as session:
             while True:
-                healthy, detail = await probe(
-                    session, self.url, min(PROBE_TIMEOUT_S, self.interval_s)
-                )
-                if self.observe(healthy, detail) is not None:
-                    self._unpublished = True
-                if self._unpublished and self.current is not None:
-                    self._unpublished = not await self.publish(self.current)
+                try:
+                    await self._check(session)
+                except Exception:  # a bug here must not silently freeze the published state
+                    log.exception("orchestrator health check failed unexpectedly; retrying")
                 await asyncio.sleep(self.interval_s)
+
+    async def _check(self, session: aiohttp.ClientSession) -> None:
+        healthy, detail = await probe(session, self.url, min(PROBE_TIMEOUT_S, self.interval_s))
+        if self.observe(healthy, detail) is not None:
+            self._unpublished = True
+        if self._unpublished and self.current is not None:
+            self._unpublished = not await self.publish(self.current)
 
     def observe(self, healthy: bool, detail: str) -> OrchestratorHealth | None:
         """Fold one probe result in; the new state when it changed, else None.

@@ -6,6 +6,7 @@ real etcd: what one node's check sees must reach another node's view through etc
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -19,7 +20,7 @@ from sidecar.agent import Agent
 from sidecar.documents import member_document
 from sidecar.keys import Keys
 from sidecar.localcluster import LocalEtcdCluster
-from sidecar.orchestrator import OrchestratorHealth
+from sidecar.orchestrator import OrchestratorHealth, OrchestratorWatch
 from sidecar.store.etcd import EtcdStore
 from tests.agents import make_agent, running, running_agent, until
 from tests.cli_support import ringside, table
@@ -142,3 +143,31 @@ async def test_status_wide_shows_each_nodes_orchestrator(
         assert result.returncode == 0, result
         shown = {node: row[5] for node, row in table(result.stdout).items()}
     assert shown == expected
+
+
+async def test_a_failing_publish_is_logged_and_retried(
+    orchestrator: tuple[FakeOrchestrator, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """An unexpected error must not end the check (the published state would freeze)."""
+    _, url = orchestrator
+    published: list[OrchestratorHealth] = []
+    calls = 0
+
+    async def publish(health: OrchestratorHealth) -> bool:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("boom")
+        published.append(health)
+        return True
+
+    watch = OrchestratorWatch(url, interval_s=1, failures_before_unhealthy=2, publish=publish)
+    task = asyncio.create_task(watch.run())
+    try:
+        await until(lambda: bool(published), within_s=10)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert "failed unexpectedly" in caplog.text
+    assert calls == 2
+    assert [h.healthy for h in published] == [True]
