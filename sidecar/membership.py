@@ -17,7 +17,13 @@ import socket
 from datetime import UTC, datetime
 
 import psutil
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+)
 
 from sidecar import __version__
 from sidecar.errors import RingsideError
@@ -45,6 +51,19 @@ class MemberRecord(BaseModel):
     hostname: str = ""
     started_at: str = ""
     orchestrator: OrchestratorHealth | None = None  # None: no health URL configured
+
+    @field_validator("orchestrator", mode="wrap")
+    @classmethod
+    def _unreadable_health_is_unknown(
+        cls, value: object, handler: ValidatorFunctionWrapHandler
+    ) -> OrchestratorHealth | None:
+        """A health entry this version cannot read (a newer shape) is unknown, and must not make
+        the whole record unreadable: the member still counts, with its addresses and labels."""
+        try:
+            health: OrchestratorHealth | None = handler(value)
+        except ValidationError:
+            return None
+        return health
 
     @classmethod
     def for_this_process(

@@ -46,3 +46,15 @@ async def test_a_record_from_another_host_is_refused_at_once() -> None:
     with pytest.raises(DuplicateNode, match="on host some-other-host"):
         async with asyncio.timeout(1):
             await register(store, KEYS, this_process(), ours)
+
+
+def test_an_unreadable_orchestrator_entry_leaves_the_rest_of_the_record() -> None:
+    """A newer sidecar may publish another shape; the member must still count and show."""
+    raw = b'{"node_id": "vast-29118471", "labels": {"gpu": "4090"}, "orchestrator": "up"}'
+    record = MemberRecord.decode(raw)
+    assert record is not None
+    assert (record.node_id, record.labels, record.orchestrator) == (
+        "vast-29118471", {"gpu": "4090"}, None,
+    )  # fmt: skip
+    newer = b'{"node_id": "n", "orchestrator": {"healthy": true, "detail": "ok", "since": "t"},'
+    assert MemberRecord.decode(newer + b' "gpus": 8}') is not None  # unknown fields: ignored
