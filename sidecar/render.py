@@ -55,7 +55,11 @@ def summary(report: StatusReport) -> str:
         leader = f"leader {report.leader} (epoch {report.epoch})"
     quorum = "quorum ok" if report.quorum_ok else "quorum LOST"
     voters = f"{report.voters_healthy}/{report.voters_total} voters"
-    return f"{report.cluster}: {leader}, {report.alive} alive, {quorum} ({voters})"
+    line = f"{report.cluster}: {leader}, {report.alive} alive, {quorum} ({voters})"
+    down = sorted(m.node_id for m in report.members if m.orchestrator_healthy is False)
+    if down:  # a live sidecar whose orchestrator fails its check: say so where it is read first
+        line += f"; orchestrator DOWN on {', '.join(down)}"
+    return line
 
 
 _ORCHESTRATOR_STATE: Final = {True: "up", False: "DOWN", None: "-"}

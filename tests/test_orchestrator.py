@@ -143,6 +143,7 @@ async def test_status_wide_shows_each_nodes_orchestrator(
         assert result.returncode == 0, result
         shown = {node: row[5] for node, row in table(result.stdout).items()}
     assert shown == expected
+    assert result.stdout.splitlines()[0].endswith("; orchestrator DOWN on hetzner-cpu2")
 
 
 async def test_a_failing_publish_is_logged_and_retried(
