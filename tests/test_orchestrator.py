@@ -91,6 +91,10 @@ async def test_health_reaches_other_nodes_and_only_changes_are_written(
         down = seen(observer, "hetzner-cpu1")
         assert down is not None
         assert down.detail == "HTTP 503"
+        version = await _version(store, key)  # staying down is not rewritten either
+        later = fake.checks + 3
+        await until(lambda: fake.checks >= later, within_s=10)
+        assert await _version(store, key) == version
 
         fake.status = 200
         await until(lambda: (seen(observer, "hetzner-cpu1") or _down()).healthy, within_s=10)
