@@ -246,9 +246,10 @@ class LocalEtcdCluster:
             for i in range(size)
         ]
         initial = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
+        context = tls.client_files.context() if tls is not None else None
         for m in self.members:
-            if tls is not None:
-                m.scheme, m.ssl_context = "https", tls.client_files.context()
+            if context is not None:
+                m.scheme, m.ssl_context = "https", context
             m.args = [
                 binary,
                 f"--name={m.name}",

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+from dataclasses import replace
 from typing import Any
 
 from sidecar.store.errors import ProtocolError
 from sidecar.store.model import (
     Compare,
-    CompareTarget,
     DeleteResult,
     EventType,
     Get,
@@ -114,15 +114,11 @@ def key_range(key: str, prefix: bool) -> JsonObject:
 
 
 def encode_compare(c: Compare) -> JsonObject:
-    field = {
-        CompareTarget.VERSION: "version",
-        CompareTarget.CREATE: "create_revision",
-        CompareTarget.MOD: "mod_revision",
-        CompareTarget.VALUE: "value",
-        CompareTarget.LEASE: "lease",
-    }[c.target]
     operand = b64(c.operand) if isinstance(c.operand, bytes) else str(c.operand)
-    return {"key": b64(c.key), "target": c.target.value, "result": c.result.value, field: operand}
+    return {
+        "key": b64(c.key), "target": c.target.value, "result": c.result.value,
+        c.target.field: operand,
+    }  # fmt: skip
 
 
 def encode_op(op: TxnOp) -> JsonObject:
@@ -167,6 +163,4 @@ def parse_events(result: JsonObject) -> list[WatchBatch]:
 
 def _batch(header: Header, events: list[WatchEvent]) -> WatchBatch:
     revision = events[0].kv.mod_revision
-    return WatchBatch(
-        Header(header.cluster_id, header.member_id, revision, header.raft_term), tuple(events)
-    )
+    return WatchBatch(replace(header, revision=revision), tuple(events))

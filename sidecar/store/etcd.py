@@ -8,7 +8,7 @@ means the lease is gone, a time-to-live of -1 means it never existed or expired.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import asynccontextmanager
 
 from sidecar.store.base import Store
 from sidecar.store.codec import (
@@ -26,7 +26,7 @@ from sidecar.store.codec import (
     parse_range,
     unb64,
 )
-from sidecar.store.errors import LeaseNotFound, ProtocolError
+from sidecar.store.errors import LeaseNotFound
 from sidecar.store.gateway import EtcdApiError, EtcdGateway, TlsFiles
 from sidecar.store.model import (
     Compare,
@@ -128,8 +128,6 @@ class EtcdStore(Store):
 
     async def lease_grant(self, ttl: int) -> Lease:
         answer = await self.gateway.call("/v3/lease/grant", {"TTL": str(ttl)})
-        if answer.get("error"):
-            raise ProtocolError(f"lease grant refused: {answer['error']}")
         return Lease(id=as_int(answer, "ID"), ttl=as_int(answer, "TTL"))
 
     async def lease_keepalive(self, lease_id: int) -> int:
@@ -155,29 +153,23 @@ class EtcdStore(Store):
         names = tuple(unb64(k, "key").decode() for k in answer.get("keys") or [])
         return LeaseInfo(id=lease_id, ttl=ttl, granted_ttl=as_int(answer, "grantedTTL"), keys=names)
 
-    def watch(
+    @asynccontextmanager
+    async def watch(
         self,
         key: str,
         *,
         prefix: bool = False,
         start_revision: int = 0,
         prev_kv: bool = False,
-    ) -> AbstractAsyncContextManager[AsyncIterator[WatchBatch]]:
-        return self._watch(key, prefix, start_revision, prev_kv)
-
-    @asynccontextmanager
-    async def _watch(
-        self, key: str, prefix: bool, start_revision: int, prev_kv: bool
     ) -> AsyncIterator[AsyncIterator[WatchBatch]]:
+        watched = key_range(key, prefix)
         if not start_revision:
             # Pin "now" before the caller can write: the stream only opens on first read.
-            now = await self.gateway.call(
-                "/v3/kv/range", {**key_range(key, prefix), "count_only": True}
-            )
+            now = await self.gateway.call("/v3/kv/range", {**watched, "count_only": True})
             start_revision = parse_header(now).revision + 1
         stream = WatchStream(
             self.gateway,
-            key_range(key, prefix),
+            watched,
             start_revision,
             prev_kv,
             probe_interval=self.watch_probe_interval,

@@ -25,11 +25,11 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 
 from sidecar.deadline import Deadline
+from sidecar.store.codec import JsonObject
 from sidecar.store.errors import (
     AuthFailed,
     Compacted,
@@ -41,8 +41,6 @@ from sidecar.store.errors import (
 )
 from sidecar.store.lines import LineReader, describe_error
 from sidecar.store.model import EndpointState
-
-JsonObject = dict[str, Any]
 
 # gRPC status codes that mean "this member cannot serve the request now": try the next one.
 _RETRY_ELSEWHERE = {1, 2, 4, 13, 14}  # cancelled, unknown, deadline exceeded, internal, unavailable
@@ -119,15 +117,12 @@ class EtcdGateway:
 
     # --- public --------------------------------------------------------------------------
 
-    async def call(
-        self, path: str, body: JsonObject, *, budget_s: float | None = None
-    ) -> JsonObject:
+    async def call(self, path: str, body: JsonObject) -> JsonObject:
         """POST `body` to `path` on the first endpoint that serves it; raise otherwise.
 
-        The whole call, all endpoints included, ends within `budget_s` (default: one
-        request timeout per endpoint).
+        The whole call, all endpoints included, ends within one request timeout per endpoint.
         """
-        deadline = Deadline(budget_s if budget_s is not None else self._budget())
+        deadline = Deadline(self.request_timeout * len(self.endpoints))
         failures: list[str] = []
         for endpoint in self._rotation():
             if deadline.expired:
@@ -177,11 +172,7 @@ class EtcdGateway:
 
     def mark_failed(self, endpoint: str, reason: str) -> None:
         """Record that `endpoint` failed outside a request (e.g. a watch went silent)."""
-        state = self._states.get(endpoint)
-        if state is not None:
-            self._states[endpoint] = replace(
-                state, reachable=False, last_error=reason, failures=state.failures + 1
-            )
+        self._record(endpoint, ok=False, error=reason)
         if self.endpoints[self._preferred] == endpoint:
             self._preferred = (self._preferred + 1) % len(self.endpoints)
 
@@ -198,9 +189,6 @@ class EtcdGateway:
             self._session = None
 
     # --- mechanics -----------------------------------------------------------------------
-
-    def _budget(self) -> float:
-        return self.request_timeout * len(self.endpoints)
 
     def _rotation(self) -> list[str]:
         """Endpoints in the order to try: the last good one first."""
@@ -255,8 +243,7 @@ class EtcdGateway:
         try:
             return await self._exchange(endpoint, path, body, deadline)
         except aiohttp.ServerDisconnectedError:
-            self._record(endpoint, ok=False, error="server disconnected")
-            raise _EndpointFailed("server disconnected") from None
+            raise self._fail(endpoint, "server disconnected") from None
 
     async def _exchange(
         self, endpoint: str, path: str, body: JsonObject, deadline: Deadline
@@ -275,8 +262,7 @@ class EtcdGateway:
         except aiohttp.ServerDisconnectedError:
             raise
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
-            self._record(endpoint, ok=False, error=describe_error(e))
-            raise _EndpointFailed(describe_error(e)) from None
+            raise self._fail(endpoint, describe_error(e)) from None
         answer = self._decode(endpoint, status, raw)
         self._record(endpoint, ok=True, latency=time.monotonic() - started)
         return answer
@@ -286,9 +272,7 @@ class EtcdGateway:
         try:
             answer = json.loads(raw)
         except ValueError:
-            reason = f"HTTP {status}, not etcd JSON: {raw[:60]!r}"
-            self._record(endpoint, ok=False, error=reason)
-            raise _EndpointFailed(reason) from None
+            raise self._fail(endpoint, f"HTTP {status}, not etcd JSON: {raw[:60]!r}") from None
         if not isinstance(answer, dict):
             raise ProtocolError(f"{endpoint} answered {type(answer).__name__}, not an object")
         if status == 200 and "error" not in answer:
@@ -296,8 +280,7 @@ class EtcdGateway:
         code = answer.get("code")
         message = str(answer.get("message") or answer.get("error") or f"HTTP {status}")
         if not isinstance(code, int) or code in _RETRY_ELSEWHERE:
-            self._record(endpoint, ok=False, error=message)
-            raise _EndpointFailed(message)
+            raise self._fail(endpoint, message)
         self._record(endpoint, ok=True)  # a refusal is an answer: the endpoint is fine
         raise EtcdApiError(code, message)
 
@@ -315,8 +298,7 @@ class EtcdGateway:
                     endpoint + path, json=body, headers=self._headers(), timeout=timeout
                 )
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
-            self._record(endpoint, ok=False, error=describe_error(e))
-            raise _EndpointFailed(describe_error(e)) from None
+            raise self._fail(endpoint, describe_error(e)) from None
         if response.status != 200:
             raw = await response.read()
             response.release()
@@ -327,6 +309,11 @@ class EtcdGateway:
             raise _EndpointFailed(f"HTTP {response.status}")
         self._record(endpoint, ok=True)
         return response
+
+    def _fail(self, endpoint: str, reason: str) -> _EndpointFailed:
+        """Record `endpoint` as failed for `reason`; the exception to raise for it."""
+        self._record(endpoint, ok=False, error=reason)
+        return _EndpointFailed(reason)
 
     def _record(
         self, endpoint: str, *, ok: bool, error: str | None = None, latency: float | None = None

@@ -59,13 +59,6 @@ MIN_LEASE_TTL = 2  # etcd's floor with its default heartbeat (100 ms) and electi
 MAX_LEASE_TTL = 9_000_000_000  # etcd's MaxLeaseTTL
 RAFT_TERM = 1
 
-_FIELDS = {
-    CompareTarget.VERSION: "version",
-    CompareTarget.CREATE: "create_revision",
-    CompareTarget.MOD: "mod_revision",
-    CompareTarget.VALUE: "value",
-    CompareTarget.LEASE: "lease",
-}
 _OUTCOMES = {
     CompareResult.EQUAL: (0,),
     CompareResult.GREATER: (1,),
@@ -83,8 +76,8 @@ def _in_range(key: str, start: str, end: bytes | None) -> bool:
     return raw >= start.encode() and (end == b"\0" or raw < end)
 
 
-def _range_end(op: Get | Delete) -> bytes | None:
-    return prefix_end(op.key) if op.prefix else None
+def _range_end(key: str, prefix: bool) -> bytes | None:
+    return prefix_end(key) if prefix else None
 
 
 def _check_branch(ops: Sequence[TxnOp]) -> None:
@@ -95,7 +88,9 @@ def _check_branch(ops: Sequence[TxnOp]) -> None:
     if len(set(puts)) != len(puts):
         raise InvalidRequest("duplicate key given in txn request")
     for op in ops:
-        if isinstance(op, Delete) and any(_in_range(k, op.key, _range_end(op)) for k in puts):
+        if isinstance(op, Delete) and any(
+            _in_range(k, op.key, _range_end(op.key, op.prefix)) for k in puts
+        ):
             raise InvalidRequest("duplicate key given in txn request")
 
 
@@ -259,7 +254,7 @@ class MemoryStore(Store):
         prev_kv: bool = False,
     ) -> AsyncIterator[AsyncIterator[WatchBatch]]:
         self._expire_due()
-        end = prefix_end(key) if prefix else None
+        end = _range_end(key, prefix)
         watcher = _Watcher(key, end, start_revision or self._revision + 1, prev_kv)
         if 0 < start_revision < self._compacted:
             # etcd reports this on the stream, not when the watch is created.
@@ -312,7 +307,7 @@ class MemoryStore(Store):
 
     @staticmethod
     def _range(kvs: dict[str, KeyValue], key: str, prefix: bool) -> tuple[KeyValue, ...]:
-        end = prefix_end(key) if prefix else None
+        end = _range_end(key, prefix)
         found = (kv for name, kv in kvs.items() if _in_range(name, key, end))
         return tuple(sorted(found, key=lambda kv: kv.key.encode()))
 
@@ -336,7 +331,7 @@ class MemoryStore(Store):
         kv = self._kvs.get(guard.key)
         if kv is None and guard.target is CompareTarget.VALUE:
             return False  # etcd: a value compare on a missing key fails, whatever the operand
-        actual = getattr(kv or _MISSING, _FIELDS[guard.target])
+        actual = getattr(kv or _MISSING, guard.target.field)
         if isinstance(actual, bytes) != isinstance(guard.operand, bytes):
             raise InvalidRequest(f"compare {guard.target.value} with {guard.operand!r}")
         order = (actual > guard.operand) - (actual < guard.operand)

@@ -82,6 +82,20 @@ class CompareTarget(enum.Enum):
     VALUE = "VALUE"
     LEASE = "LEASE"
 
+    @property
+    def field(self) -> str:
+        """The key-value field compared: etcd's JSON name, and `KeyValue`'s attribute."""
+        return _COMPARED_FIELDS[self]
+
+
+_COMPARED_FIELDS = {
+    CompareTarget.VERSION: "version",
+    CompareTarget.CREATE: "create_revision",
+    CompareTarget.MOD: "mod_revision",
+    CompareTarget.VALUE: "value",
+    CompareTarget.LEASE: "lease",
+}
+
 
 class CompareResult(enum.Enum):
     EQUAL = "EQUAL"

@@ -19,7 +19,7 @@ import asyncio
 import logging
 from collections.abc import AsyncGenerator, Callable
 
-from sidecar.store.codec import JsonObject, as_int, parse_events, parse_header
+from sidecar.store.codec import JsonObject, as_int, parse_events
 from sidecar.store.errors import AuthFailed, Compacted, StoreError
 from sidecar.store.gateway import EtcdGateway
 from sidecar.store.lines import LineReader, StreamEnded
@@ -29,7 +29,11 @@ log = logging.getLogger(__name__)
 
 
 class WatchStream:
-    """The state of one logical watch across however many HTTP streams it takes."""
+    """The state of one logical watch across however many HTTP streams it takes.
+
+    `start_revision` must be a real revision (the caller pins "now" first): every stream,
+    the first included, asks for exactly the next revision not yet delivered.
+    """
 
     def __init__(
         self,
@@ -49,9 +53,7 @@ class WatchStream:
         self.next_revision = start_revision
 
     def _request(self) -> JsonObject:
-        create: JsonObject = dict(self._key_range)
-        if self.next_revision:
-            create["start_revision"] = str(self.next_revision)
+        create: JsonObject = {**self._key_range, "start_revision": str(self.next_revision)}
         if self._prev_kv:
             create["prev_kv"] = True
         return {"create_request": create}
@@ -64,8 +66,6 @@ class WatchStream:
                 try:
                     while True:
                         result = await self._next_result(endpoint, reader)
-                        if result.get("created") and not self.next_revision:
-                            self.next_revision = parse_header(result).revision + 1
                         for batch in parse_events(result):
                             self.next_revision = batch.revision + 1
                             delivered = True
