@@ -93,7 +93,6 @@ class Agent:
         )
         self.session: Session | None = None
         self.campaign: Campaign | None = None
-        self.registered = False
         self.last_cycle = "starting"
         self.on_keepalive: Callable[[float], None] = lambda latency_s: None
         self._claimed = False
@@ -104,6 +103,11 @@ class Agent:
         self._written: MemberRecord | None = None  # what our member key holds, as we wrote it
 
     # --- reading -------------------------------------------------------------------------
+
+    @property
+    def registered(self) -> bool:
+        """Our member key is in etcd: a session exists only once it has registered."""
+        return self.session is not None
 
     @property
     def view(self) -> ClusterView:
@@ -217,7 +221,7 @@ class Agent:
             self._drop_session()
         await self._revoke_stale_leases()
         session = await Session.open(self.store, self.config.lease_ttl)
-        session.on_keepalive = self.on_keepalive
+        session.on_keepalive = self._keepalive_done
         record = self.record
         try:
             await register(self.store, self.keys, record, session)
@@ -226,7 +230,6 @@ class Agent:
             raise
         self._written = record
         self.session = session
-        self.registered = True
         self._keepalive_task = asyncio.create_task(self._keep(session), name="keepalive")
         log.info(
             "registered %s with lease %x (ttl %d s)",
@@ -236,6 +239,11 @@ class Agent:
             extra={"event": "registered", "lease": f"{session.lease_id:x}"},
         )
         return f"registered with lease {session.lease_id:x}"
+
+    def _keepalive_done(self, latency_s: float) -> None:
+        """Looks `on_keepalive` up at each call, so a callback set later (metrics) is used by
+        the session already running too."""
+        self.on_keepalive(latency_s)
 
     async def _keep(self, session: Session) -> None:
         await session.run_keepalives()
@@ -248,7 +256,7 @@ class Agent:
             self._stale_leases.append(self.session.lease_id)
         if self._keepalive_task is not None:
             self._keepalive_task.cancel()
-        self.session, self.campaign, self.registered = None, None, False
+        self.session, self.campaign = None, None
 
     async def _revoke_stale_leases(self) -> None:
         """Revoke leases of dropped sessions, so their election keys stop blocking others."""
@@ -305,7 +313,7 @@ class Agent:
         so the watch offers it again after the next probe."""
         self.record = record = self.record.model_copy(update={"orchestrator": health})
         session = self.session
-        if session is None or not self.registered:
+        if session is None:
             return False
         if self._written == record:
             return True  # the registration already wrote it

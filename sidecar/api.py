@@ -10,6 +10,7 @@ their answers are documented in `sidecar/openapi.yaml`, served at `/openapi.json
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import ipaddress
 import json
@@ -121,13 +122,14 @@ async def ready(request: web.Request) -> web.Response:
     wait_s = _float_param(request, "wait", 0.0, MAX_WAIT_S) or 0.0
     agent = request.app[STATE].agent
     deadline = time.monotonic() + wait_s
-    reason = readiness(agent)
+    now = agent.leadership()
+    reason = readiness(agent, now)
     while reason is not None and time.monotonic() < deadline:
         await asyncio.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
-        reason = readiness(agent)
+        now = agent.leadership()
+        reason = readiness(agent, now)
     if reason is not None:
         return web.json_response({"ready": False, "reason": reason}, status=503)
-    now = agent.leadership()
     return web.json_response({"ready": True, "leader": now.leader, "epoch": now.epoch})
 
 
@@ -253,8 +255,14 @@ def openapi_document() -> dict[str, Any]:
     return document
 
 
+@functools.cache
+def _openapi_json() -> str:
+    """The schema as served: it cannot change while the process runs, so it is built once."""
+    return json.dumps(openapi_document())
+
+
 async def openapi(request: web.Request) -> web.Response:
-    return web.json_response(openapi_document())
+    return web.Response(text=_openapi_json(), content_type="application/json")
 
 
 def create_app(

@@ -24,19 +24,23 @@ Json = dict[str, Any]
 
 def member_document(member: Member, leader: str | None) -> Json:
     record = member.record
+    if record is None:  # a value ringside cannot read: the member counts, nothing else known
+        return {
+            "node_id": member.node_id, "addresses": [], "labels": {}, "eligible": False,
+            "since": None, "is_leader": member.node_id == leader, "version": None,
+            "hostname": None, "pid": None, "orchestrator": None,
+        }  # fmt: skip
     return {
         "node_id": member.node_id,
-        "addresses": list(record.addresses) if record else [],
-        "labels": dict(record.labels) if record else {},
-        "eligible": record.eligible if record else False,
-        "since": record.started_at or None if record else None,
+        "addresses": list(record.addresses),
+        "labels": dict(record.labels),
+        "eligible": record.eligible,
+        "since": record.started_at or None,
         "is_leader": member.node_id == leader,
-        "version": record.version if record else None,
-        "hostname": record.hostname if record else None,
-        "pid": record.pid if record else None,
-        "orchestrator": record.orchestrator.model_dump()
-        if record and record.orchestrator
-        else None,
+        "version": record.version,
+        "hostname": record.hostname,
+        "pid": record.pid,
+        "orchestrator": record.orchestrator.model_dump() if record.orchestrator else None,
     }
 
 
@@ -61,13 +65,14 @@ def leader_document(agent: Agent) -> Json:
     return document
 
 
-def readiness(agent: Agent) -> str | None:
-    """Why this node is not ready, or None when it is (registered, in sync, leader known)."""
+def readiness(agent: Agent, now: Leadership) -> str | None:
+    """Why this node is not ready, or None when it is (registered, in sync, leader known);
+    `now` is the agent's leadership, read once by the caller."""
     if not agent.registered:
         return "not registered in etcd yet"
     if not agent.view.synced:
         return "cluster view not in sync with etcd"
-    if agent.leadership().leader is None:
+    if now.leader is None:
         return "no leader known"
     return None
 

@@ -56,11 +56,7 @@ async def campaign(store: Store, keys: Keys, session: Session, node_id: str) -> 
 async def resign(store: Store, ours: Campaign) -> bool:
     """Delete our candidate key if it is still the one we made; the next candidate leads at
     once. Returns whether it was deleted (release = txn on our lease and epoch, then delete)."""
-    result = await store.txn(
-        [Compare.lease_is(ours.key, ours.lease), Compare.created_at(ours.key, ours.epoch)],
-        [Delete(ours.key)],
-    )
-    return result.succeeded
+    return await fenced_txn(store, ours, [Delete(ours.key)])
 
 
 async def fenced_txn(store: Store, ours: Campaign, ops: Sequence[TxnOp]) -> bool:

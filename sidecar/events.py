@@ -79,9 +79,7 @@ class EventLog:
             try:
                 queue.put_nowait(event)
             except asyncio.QueueFull:
-                self._subscribers.discard(queue)
-                queue.get_nowait()  # make room for the end-of-stream mark
-                queue.put_nowait(None)
+                self._end(queue)  # too far behind
 
     def subscribe(self) -> asyncio.Queue[ClusterEvent | None]:
         queue: asyncio.Queue[ClusterEvent | None] = asyncio.Queue(self.SUBSCRIBER_BACKLOG)
@@ -94,10 +92,14 @@ class EventLog:
     def end_subscriptions(self) -> None:
         """Tell every subscriber the stream is over (shutdown: SIGTERM must not wait on them)."""
         for queue in list(self._subscribers):
-            self._subscribers.discard(queue)
-            if queue.full():
-                queue.get_nowait()
-            queue.put_nowait(None)
+            self._end(queue)
+
+    def _end(self, queue: asyncio.Queue[ClusterEvent | None]) -> None:
+        """Drop a subscriber and give it the end-of-stream mark, making room if it is full."""
+        self._subscribers.discard(queue)
+        if queue.full():
+            queue.get_nowait()
+        queue.put_nowait(None)
 
     def since(self, revision: int) -> Iterator[ClusterEvent]:
         return (e for e in self._events if e.revision > revision)

@@ -10,34 +10,20 @@ not, or the other way round).
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from sidecar.quorum import EndpointAnswer, ask_status
 from sidecar.store.base import Store
 from sidecar.store.errors import StoreError
-from sidecar.store.model import EndpointStatus, StoreMember
-
-
-@dataclass(frozen=True)
-class EndpointReport:
-    """One configured endpoint: its status when it answered, else why not."""
-
-    url: str
-    status: EndpointStatus | None
-    error: str | None
-    latency_s: float
-
-    @property
-    def up(self) -> bool:
-        return self.status is not None
+from sidecar.store.model import StoreMember
 
 
 @dataclass(frozen=True)
 class EtcdHealth:
     """One look at etcd from this node. `quorum_ok` is a linearizable read that succeeded."""
 
-    endpoints: tuple[EndpointReport, ...]
+    endpoints: tuple[EndpointAnswer, ...]
     quorum_ok: bool
     revision: int | None
     members: tuple[StoreMember, ...]
@@ -56,27 +42,23 @@ class EtcdHealth:
         return next((m.name for m in self.members if m.id == member_id), f"{member_id:x}")
 
 
-async def _report(store: Store, url: str) -> EndpointReport:
-    started = time.monotonic()
-    try:
-        status = await store.endpoint_status(url)
-    except StoreError as e:
-        error = str(e).removeprefix(f"{url}: ")
-        return EndpointReport(url, None, error, time.monotonic() - started)
-    return EndpointReport(url, status, None, time.monotonic() - started)
-
-
 async def check_etcd(store: Store, endpoints: Sequence[str], probe_key: str) -> EtcdHealth:
-    """Ask every endpoint for its status (in parallel) and read `probe_key` linearizably."""
-    reports = tuple(await asyncio.gather(*(_report(store, url) for url in endpoints)))
-    try:
-        members: tuple[StoreMember, ...] = tuple(
-            sorted(await store.members(), key=lambda m: m.name)
-        )
-    except StoreError:
-        members = ()  # names fall back to member ids
-    try:
-        read = await store.get(probe_key, prefix=True)
-    except StoreError as e:
-        return EtcdHealth(reports, False, None, members, str(e))
-    return EtcdHealth(reports, True, read.revision, members, None)
+    """Ask every endpoint for its status, list the members and read `probe_key`
+    linearizably, all at once: on a sick cluster each of them may cost a request deadline."""
+
+    async def members() -> tuple[StoreMember, ...]:
+        try:
+            return tuple(sorted(await store.members(), key=lambda m: m.name))
+        except StoreError:
+            return ()  # names fall back to member ids
+
+    async def read() -> tuple[int | None, str | None]:
+        try:
+            return (await store.get(probe_key, prefix=True)).revision, None
+        except StoreError as e:
+            return None, str(e)
+
+    reports, found, (revision, error) = await asyncio.gather(
+        asyncio.gather(*(ask_status(store, url) for url in endpoints)), members(), read()
+    )
+    return EtcdHealth(tuple(reports), error is None, revision, found, error)

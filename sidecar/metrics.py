@@ -68,9 +68,7 @@ class Metrics:
             self.member_changes.labels(kind=kind)  # exported as 0 before the first change
         self.registry.register(_AgentCollector(agent))
 
-        agent.on_keepalive = self._observing(agent.on_keepalive)
-        if agent.session is not None:  # it was handed the old callback when it was opened
-            agent.session.on_keepalive = self._observing(agent.session.on_keepalive)
+        agent.on_keepalive = self._observing(agent.on_keepalive)  # sessions call it by name
 
         for event in agent.events:
             self._count(event)

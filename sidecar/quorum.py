@@ -105,17 +105,29 @@ def connection_of(states: Iterable[EndpointState]) -> Connection:
 
 
 @dataclass(frozen=True)
-class _Answer:
+class EndpointAnswer:
+    """One endpoint asked for its own status: the status when it answered, else why not."""
+
     url: str
     status: EndpointStatus | None
     error: str | None
+    latency_s: float
+
+    @property
+    def up(self) -> bool:
+        return self.status is not None
 
 
-async def _ask(store: Store, url: str) -> _Answer:
+async def ask_status(store: Store, url: str) -> EndpointAnswer:
+    """Ask exactly `url` (no failing over) for its status; never raises a store error."""
+    started = time.monotonic()
     try:
-        return _Answer(url, await store.endpoint_status(url), None)
+        status = await store.endpoint_status(url)
     except StoreError as e:
-        return _Answer(url, None, str(e).removeprefix(f"{url}: "))
+        return EndpointAnswer(
+            url, None, str(e).removeprefix(f"{url}: "), time.monotonic() - started
+        )
+    return EndpointAnswer(url, status, None, time.monotonic() - started)
 
 
 async def check_quorum(store: Store) -> QuorumHealth:
@@ -130,11 +142,11 @@ async def check_quorum(store: Store) -> QuorumHealth:
     A voter that lost its peers keeps believing in its leader for up to one election timeout
     (measured: 1.3-1.4 s on loopback), so `quorum_ok` can lag a failure by that much.
     """
-    answers: dict[str, asyncio.Task[_Answer]] = {}
+    answers: dict[str, asyncio.Task[EndpointAnswer]] = {}
 
     def ask(url: str) -> None:
         if _same(url) not in answers:
-            answers[_same(url)] = asyncio.ensure_future(_ask(store, url))
+            answers[_same(url)] = asyncio.ensure_future(ask_status(store, url))
 
     try:
         for state in store.endpoint_states():
@@ -166,7 +178,7 @@ def _same(url: str) -> str:
 
 
 def _judge(
-    members: Sequence[StoreMember], answers: Sequence[_Answer], connection: Connection
+    members: Sequence[StoreMember], answers: Sequence[EndpointAnswer], connection: Connection
 ) -> QuorumHealth:
     member_ids = {m.id for m in members}
     names = {m.id: m.name or f"{m.id:x}" for m in members}
@@ -274,11 +286,9 @@ class QuorumMonitor:
     async def check(self) -> QuorumHealth:
         """One check: update `current`, and tell `on_change` if something that matters moved."""
         new = await check_quorum(self.store)
-        old, self.current = self.current, new
         self.checks += 1
-        if _key(old) != _key(new):
+        if self._set(new):
             log.info("etcd %s", new.summary)
-            self._notify(old, new)
         else:
             log.debug("etcd %s", new.summary)
         return new
@@ -295,21 +305,24 @@ class QuorumMonitor:
                 await self.check()
             except Exception as e:
                 log.exception("etcd quorum check failed; trying again")
-                failed = QuorumHealth.unknown(
-                    f"quorum check failed: {e!r}", connection_of(self.store.endpoint_states())
+                self._set(
+                    QuorumHealth.unknown(
+                        f"quorum check failed: {e!r}", connection_of(self.store.endpoint_states())
+                    )
                 )
-                old, self.current = self.current, failed
-                if _key(old) != _key(failed):
-                    self._notify(old, failed)
             await asyncio.sleep(max(0.0, started + self.interval_s - time.monotonic()))
 
-    def _notify(self, old: QuorumHealth, new: QuorumHealth) -> None:
-        if self.on_change is None:
-            return
-        try:
-            self.on_change(old, new)
-        except Exception:
-            log.exception("on_change failed")
+    def _set(self, new: QuorumHealth) -> bool:
+        """Make `new` current; tell `on_change` and return True if something that matters moved."""
+        old, self.current = self.current, new
+        if _key(old) == _key(new):
+            return False
+        if self.on_change is not None:
+            try:
+                self.on_change(old, new)
+            except Exception:
+                log.exception("on_change failed")
+        return True
 
 
 def _key(health: QuorumHealth) -> tuple[bool, str, str | None, int]:

@@ -72,18 +72,9 @@ class ClusterView:
 
 
 def build_view(keys: Keys, kvs: tuple[KeyValue, ...], header: Header) -> ClusterView:
-    members: dict[str, Member] = {}
-    candidates: list[Candidate] = []
-    for kv in kvs:
-        _apply_put(keys, kv, members, candidates)
-    return ClusterView(
-        revision=header.revision,
-        members=MappingProxyType(dict(sorted(members.items()))),
-        candidates=tuple(sorted(candidates, key=lambda c: c.create_revision)),
-        synced=True,
-        changed_at=time.time(),
-        header=header,
-    )
+    """The view of a full load: every key as if it had just been put."""
+    puts = tuple((EventType.PUT, kv) for kv in kvs)
+    return apply_batch(keys, ClusterView(synced=True), puts, header)
 
 
 def _apply_put(
@@ -137,16 +128,13 @@ class ViewKeeper:
         self.store = store
         self.keys = keys
         self.current = ClusterView()
-        self.reloads = 0
         self._on_change = on_change
         self._on_header = on_header
         self._retry_s = retry_s
-        self.changed = asyncio.Event()
 
     def _publish(self, view: ClusterView) -> None:
         old, self.current = self.current, view
         self._on_change(old, view)
-        self.changed.set()
 
     async def run(self) -> None:
         """Load, watch, and on any break reload; runs until cancelled."""
@@ -159,7 +147,6 @@ class ViewKeeper:
                 log.warning("view: watch broken (%s); reloading", e)
             except Exception:
                 log.exception("view: unexpected error; reloading")
-            self.reloads += 1
             if self.current.synced:
                 self._publish(replace(self.current, synced=False))
             await asyncio.sleep(self._retry_s)
