@@ -20,7 +20,7 @@ from sidecar.config import LoadedConfig
 from sidecar.connect import open_store
 from sidecar.errors import ConfigError, RingsideError
 from sidecar.identity import HostFacts, resolve_identity
-from sidecar.inventory import load_inventory
+from sidecar.inventory import Inventory
 from sidecar.lock import InstanceLock, default_lock_path
 from sidecar.membership import MemberRecord, discovered_addresses
 from sidecar.metrics import Metrics
@@ -49,7 +49,7 @@ def run_sidecar(loaded: LoadedConfig) -> int:
                 identity.source,
                 ",".join(config.etcd.endpoints),
             )
-            return asyncio.run(_serve(config, identity.node_id))
+            return asyncio.run(_serve(config, identity.node_id, identity.inventory))
     except ConfigError:
         raise
     except RingsideError as e:  # duplicate node id, node lock held, API port taken
@@ -57,7 +57,7 @@ def run_sidecar(loaded: LoadedConfig) -> int:
         return EXIT_REFUSED
 
 
-async def _serve(config: RingsideConfig, node_id: str) -> int:
+async def _serve(config: RingsideConfig, node_id: str, inventory: Inventory | None) -> int:
     store = open_store(config.etcd)
     record = MemberRecord.for_this_process(
         node_id,
@@ -67,7 +67,6 @@ async def _serve(config: RingsideConfig, node_id: str) -> int:
         eligible=config.leader.eligible,
     )
     agent = Agent(config, node_id, store, record)
-    inventory = load_inventory(config.inventory) if config.inventory else None
     app = create_app(agent, inventory=inventory, render_metrics=Metrics(agent).render)
     # In-flight requests get half a second at shutdown: SIGTERM must end the process in 2 s.
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.5)

@@ -32,10 +32,10 @@ import psutil
 from sidecar.config import LoadedConfig
 from sidecar.errors import ConfigError
 from sidecar.inventory import Inventory, load_inventory
+from sidecar.settings import DNS_LABEL
 
 _CONTAINER_ID: Final = re.compile(r"[0-9a-f]{12}|[0-9a-f]{64}")
 _DASHED_IP: Final = re.compile(r"(ip-)?\d{1,3}(-\d{1,3}){3}")
-_NODE_ID: Final = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 _TAILSCALE_TIMEOUT_S: Final = 1.0
 
 CHOSEN: Final = "chosen"
@@ -75,6 +75,7 @@ class IdentityResult:
     node_id: str
     source: str
     reports: tuple[SourceReport, ...]
+    inventory: Inventory | None = None  # as read for the choice; the daemon serves this one
 
 
 class IdentityError(ConfigError):
@@ -117,7 +118,7 @@ def validate_node_id(value: str) -> str | None:
         return "has uppercase letters; node ids are lowercase"
     if len(value) > 63:
         return f"{len(value)} characters long; the limit is 63"
-    if not _NODE_ID.fullmatch(value):
+    if not DNS_LABEL.fullmatch(value):
         return "only a-z, 0-9 and '-' are allowed, with no '-' at either end"
     return None
 
@@ -160,7 +161,7 @@ def resolve_identity(
             f"to {config.identity.node_id_file}{hint}"
         )
         raise IdentityError(failure, tuple(reports))
-    return IdentityResult(node_id=winner.value, source=winner.source, reports=tuple(reports))
+    return IdentityResult(winner.value, winner.source, tuple(reports), inventory)
 
 
 def _judge(
@@ -254,10 +255,10 @@ def _inventory_candidate(
     probes = [("hostname", facts.hostname), ("hostname", facts.hostname.split(".")[0])]
     probes += [("address", address) for address in facts.addresses]
     for kind, probe in probes:
-        host = inventory.lookup(probe) if probe else None
-        if host is not None:
-            field = next(match.field for match in inventory.matches(probe) if match.host == host)
-            return _Candidate(f"inventory {path} ({kind} {probe} = {field})", host, False)
+        match = inventory.identify(probe) if probe else None
+        if match is not None:
+            source = f"inventory {path} ({kind} {probe} = {match.field})"
+            return _Candidate(source, match.host, False)
     return _Candidate(f"inventory {path} (no hostname or address matches)", None, False)
 
 

@@ -83,16 +83,21 @@ class Inventory(_TolerantModel):
         return found
 
     def lookup(self, name_or_address: str) -> str | None:
-        """The host `name_or_address` identifies, or None when no host or several do.
+        """The host `name_or_address` identifies, or None when no host or several do."""
+        match = self.identify(name_or_address)
+        return match.host if match is not None else None
+
+    def identify(self, name_or_address: str) -> InventoryMatch | None:
+        """The one match that identifies a host (and through which field), or None.
 
         A host key always wins; a shared ``ssh_host`` (a Vast.ai gateway) identifies nobody.
+        Each host matches through one field at most, so one match means one host.
         """
         found = self.matches(name_or_address)
-        by_key = [match.host for match in found if match.field == "host key"]
+        by_key = [match for match in found if match.field == "host key"]
         if by_key:
             return by_key[0]
-        hosts = {match.host for match in found}
-        return hosts.pop() if len(hosts) == 1 else None
+        return found[0] if len(found) == 1 else None
 
 
 def load_inventory(path: Path) -> Inventory:

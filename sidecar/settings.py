@@ -29,7 +29,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-_DNS_LABEL: Final = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+DNS_LABEL: Final = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 
 
 def field_error(
@@ -64,7 +64,7 @@ def split_host_port(listen: str) -> tuple[str, int]:
 
 
 def _dns_label(value: str) -> str:
-    if not _DNS_LABEL.fullmatch(value):
+    if not DNS_LABEL.fullmatch(value):
         rule = "1-63 of a-z, 0-9 and '-', no '-' at either end"
         raise ValueError(f"{value!r} is not a DNS label ({rule})")
     return value
