@@ -331,6 +331,11 @@ class LocalEtcdCluster:
                 return m
         raise LocalClusterError("no member is the etcd leader")
 
+    def followers(self) -> list[EtcdMember]:
+        """The running members that are not the Raft leader now."""
+        leader = self.leader()
+        return [m for m in self.members if m is not leader]
+
     def client(self, **options: Any) -> EtcdStore:
         if self.tls is not None:
             options.setdefault("tls", self.tls.client_files)

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-
-import pytest
 
 from sidecar.agent import Agent
 from sidecar.membership import MemberRecord
 from sidecar.settings import RingsideConfig
 from sidecar.store.base import Store
+from tests.waiting import wait_for
 
 TTL = 2  # etcd's minimum: keepalives every ~0.67 s, validity 1.5 s with the 0.5 s margin
 
@@ -71,8 +69,5 @@ async def running_agent(
 
 
 async def until(predicate: Callable[[], bool], within_s: float = 5.0) -> None:
-    deadline = time.monotonic() + within_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {within_s} s")
-        await asyncio.sleep(0.02)
+    """`wait_for` for a plain condition on in-process state, polled a little faster."""
+    await wait_for(predicate, within_s, interval_s=0.02)

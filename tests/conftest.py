@@ -1,4 +1,5 @@
-"""Shared fixtures: the real 3-member etcd cluster on loopback.
+"""Shared fixtures: the real 3-member etcd cluster on loopback, and for fast in-process tests
+an in-memory store and a cluster name of their own.
 
 One cluster serves the whole test session (starting etcd costs about a second); tests keep
 apart by working under their own random key prefix. Tests that hurt members use the `etcd`
@@ -8,12 +9,14 @@ members whatever happened.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from sidecar.localcluster import LocalEtcdCluster
+from sidecar.store.memory import MemoryStore
 from tests.fleet import FLEET_TTL, Fleet
 
 
@@ -45,3 +48,17 @@ async def fleet(etcd: LocalEtcdCluster, tmp_path: Path) -> AsyncIterator[Fleet]:
         yield group
     finally:
         await group.close()
+
+
+@pytest.fixture
+async def store() -> AsyncIterator[MemoryStore]:
+    """An in-memory store (modules that need etcd define their own `store`)."""
+    memory = MemoryStore()
+    yield memory
+    await memory.close()
+
+
+@pytest.fixture
+def cluster() -> str:
+    """A cluster name of its own, so in-process tests never meet."""
+    return f"unit-{uuid.uuid4().hex[:8]}"

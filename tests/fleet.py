@@ -31,6 +31,7 @@ import pytest
 import yaml
 
 from sidecar.localcluster import LocalEtcdCluster, free_port
+from tests.waiting import wait_for
 
 POLL_TIMEOUT_S = 0.5
 FLEET_TTL = 5  # seconds: short enough for crash scenarios, long enough for a busy 2-core CI
@@ -288,11 +289,10 @@ class InvariantChecker(Generic[M]):
 
     async def wait_claim(self, epoch: int, within_s: float = 2.0) -> None:
         """Wait until the checker itself has seen someone claim `epoch`."""
-        deadline = time.monotonic() + within_s
-        while epoch not in self._owner:
-            if time.monotonic() > deadline:
-                pytest.fail(f"the checker saw no claim of epoch {epoch} within {within_s} s")
-            await asyncio.sleep(self.interval_s)
+        what = f"the checker saw no claim of epoch {epoch}"
+        await wait_for(
+            lambda: epoch in self._owner, within_s, what=what, interval_s=self.interval_s
+        )
 
     def epochs(self) -> list[int]:
         return sorted(self._owner)

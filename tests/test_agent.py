@@ -7,11 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
-
-import pytest
 
 from sidecar.agent import _cancel_and_wait
 from sidecar.election import Campaign, campaign, fenced_txn, leadership, reported_validity
@@ -20,22 +16,9 @@ from sidecar.keys import Keys
 from sidecar.membership import MemberRecord
 from sidecar.session import Session
 from sidecar.store.base import Store
-from sidecar.store.memory import MemoryStore
 from sidecar.store.model import Header, Put
 from sidecar.view import ClusterView, ViewKeeper, build_view
 from tests.agents import TTL, running_agent, until
-
-
-@pytest.fixture
-def cluster() -> str:
-    return f"unit-{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture
-async def store() -> AsyncIterator[MemoryStore]:
-    memory = MemoryStore()
-    yield memory
-    await memory.close()
 
 
 async def test_epoch_is_the_leader_keys_create_revision(store: Store, cluster: str) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -24,18 +23,6 @@ from tests.api_support import assert_documented
 from tests.paths import EXAMPLE_INVENTORY as INVENTORY
 
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
-
-
-@pytest.fixture
-async def store() -> AsyncIterator[MemoryStore]:
-    memory = MemoryStore()
-    yield memory
-    await memory.close()
-
-
-@pytest.fixture
-def cluster() -> str:
-    return f"api-{uuid.uuid4().hex[:8]}"
 
 
 @web.middleware

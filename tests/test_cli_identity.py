@@ -16,6 +16,7 @@ from sidecar import __version__
 from sidecar.cli import config_options, ringside
 from sidecar.config import FLAG_FIELDS
 from sidecar.identity import HostFacts
+from tests.cli_support import clean_env
 from tests.paths import EXAMPLE_INVENTORY
 
 RINGSIDE_SCRIPT = Path(sys.executable).parent / "ringside"
@@ -259,21 +260,21 @@ def test_every_config_option_maps_to_a_setting() -> None:
     assert options == set(FLAG_FIELDS)
 
 
-def subprocess_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RINGSIDE_", "RINGRIFT_"))}
-    env.update(extra)
-    return env
-
-
-def test_real_process_config_error_is_one_line(tmp_path: Path) -> None:
-    completed = subprocess.run(
-        [str(RINGSIDE_SCRIPT), "config", "--check"],
-        env=subprocess_env(tmp_path, RINGSIDE_LEASE_TTL="abc"),
+def run_script(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """The installed `ringside` script, as an operator runs it (RINGRIFT_* are already gone:
+    the autouse fixture removed them)."""
+    return subprocess.run(
+        [str(RINGSIDE_SCRIPT), *args],
+        env=clean_env(**env),
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+def test_real_process_config_error_is_one_line() -> None:
+    completed = run_script("config", "--check", RINGSIDE_LEASE_TTL="abc")
     assert completed.returncode == 2
     assert completed.stdout == ""
     assert "Traceback" not in completed.stderr
@@ -283,14 +284,9 @@ def test_real_process_config_error_is_one_line(tmp_path: Path) -> None:
     ]
 
 
-def test_real_process_rejected_identity(tmp_path: Path, config_file: Path) -> None:
-    completed = subprocess.run(
-        [str(RINGSIDE_SCRIPT), "identity", "--config", str(config_file)],
-        env=subprocess_env(tmp_path, RINGRIFT_NODE_ID="192-222-51-29"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+def test_real_process_rejected_identity(config_file: Path) -> None:
+    completed = run_script(
+        "identity", "--config", str(config_file), RINGRIFT_NODE_ID="192-222-51-29"
     )
     assert completed.returncode == 2
     assert "Traceback" not in completed.stderr

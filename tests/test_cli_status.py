@@ -22,6 +22,7 @@ import yaml
 from sidecar.localcluster import LocalEtcdCluster, free_port
 from tests.cli_support import assert_one_line_error, clean_env, ringside, table
 from tests.fleet import FLEET_TTL, Fleet, Sidecar
+from tests.waiting import wait_for
 
 TTL = FLEET_TTL
 VOTERS = ("hetzner-cpu1", "hetzner-cpu2")
@@ -119,13 +120,11 @@ async def test_no_leader_is_exit_1(fleet: Fleet) -> None:
 
 
 async def wait_alive(fleet: Fleet, sidecar: Sidecar, count: int, within_s: float = 15) -> None:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
+    async def seen() -> bool:
         status = await fleet.get(sidecar, "/v1/status")
-        if status and status["synced"] and status["alive"] == count:
-            return
-        await asyncio.sleep(0.05)
-    pytest.fail(f"{sidecar.node_id} did not see {count} members within {within_s} s")
+        return bool(status and status["synced"] and status["alive"] == count)
+
+    await wait_for(seen, within_s, what=f"{sidecar.node_id} did not see {count} members")
 
 
 async def test_wait_ready_waits_for_a_sidecar_just_started(fleet: Fleet) -> None:

@@ -8,7 +8,6 @@ documented in compose/README.md.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,8 +15,9 @@ import yaml
 
 from sidecar import __version__
 from sidecar.config import CONFIG_ENV, ENV_FIELDS
+from tests.paths import ROOT
 
-COMPOSE = Path(__file__).resolve().parent.parent / "compose"
+COMPOSE = ROOT / "compose"
 FILES = ("voter.yml", "node.yml", "local-cluster.yml")
 
 

@@ -14,9 +14,9 @@ from sidecar.config import (
     load_config,
     render_with_sources,
 )
+from tests.paths import ROOT
 
-REPO = Path(__file__).resolve().parents[1]
-EXAMPLE_CONFIG = REPO / "config" / "ringside.example.yaml"
+EXAMPLE_CONFIG = ROOT / "config" / "ringside.example.yaml"
 
 
 def write(tmp_path: Path, text: str, name: str = "ringside.yaml") -> Path:

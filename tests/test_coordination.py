@@ -15,9 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.fleet import FLEET_TTL, Fleet, InvariantChecker, Sidecar
+from tests.waiting import wait_for
 
 TTL = FLEET_TTL
 NODES = ("hetzner-cpu1", "hetzner-cpu2", "hetzner-cpu3")
@@ -109,8 +108,7 @@ async def test_etcd_losing_one_member_changes_nothing_and_losing_two_stops_leadi
         leader, _ = await start_three(fleet)
         epoch = (await fleet.get(leader, "/v1/leader") or {})["epoch"]
         await checker.wait_claim(epoch)
-        raft_leader = fleet.etcd.leader()
-        followers = [m for m in fleet.etcd.members if m is not raft_leader]
+        followers = fleet.etcd.followers()
 
         followers[0].stop()
         await wait_quorum_reported(fleet, healthy=2, quorum_ok=True, within_s=10)
@@ -199,33 +197,27 @@ async def wait_quorum_reported(
     fleet: Fleet, *, healthy: int | None, quorum_ok: bool, within_s: float
 ) -> None:
     """Every running sidecar reports this quorum state."""
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
+
+    async def reported() -> bool:
         statuses = [await fleet.get(s, "/v1/status") for s in fleet.running()]
-        if all(
+        return all(
             st is not None
             and st["quorum_ok"] is quorum_ok
             and (healthy is None or st["voters"]["healthy"] == healthy)
             for st in statuses
-        ):
-            return
-        await asyncio.sleep(0.1)
-    pytest.fail(f"quorum_ok={quorum_ok} healthy={healthy} not reported within {within_s} s")
+        )
+
+    what = f"quorum_ok={quorum_ok} healthy={healthy} not reported"
+    await wait_for(reported, within_s, what=what, interval_s=0.1)
 
 
 async def wait_nobody_leads(fleet: Fleet, *, within_s: float) -> None:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
+    async def nobody() -> bool:
         answers = [await fleet.get(s, "/v1/leader") for s in fleet.running()]
-        if all(a is not None and not a["is_self"] for a in answers):
-            return
-        await asyncio.sleep(0.05)
-    pytest.fail(f"a sidecar still claims leadership {within_s} s after quorum was lost")
+        return all(a is not None and not a["is_self"] for a in answers)
+
+    await wait_for(nobody, within_s, what="a sidecar still claims leadership after quorum loss")
 
 
 async def wait_file(path: Path, *, within_s: float) -> None:
-    deadline = time.monotonic() + within_s
-    while not await asyncio.to_thread(path.exists):
-        if time.monotonic() > deadline:
-            pytest.fail(f"{path} did not appear within {within_s} s")
-        await asyncio.sleep(0.05)
+    await wait_for(lambda: asyncio.to_thread(path.exists), within_s, what=f"{path} did not appear")

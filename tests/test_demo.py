@@ -10,6 +10,8 @@ import uuid
 
 import psutil
 
+from tests.cli_support import clean_env
+
 NODES = ("hetzner-cpu1", "hetzner-cpu2", "hetzner-cpu3", "lambda-gh200-3", "vast-29118471")
 MARK = "RINGSIDE_TEST_DEMO_MARK"
 
@@ -28,9 +30,8 @@ def marked(mark: str) -> list[psutil.Process]:
 
 def test_demo_once_shows_five_sidecars_one_hetzner_leader_and_cleans_up() -> None:
     mark = uuid.uuid4().hex
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RINGSIDE_")}
-    if "RINGSIDE_ETCD_BINARY" in os.environ:
-        env["RINGSIDE_ETCD_BINARY"] = os.environ["RINGSIDE_ETCD_BINARY"]
+    binary = os.environ.get("RINGSIDE_ETCD_BINARY")
+    env = clean_env(**({"RINGSIDE_ETCD_BINARY": binary} if binary else {}))
     env[MARK] = mark  # inherited by every process the demo starts
     try:
         result = subprocess.run(

@@ -32,8 +32,8 @@ from sidecar.deadline import Deadline
 from sidecar.localcluster import EtcdMember, LocalEtcdCluster, ServerTls, find_etcd, free_port
 from sidecar.store.etcd import EtcdStore
 from sidecar.store.gateway import TlsFiles
+from tests.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 ETCD_DIR = ROOT / "etcd"
 DEPLOY_DIR = ROOT / "deploy"
 GEN_TLS = ETCD_DIR / "gen-tls.sh"

@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.localcluster import LocalEtcdCluster
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.paths import ROOT
 
 
 def alive(pid: int) -> bool:
@@ -66,7 +65,7 @@ def test_members_die_with_a_killed_test_process(tmp_path: Path) -> None:
         """
     )
     parent = subprocess.Popen(
-        [sys.executable, "-c", script], stdout=subprocess.PIPE, cwd=REPO, text=True
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, cwd=ROOT, text=True
     )
     assert parent.stdout is not None
     member_pid = int(parent.stdout.readline())
@@ -100,7 +99,7 @@ def test_members_are_stopped_when_a_test_fails(tmp_path: Path) -> None:
             sys.executable, "-m", "pytest", "-q", "-p", "tests.conftest",
             "--rootdir", str(tmp_path), "-c", os.devnull, str(test_file),
         ],
-        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert result.returncode == 1, result.stdout + result.stderr
     assert "failing on purpose" in result.stdout

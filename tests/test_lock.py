@@ -15,8 +15,8 @@ import pytest
 import sidecar.lock
 from sidecar.errors import ConfigError
 from sidecar.lock import AlreadyRunning, InstanceLock, default_lock_path, private_dir
+from tests.paths import ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 HOLD_LOCK = """
 import sys, time
 from pathlib import Path
@@ -31,7 +31,7 @@ time.sleep(120)
 def other_process_holding(tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen[str]]]:
     """A separate python process that has taken the lock at tmp_path/run/test.lock."""
     path = tmp_path / "run" / "test.lock"
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLD_LOCK, str(path)], stdout=subprocess.PIPE, text=True, env=env
     )

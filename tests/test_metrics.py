@@ -3,10 +3,6 @@ Prometheus text parser exactly as a scraper would see them."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator
-
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar import __version__
@@ -35,18 +31,6 @@ def scrape(metrics: Metrics) -> dict[tuple[str, frozenset[tuple[str, str]]], flo
 def value(metrics: Metrics, name: str, **labels: str) -> float | None:
     """One sample's value, None when the series is absent."""
     return scrape(metrics).get((name, frozenset(labels.items())))
-
-
-@pytest.fixture
-def cluster() -> str:
-    return f"metrics-{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture
-async def store() -> AsyncIterator[MemoryStore]:
-    memory = MemoryStore()
-    yield memory
-    await memory.close()
 
 
 async def test_before_running_nothing_is_claimed(store: MemoryStore, cluster: str) -> None:

@@ -7,7 +7,6 @@ real etcd: what one node's check sees must reach another node's view through etc
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from sidecar.store.etcd import EtcdStore
 from tests.agents import make_agent, running, running_agent, until
 from tests.cli_support import ringside, table
 from tests.fleet import Fleet
+from tests.waiting import wait_for
 
 
 @dataclass
@@ -140,13 +140,16 @@ async def test_status_wide_shows_each_nodes_orchestrator(
     await fleet.wait_converged(["hetzner-cpu1", "hetzner-cpu2", "lambda-gh200-3"], within_s=20)
     observer = fleet.sidecars["lambda-gh200-3"]
     expected = {"hetzner-cpu1": "up", "hetzner-cpu2": "DOWN", "lambda-gh200-3": "-"}
-    shown: dict[str, str] = {}
-    deadline = time.monotonic() + 15
-    while shown != expected and time.monotonic() < deadline:
+    result = None
+
+    async def shown() -> bool:
+        nonlocal result
         result = await ringside("status", "--sidecar", observer.url, "-o", "wide")
         assert result.returncode == 0, result
-        shown = {node: row[5] for node, row in table(result.stdout).items()}
-    assert shown == expected
+        return {node: row[5] for node, row in table(result.stdout).items()} == expected
+
+    await wait_for(shown, 15, what=f"status -o wide never showed {expected}")
+    assert result is not None
     assert result.stdout.splitlines()[0].endswith("; orchestrator DOWN on hetzner-cpu2")
 
 

@@ -4,11 +4,9 @@ happens to find. (A subpackage without ``__init__.py`` is left out of the wheel 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from setuptools import find_packages
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.paths import ROOT
 
 
 def test_every_folder_with_python_modules_is_a_packaged_package() -> None:

@@ -184,11 +184,6 @@ async def client(etcd_cluster: LocalEtcdCluster) -> AsyncIterator[EtcdStore]:
     await store.close()
 
 
-def followers(cluster: LocalEtcdCluster) -> list[EtcdMember]:
-    leader = cluster.leader()
-    return [m for m in cluster.members if m is not leader]
-
-
 async def test_all_voters_up(etcd_cluster: LocalEtcdCluster, client: EtcdStore) -> None:
     health = await check_quorum(client)
     assert (health.voters_total, health.voters_healthy, health.quorum_ok) == (3, 3, True)
@@ -203,7 +198,7 @@ async def test_all_voters_up(etcd_cluster: LocalEtcdCluster, client: EtcdStore) 
 
 async def test_one_voter_killed(etcd: LocalEtcdCluster, client: EtcdStore) -> None:
     leader = etcd.leader()
-    victim = followers(etcd)[0]
+    victim = etcd.followers()[0]
     victim.kill()
     health = await check_quorum(client)
     assert (health.voters_healthy, health.quorum_ok) == (2, True)
@@ -260,7 +255,6 @@ async def test_a_learner_is_listed_but_never_counted_as_a_voter(tmp_path: Path) 
     look like a quorum when only 1 of 3 real voters answers. A cluster of its own, since
     adding a member changes the cluster for good."""
     with LocalEtcdCluster(tmp_path / "etcd") as cluster:
-        cluster.start()
         store = cluster.client(request_timeout=REQUEST_TIMEOUT_S)
         learner = EtcdMember("learner", free_port(), free_port(), tmp_path / "etcd" / "l.data")
         try:
@@ -315,7 +309,7 @@ async def _no_quorum(store: EtcdStore) -> bool:
 
 
 async def test_a_paused_voter_costs_one_request_deadline(etcd: LocalEtcdCluster) -> None:
-    frozen = followers(etcd)[0]
+    frozen = etcd.followers()[0]
     # The paused member is the client's first choice, the worst case for the member list too.
     urls = [frozen.client_url] + [m.client_url for m in etcd.members if m is not frozen]
     store = EtcdStore.connect(urls, request_timeout=REQUEST_TIMEOUT_S)
@@ -473,7 +467,7 @@ async def test_monitor_tells_on_change_about_a_killed_voter(
         return monitor.current.voters_healthy == 3
 
     await wait_for(all_healthy, within_s=10)
-    victim = followers(etcd)[0]
+    victim = etcd.followers()[0]
     victim.kill()
 
     async def change_seen() -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -13,13 +14,25 @@ from sidecar.store.model import WatchBatch
 WATCH_TIMEOUT_S = 5.0
 
 
-async def wait_for(predicate: Callable[[], Awaitable[bool]], within_s: float) -> None:
-    """Poll `predicate` until it holds; fail the test once `within_s` seconds have passed."""
+async def wait_for(
+    predicate: Callable[[], Awaitable[bool] | bool],
+    within_s: float,
+    *,
+    what: str = "condition not met",
+    interval_s: float = 0.05,
+) -> None:
+    """Poll `predicate` (plain or async) until it holds; fail the test with `what` once
+    `within_s` seconds have passed."""
     deadline = time.monotonic() + within_s
-    while not await predicate():
+    while True:
+        held = predicate()
+        if inspect.isawaitable(held):
+            held = await held
+        if held:
+            return
         if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {within_s} s")
-        await asyncio.sleep(0.05)
+            pytest.fail(f"{what} within {within_s} s")
+        await asyncio.sleep(interval_s)
 
 
 async def next_batch(

@@ -21,7 +21,6 @@ import subprocess
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -31,8 +30,8 @@ from docker.models.containers import Container
 from docker.models.networks import Network
 
 from tests.fleet import POLL_TIMEOUT_S, fetch_json, wait_until_converged
+from tests.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "compose" / "local-cluster.yml"
 ELIGIBLE = ("hetzner-cpu1", "hetzner-cpu2", "hetzner-cpu3")
 NODES = (*ELIGIBLE, "lambda-gh200-3", "vast-29118471")

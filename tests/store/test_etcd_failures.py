@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import AsyncIterator
 
 import pytest
@@ -19,14 +18,9 @@ from sidecar.localcluster import EtcdMember, LocalEtcdCluster
 from sidecar.store.errors import StoreUnavailable
 from sidecar.store.etcd import EtcdStore
 from sidecar.store.model import EventType, WatchBatch
-from tests.waiting import next_batch
+from tests.waiting import next_batch, wait_for
 
 REQUEST_TIMEOUT_S = 1.5
-
-
-def follower(cluster: LocalEtcdCluster) -> EtcdMember:
-    leader = cluster.leader()
-    return next(m for m in cluster.members if m is not leader)
 
 
 def client_using(cluster: LocalEtcdCluster, first: EtcdMember) -> EtcdStore:
@@ -37,18 +31,15 @@ def client_using(cluster: LocalEtcdCluster, first: EtcdMember) -> EtcdStore:
 
 async def put_once_etcd_has_a_leader(store: EtcdStore, key: str, value: bytes) -> None:
     """Put, retrying while the surviving members elect a new Raft leader (about 1-2 s)."""
-    deadline = time.monotonic() + 15
-    while True:
+
+    async def written() -> bool:
         try:
             await store.put(key, value)
-            return
         except StoreUnavailable:
-            assert time.monotonic() < deadline, "no write succeeded within 15 s"
+            return False
+        return True
 
-
-@pytest.fixture
-def prefix() -> str:
-    return f"/failures/{uuid.uuid4().hex[:12]}/"
+    await wait_for(written, 15, what="no write succeeded")
 
 
 @pytest.fixture
@@ -63,7 +54,7 @@ async def writer(etcd: LocalEtcdCluster) -> AsyncIterator[EtcdStore]:
 async def test_requests_move_to_the_next_endpoint(
     etcd: LocalEtcdCluster, prefix: str, hurt: str
 ) -> None:
-    used = follower(etcd)
+    used = etcd.followers()[0]
     store = client_using(etcd, used)
     try:
         await store.put(prefix + "before", b"1")
@@ -124,7 +115,7 @@ async def _expect_puts(
 async def test_watch_resumes_on_another_member(
     etcd: LocalEtcdCluster, writer: EtcdStore, prefix: str, hurt: str
 ) -> None:
-    used = follower(etcd)
+    used = etcd.followers()[0]
     watcher = client_using(etcd, used)
     watcher.watch_probe_interval = 1.0
     try:
