@@ -1,0 +1,74 @@
+"""The partition proxy itself: cut bytes vanish (no refusal), one-way cuts let requests land,
+and a connection that outlives a cut carries on intact."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from sidecar.localcluster import LocalEtcdCluster
+from sidecar.store.errors import StoreUnavailable
+from sidecar.store.etcd import EtcdStore
+from tests.blackhole import Cut, Proxies
+
+
+@pytest.fixture
+def proxies() -> Iterator[Proxies]:
+    with Proxies() as bank:
+        yield bank
+
+
+async def test_a_cut_is_silence_then_heals(etcd: LocalEtcdCluster, proxies: Proxies) -> None:
+    route = proxies.route(etcd.client_urls)
+    store = EtcdStore.connect(route.urls, request_timeout=0.5)
+    key = f"/blackhole/{uuid.uuid4().hex}"
+    try:
+        await store.put(key, b"before")
+        route.cut(Cut.BOTH)
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable) as refused:
+            await store.get(key)
+        # Silence, not a refusal: the client waited out its deadline on every endpoint.
+        assert time.monotonic() - started >= 0.45
+        assert "refused" not in str(refused.value)
+        route.heal()
+        assert (await store.get(key)).kvs[0].value == b"before"
+    finally:
+        await store.close()
+
+
+async def test_answers_cut_requests_still_land(etcd: LocalEtcdCluster, proxies: Proxies) -> None:
+    route = proxies.route(etcd.client_urls)
+    cut_off = EtcdStore.connect(route.urls, request_timeout=0.5)
+    direct = etcd.client()
+    key = f"/blackhole/{uuid.uuid4().hex}"
+    try:
+        route.cut(Cut.ANSWERS)
+        with pytest.raises(StoreUnavailable):
+            await cut_off.put(key, b"landed")
+        found = await direct.get_one(key)
+        assert found is not None
+        assert found.value == b"landed"
+    finally:
+        route.heal()
+        await cut_off.close()
+        await direct.close()
+
+
+async def test_requests_cut_nothing_lands(etcd: LocalEtcdCluster, proxies: Proxies) -> None:
+    route = proxies.route(etcd.client_urls)
+    cut_off = EtcdStore.connect(route.urls, request_timeout=0.5)
+    direct = etcd.client()
+    key = f"/blackhole/{uuid.uuid4().hex}"
+    try:
+        route.cut(Cut.REQUESTS)
+        with pytest.raises(StoreUnavailable):
+            await cut_off.put(key, b"lost")
+        assert await direct.get_one(key) is None  # held, not delivered, while the cut lasts
+    finally:
+        route.heal()
+        await cut_off.close()
+        await direct.close()
