@@ -6,6 +6,9 @@ from pathlib import Path
 from typing import Any
 
 NOTES = Path(__file__).with_name("notes.md")  # hand-kept commentary, appended to the report
+DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+# `make chaos` writes its own section between these markers; a new report keeps it as it is.
+CHAOS_BEGIN, CHAOS_END = "<!-- chaos:begin -->", "<!-- chaos:end -->"
 
 EXPLAIN = {
     "floors": "etcd alone, same run, same machine: a put, a put seen by a watcher on another "
@@ -31,6 +34,15 @@ EXPLAIN = {
     "leader changes (target: zero).",
     "footprint": "one idle sidecar: memory, CPU, the etcd requests it causes, and how long "
     "`ringside status` takes as a command.",
+    "trouble": "how fast a sidecar gets out of trouble (`bench/trouble.py`), each figure against "
+    "its target. SIGTERM while its route to every etcd endpoint is cut both ways (a userspace "
+    "blackhole: bytes vanish, nothing is refused), from the signal to the process exit. A "
+    "member or candidate key deleted by an outside client, until the sidecar has written it "
+    "again (seen by a watch of the bench's own). kill -9 then an immediate restart with the same "
+    "node id and lock file, until the new process's record is in its member key; once plain, "
+    "once with the etcd Raft leader killed between crash and restart, and after a clean SIGTERM "
+    "as the floor. A trial that runs out of time counts in the median and the worst as more "
+    "than its limit.",
 }
 ANCHORS = (
     "Defaults of the systems ringside is compared with: Kubernetes leader election fails over "
@@ -62,10 +74,55 @@ def _figures(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _seconds(value: float | None, figure: dict[str, Any]) -> str:
+    """A median or worst of a trouble figure: None when trials ran out means "> limit"."""
+    if value is not None:
+        return f"{value:.3f} s"
+    return f"> {figure['limit_s']:g} s" if figure["trials"] else "-"
+
+
+def _trouble(section: dict[str, Any]) -> list[str]:
+    lines = [
+        "| figure | trials | median | worst | target | met |",
+        "|---|---|---|---|---|---|",
+    ]
+    for f in section["figures"]:
+        met = {True: "yes", False: "**no**", None: "-"}[f["met"]]
+        trials = str(f["trials"])
+        if f["timeouts"]:
+            trials += f" ({f['timeouts']} {f['miss']} {f['limit_s']:g} s)"
+        lines.append(
+            f"| {f['name']} | {trials} | {_seconds(f['median'], f)} "
+            f"| {_seconds(f['worst'], f)} | {f['target']} | {met} |"
+        )
+    notes = [f"- {f['name']}: {f['note']}" for f in section["figures"] if f["note"]]
+    if notes:
+        lines += ["", *notes]
+    if section["invariant_violations"]:
+        lines += ["", "Invariant violations seen by the checker meanwhile:", ""]
+        lines += [f"- {v}" for v in section["invariant_violations"]]
+    if section["errors"]:
+        lines += ["", "Scenarios that could not finish:", ""]
+        lines += [f"- {e}" for e in section["errors"]]
+    return lines
+
+
+def _trouble_shortfalls(section: dict[str, Any]) -> list[str]:
+    found = []
+    for f in section["figures"]:
+        if f["met"] is False:
+            worst = _seconds(f["worst"], f)
+            missed = f", {f['timeouts']} {f['miss']} {f['limit_s']:g} s" * bool(f["timeouts"])
+            found.append(f"- {f['name']}: worst {worst}{missed}; target {f['target']}.")
+    found += [f"- invariant violated: {v}" for v in section["invariant_violations"]]
+    found += [f"- {e}" for e in section["errors"]]
+    return found
+
+
 def _shortfalls(sections: dict[str, Any]) -> list[str]:
     """Where the run missed the design's expected results, said plainly."""
     found = []
-    for f in sections["crash_detection"] + sections["crash_failover"]:
+    for f in sections.get("crash_detection", []) + sections.get("crash_failover", []):
         ttl = f["reference"]
         if f["p99"] is not None and f["p99"] > ttl + 1:
             found.append(
@@ -78,10 +135,10 @@ def _shortfalls(sections: dict[str, Any]) -> list[str]:
                 f"- {f['name']}: p99 {f['p99']:.2f} s is above the design's worst case "
                 f"({f['reference']} s)."
             )
-    for f in sections["graceful_handover"]:
+    for f in sections.get("graceful_handover", []):
         if f["median"] is not None and f["median"] > 0.1:
             found.append(f"- {f['name']}: median {f['median'] * 1000:.0f} ms is above 100 ms.")
-    for run in sections["scale"]:
+    for run in sections.get("scale", []):
         needed, achieved = run["keepalives_needed_per_s"], run["keepalives_achieved_per_s"]
         if achieved < 0.95 * needed or run["keepalive_failures"]:
             found.append(
@@ -94,6 +151,8 @@ def _shortfalls(sections: dict[str, Any]) -> list[str]:
             f"- bad network: {bad['lease_losses']} lease losses and {bad['leader_changes']} "
             "leader changes where the target is zero."
         )
+    if "trouble" in sections:
+        found += _trouble_shortfalls(sections["trouble"])
     return found or ["- Nothing: every figure met the design's expectation in this run."]
 
 
@@ -108,7 +167,84 @@ def _bad_network(result: dict[str, Any]) -> str:
     )
 
 
-def render_markdown(results: dict[str, Any]) -> str:
+def _scale(rows: list[dict[str, Any]]) -> list[str]:
+    out = [
+        "## Scale", "", EXPLAIN["scale"], "",
+        "| sessions | keepalives needed/s | achieved/s | failed | keepalive p50 / p99 ms "
+        "| fan-out p50 / p99 ms | etcd CPU (cores) | etcd RSS (MiB, 3 members) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for r in rows:
+        ka, fo = r["keepalive_latency"], r["watch_fanout"]
+        out.append(
+            f"| {r['sessions']} | {r['keepalives_needed_per_s']} "
+            f"| {r['keepalives_achieved_per_s']} "
+            f"| {r['keepalive_failures']} | {_num(ka['median'], 1)} / {_num(ka['p99'], 1)} "
+            f"| {_num(fo['median'], 1)} / {_num(fo['p99'], 1)} | {r['etcd_cpu_cores']} "
+            f"| {r['etcd_rss_mb_total']} |"
+        )
+    return [*out, ""]
+
+
+def _local_api(api: dict[str, Any]) -> list[str]:
+    out = ["## Local API", "", EXPLAIN["local_api"], ""]
+    if "skipped" in api:
+        out.append(f"Not measured: {api['skipped']}.")
+    else:
+        out += ["| route | p50 ms | p99 ms | requests/s | non-2xx |", "|---|---|---|---|---|"]
+        for route, r in api.items():
+            out.append(
+                f"| `{route}` | {_num(r.get('p50_ms'))} | {_num(r.get('p99_ms'))} "
+                f"| {_num(r['requests_per_s'], 0)} | {r['non_2xx']} |"
+            )
+    return [*out, ""]
+
+
+def _footprint(f: dict[str, Any]) -> list[str]:
+    return [
+        "## Footprint", "", EXPLAIN["footprint"], "",
+        f"- idle {f['idle_seconds']} s: RSS {f['rss_mb']} MiB, {f['cpu_seconds']} CPU seconds, "
+        f"{f['etcd_requests_per_s']} etcd requests/s",
+        f"- `ringside status` wall time: median {f['status_command_s']['median']} s "
+        f"(max {f['status_command_s']['max']} s) over 20 runs",
+        "",
+    ]  # fmt: skip
+
+
+def _remeasured(results: dict[str, Any]) -> list[str]:
+    """Sections measured again since the run above (`python -m bench --only ...`)."""
+    lines = []
+    for r in results.get("remeasured", []):
+        quick = ", quick mode" if r.get("quick") else ""
+        lines.append(
+            f"Re-measured {r['date']} by `python -m bench --only {','.join(r['sections'])}` "
+            f"({r.get('wall_time_s', '?')} s{quick}): {', '.join(r['sections'])}."
+        )
+    if results.get("partial"):
+        lines.append("Only the sections below were measured in this run.")
+    return [*lines, ""] if lines else []
+
+
+def chaos_section(previous: str) -> str:
+    """The chaos section of a previous report, markers included; bare markers if it has none.
+
+    >>> chaos_section("# old\\n<!-- chaos:begin -->\\nseed 7\\n<!-- chaos:end -->\\n")
+    '<!-- chaos:begin -->\\nseed 7\\n<!-- chaos:end -->'
+    >>> chaos_section("# old, no markers")
+    '<!-- chaos:begin -->\\n<!-- chaos:end -->'
+    """
+    begin = previous.find(CHAOS_BEGIN)
+    end = previous.find(CHAOS_END, begin) if begin >= 0 else -1
+    if end < 0:
+        return f"{CHAOS_BEGIN}\n{CHAOS_END}"
+    return previous[begin : end + len(CHAOS_END)]
+
+
+def render_markdown(results: dict[str, Any], previous: str | None = None) -> str:
+    """The report for `results`, ending with the chaos section of `previous`, the report it
+    replaces (by default `docs/benchmarks.md` as it is now)."""
+    if previous is None:
+        previous = DOC.read_text() if DOC.exists() else ""
     m, s = results["machine"], results["sections"]
     out = [
         "# ringside benchmarks",
@@ -119,6 +255,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         "Medians and p99 over the trials; ratios are median / reference. Raw numbers: "
         "`bench/results/latest.json`.",
         "",
+        *_remeasured(results),
         ANCHORS,
         "",
     ]
@@ -137,43 +274,22 @@ def render_markdown(results: dict[str, Any]) -> str:
             *_figures(rows),
             "",
         ]
-    out += [
-        "## Scale", "", EXPLAIN["scale"], "",
-        "| sessions | keepalives needed/s | achieved/s | failed | keepalive p50 / p99 ms "
-        "| fan-out p50 / p99 ms | etcd CPU (cores) | etcd RSS (MiB, 3 members) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]  # fmt: skip
-    for r in s["scale"]:
-        ka, fo = r["keepalive_latency"], r["watch_fanout"]
-        out.append(
-            f"| {r['sessions']} | {r['keepalives_needed_per_s']} "
-            f"| {r['keepalives_achieved_per_s']} "
-            f"| {r['keepalive_failures']} | {_num(ka['median'], 1)} / {_num(ka['p99'], 1)} "
-            f"| {_num(fo['median'], 1)} / {_num(fo['p99'], 1)} | {r['etcd_cpu_cores']} "
-            f"| {r['etcd_rss_mb_total']} |"
-        )
-    out += ["", "## Local API", "", EXPLAIN["local_api"], ""]
-    api = s["local_api"]
-    if "skipped" in api:
-        out.append(f"Not measured: {api['skipped']}.")
-    else:
-        out += ["| route | p50 ms | p99 ms | requests/s | non-2xx |", "|---|---|---|---|---|"]
-        for route, r in api.items():
-            out.append(
-                f"| `{route}` | {_num(r.get('p50_ms'))} | {_num(r.get('p99_ms'))} "
-                f"| {_num(r['requests_per_s'], 0)} | {r['non_2xx']} |"
-            )
-    f = s["footprint"]
-    out += [
-        "", "## Footprint", "", EXPLAIN["footprint"], "",
-        f"- idle {f['idle_seconds']} s: RSS {f['rss_mb']} MiB, {f['cpu_seconds']} CPU seconds, "
-        f"{f['etcd_requests_per_s']} etcd requests/s",
-        f"- `ringside status` wall time: median {f['status_command_s']['median']} s "
-        f"(max {f['status_command_s']['max']} s) over 20 runs",
-        "", "## False expirations under a bad network", "", EXPLAIN["bad_network"], "",
-        _bad_network(s["bad_network"]),
-        "", "## Short of the design's expectations", "", *_shortfalls(s), "",
-    ]  # fmt: skip
+    if "scale" in s:
+        out += _scale(s["scale"])
+    if "local_api" in s:
+        out += _local_api(s["local_api"])
+    if "footprint" in s:
+        out += _footprint(s["footprint"])
+    if "bad_network" in s:
+        out += [
+            "## False expirations under a bad network", "", EXPLAIN["bad_network"], "",
+            _bad_network(s["bad_network"]), "",
+        ]  # fmt: skip
+    if "trouble" in s:
+        out += ["## Getting out of trouble", "", EXPLAIN["trouble"], "", *_trouble(s["trouble"])]
+        out.append("")
+    out += ["## Short of the design's expectations", "", *_shortfalls(s), ""]
     if NOTES.exists():
         out += ["## Reading these figures", "", NOTES.read_text().strip(), ""]
+    out += [chaos_section(previous), ""]
     return "\n".join(out)

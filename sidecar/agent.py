@@ -5,12 +5,25 @@ control loop decides. Each cycle ends in one sentence (logged at debug, shown by
 unexpected exception at the loop top is logged with its traceback and the loop carries on.
 
 The loop's rules, in order:
-1. no live session -> revoke the old lease if any (best effort), open a new one, register the
+1. leadership answered and then lost, for any reason -> that epoch is dead: drop the session
+   and start over with a new lease (safety rule 5). "Answered" counts every time
+   `leadership()` said leader, to the API as much as to the loop;
+2. no live session -> revoke the old lease if any (best effort), open a new one, register the
    member key (a duplicate node id stops the sidecar), then campaign if eligible;
-2. leadership is recomputed at every read (`Agent.leadership()`), never cached; the loop only
-   notices transitions to fire the role hooks and log them;
-3. leadership held and then lost, for any reason -> that epoch is dead: drop the session and
-   start over with a new lease (safety rule 5).
+3. our keys must be in the view as we wrote them (rule 12): a member key that was deleted,
+   overwritten or left on no lease is written again, ending our candidacy in the same
+   transaction (a candidacy must never outlive the membership it rests on); a candidate key
+   that is gone is made afresh, with a new and higher create_revision;
+4. a node that must not lead (rule 7: etcd's history went backwards; or its node id is held
+   by another live lease) withdraws its candidacy, so its key cannot block the election;
+5. leadership is recomputed at every read (`Agent.leadership()`), never cached; the loop only
+   notices transitions to fire the role hooks and log them.
+
+What the sidecar says is only as fresh as its last contact with an etcd quorum (rule 11): a
+successful keepalive, a linearizable read, a watch batch. Once that is older than the
+validity budget (TTL - margin) it names no leader, reports the last one as such, and is not
+ready. And stopping is a step down first (rule 13): from the moment SIGTERM arrives nothing
+answers "leader", before any request goes to etcd.
 """
 
 from __future__ import annotations
@@ -18,10 +31,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Sequence
 
+from sidecar.deadline import within
 from sidecar.election import (
     Campaign,
+    LastKnown,
     Leadership,
     campaign,
     fenced_txn,
@@ -39,14 +55,15 @@ from sidecar.session import Session
 from sidecar.settings import RingsideConfig
 from sidecar.store.base import Store
 from sidecar.store.errors import LeaseNotFound, StoreError
-from sidecar.store.model import Header, TxnOp
+from sidecar.store.model import Compare, Delete, Header, Put, TxnOp
 from sidecar.view import ClusterView, ViewKeeper
 
 log = logging.getLogger(__name__)
 
-SHUTDOWN_BUDGET_S = 1.5  # resign + revoke at SIGTERM; the process must be gone within 2 s
+SHUTDOWN_BUDGET_S = 1.0  # etcd's share of a SIGTERM: the process must be gone within 2 s
 SHUTDOWN_HOOK_GRACE_S = 0.3  # then hooks still running are left to finish on their own
 TICK_S = 0.1  # how often the loop looks at the validity clock between other wake-ups
+REMINDER_S = 60.0  # a standing problem (history violation) is logged again at most this often
 
 
 class Agent:
@@ -61,8 +78,10 @@ class Agent:
         record: MemberRecord,
         *,
         quorum_interval_s: float = 2.0,
+        previous_instance: str | None = None,
     ) -> None:
         self.config = config
+        self.previous_instance = previous_instance
         self.node_id = node_id
         self.store = store
         self.record = record
@@ -94,20 +113,33 @@ class Agent:
         self.session: Session | None = None
         self.campaign: Campaign | None = None
         self.last_cycle = "starting"
+        self.farewell = "not started"  # how the last shutdown went, for the final log line
         self.on_keepalive: Callable[[float], None] = lambda latency_s: None
-        self._claimed = False
+        self.conflict: str | None = None  # our node id held by another live lease, at run time
+        self._claimed = False  # the elected hook fired for our current campaign
+        self._answered: int | None = None  # an epoch `leadership()` said we lead
+        self._leaving: str | None = None  # set once we stopped claiming for good (shutdown)
+        self._leaving_epoch: int | None = None  # the epoch we led when we stopped
+        self._confirmed_at: float | None = None  # monotonic; last answer through a quorum
         self._wake = asyncio.Event()
         self._keepalive_task: asyncio.Task[None] | None = None
         self._stale_leases: list[int] = []
         self._quorum_lost = False
         self._written: MemberRecord | None = None  # what our member key holds, as we wrote it
+        self._written_revision = 0  # and the revision of that write
+        self._restoring_candidate = False
+        self._reminded_at = 0.0
 
     # --- reading -------------------------------------------------------------------------
 
     @property
     def registered(self) -> bool:
-        """Our member key is in etcd: a session exists only once it has registered."""
-        return self.session is not None
+        """Our lease is still valid by the validity clock (rule 11): not "we once wrote the
+        key", which stays true long after a lease has lapsed unseen."""
+        session = self.session
+        if session is None or session.lost.is_set():
+            return False
+        return session.remaining() > self.config.leader.validity_margin
 
     @property
     def view(self) -> ClusterView:
@@ -117,24 +149,57 @@ class Agent:
     def health(self) -> QuorumHealth:
         return self.quorum.current
 
+    @property
+    def budget_s(self) -> float:
+        """How long what etcd last confirmed may be believed: the validity budget."""
+        ttl = self.session.lease.ttl if self.session is not None else self.config.lease_ttl
+        return ttl - self.config.leader.validity_margin
+
+    def confirmed_age(self, now: float | None = None) -> float | None:
+        """Seconds since etcd last answered us through a quorum; None before the first time."""
+        if self._confirmed_at is None:
+            return None
+        return max(0.0, (time.monotonic() if now is None else now) - self._confirmed_at)
+
+    def stale_for(self, now: float | None = None) -> float | None:
+        """Seconds without news from a quorum, once that is past the validity budget; else None."""
+        age = self.confirmed_age(now)
+        return age if age is not None and age > self.budget_s else None
+
     def blocked(self) -> str | None:
-        """A reason this node must not lead whatever the election says (rule 7).
+        """A reason this node must not lead whatever the election says: etcd's history went
+        the wrong way (rule 7), or another live lease holds our node id.
 
         Quorum loss (rule 8) needs no rule of its own here: without quorum no keepalive
         succeeds, so the validity clock runs out within TTL - margin. The quorum check is
         reported, not obeyed, so one slow status probe cannot depose a healthy leader.
         """
-        return self.guard.violation
+        return self.guard.violation or self.conflict
 
     def leadership(self) -> Leadership:
-        """Whether we lead, decided now from the view, our campaign and the validity clock."""
-        return leadership(
+        """Whether we lead, decided now from the view, our campaign and the validity clock;
+        no leader at all once the view is older than the validity budget (rule 11)."""
+        if self._leaving is not None:
+            return Leadership(False, None, None, None, self._leaving)
+        now = leadership(
             self.view,
             self.campaign,
             self.session,
             margin_s=self.config.leader.validity_margin,
             blocked=self.blocked(),
         )
+        stale = self.stale_for()
+        if stale is not None:
+            last = (
+                LastKnown(now.leader, now.epoch, stale)
+                if now.leader is not None and now.epoch is not None
+                else None
+            )
+            reason = f"no answer from an etcd quorum for {stale:.1f} s"
+            return Leadership(False, None, None, None, reason, last)
+        if now.is_leader:
+            self._answered = now.epoch
+        return now
 
     # --- running -------------------------------------------------------------------------
 
@@ -158,6 +223,7 @@ class Agent:
             if control.done():
                 control.result()
         finally:
+            self.stop_claiming()  # rule 13: before anything is sent to etcd (if not done yet)
             await _cancel_and_wait(stopping, control, *tasks)
             await self._leave()
             await self.hooks.close(grace_s=SHUTDOWN_HOOK_GRACE_S, detach=True)
@@ -182,15 +248,26 @@ class Agent:
 
     async def _cycle(self) -> str:
         now = self.leadership()
-        if self._claimed and not now.is_leader:
+        if (self._claimed or self._answered is not None) and not now.is_leader:
             # Rule 5, checked before anything else: this epoch is over for good.
-            self._step_down(now.reason, now)
+            self._step_down(now.reason)
             self._drop_session()
             return f"stepped down ({now.reason}); starting a new session"
         if self.session is None or self.session.lost.is_set():
             return await self._start_session()
+        trouble = await self._check_keys(self.session)
+        if trouble is not None:
+            return trouble
+        blocked = self.blocked()
+        if blocked is not None:
+            await self._withdraw()
+            self._remind(blocked)
+            return f"not a candidate: {blocked}"
         if self.config.leader.eligible and self.campaign is None:
             self.campaign = await campaign(self.store, self.keys, self.session, self.node_id)
+            if self._restoring_candidate:
+                self._restoring_candidate = False
+                self._key_restored("candidate", self.campaign.key, self.campaign.epoch)
             return f"campaigning with epoch {self.campaign.epoch}"
         if now.is_leader and not self._claimed:
             self._claimed = True
@@ -199,21 +276,125 @@ class Agent:
                 now.epoch,
                 extra={"event": "elected", "epoch": now.epoch},
             )
-            self.hooks.fire("elected", epoch=now.epoch, leader=self.node_id)
+            self.hooks.fire(
+                "elected", epoch=now.epoch, leader=self.node_id, reason="oldest valid candidate"
+            )
         await self._revoke_stale_leases()
         return f"{'leader' if now.is_leader else 'follower'}: {now.reason}"
 
-    def _step_down(self, reason: str, now: Leadership | None = None) -> None:
-        """Note the end of our leadership: log it and run the demotion hook."""
-        self._claimed = False
-        epoch = self.campaign.epoch if self.campaign else None
+    def _step_down(self, reason: str) -> None:
+        """Note the end of our leadership: log it and run the demotion hook (if the elected
+        hook ran). Everything here is local: it happens before any request to etcd."""
+        epoch = self.campaign.epoch if self.campaign is not None else self._answered
+        claimed, self._claimed, self._answered = self._claimed, False, None
         log.warning(
             "stopped being leader (epoch %s): %s", epoch, reason,
             extra={"event": "demoted", "epoch": epoch},
         )  # fmt: skip
-        self.hooks.fire(
-            "demoted", epoch=now.epoch if now else None, leader=now.leader if now else None
+        if claimed:
+            head = self.view.leader
+            successor = head.node_id if head is not None and head.node_id != self.node_id else None
+            self.hooks.fire("demoted", epoch=epoch, leader=successor, reason=reason)
+
+    def stop_claiming(self, reason: str = "shutting down") -> None:
+        """From now on `leadership()` says "not leader", whatever etcd or the clock say.
+
+        Synchronous and local, so a signal handler can call it: the step down is done before
+        the event loop serves another request, let alone sends anything to etcd (rule 13).
+        """
+        if self._leaving is not None:
+            return
+        if self._claimed or self._answered is not None:
+            self._leaving_epoch = (
+                self.campaign.epoch if self.campaign is not None else self._answered
+            )
+            self._step_down(reason)
+        self._leaving = reason
+
+    # --- keeping our keys (rule 12) ------------------------------------------------------
+
+    async def _check_keys(self, session: Session) -> str | None:
+        """Make etcd hold our keys as we wrote them; a sentence when something was wrong.
+
+        Judged from the view, only once it has caught up with our last write of the member
+        key (an older view may not show it yet).
+        """
+        view = self.view
+        if not view.synced or view.revision < self._written_revision:
+            return None
+        key = self.keys.member(self.node_id)
+        mine = view.members.get(self.node_id)
+        if mine is not None and mine.lease not in (0, session.lease_id):
+            return await self._held_by_another(mine.lease)
+        if self.conflict is not None:
+            log.warning("node id %s is free again", self.node_id, extra={"event": "conflict_over"})
+            self.conflict = None
+        if mine is not None and mine.lease == session.lease_id and mine.record == self._written:
+            return await self._check_candidate(session)
+        what = "deleted" if mine is None else "on no lease" if mine.lease == 0 else "overwritten"
+        holder = 0 if mine is None or mine.lease == 0 else session.lease_id
+        ops: list[TxnOp] = [Put(key, self.record.encode(), session.lease_id)]
+        if self.campaign is not None:
+            ops.append(Delete(self.campaign.key))  # the candidacy ends with the old record
+        result = await self.store.txn([Compare.lease_is(key, holder)], ops)
+        if not result.succeeded:
+            return "our member key changed while being restored; looking again"
+        self._written, self._written_revision = self.record, result.header.revision
+        if self.campaign is not None:
+            self.campaign = None
+        self._key_restored("member", key, result.header.revision, was=what)
+        return f"restored our member key ({what})"
+
+    async def _check_candidate(self, session: Session) -> str | None:
+        ours = self.campaign
+        if ours is None or self.view.revision < ours.epoch:
+            return None
+        for c in self.view.candidates:
+            if (c.key, c.lease, c.create_revision, c.node_id) == (
+                ours.key, ours.lease, ours.epoch, self.node_id
+            ):  # fmt: skip
+                return None
+        log.warning(
+            "our candidate key %s was deleted or replaced; campaigning again",
+            ours.key,
+            extra={"event": "candidate_lost"},
         )
+        await self._withdraw()
+        self._restoring_candidate = True
+        return "our candidate key was gone; campaigning again"
+
+    async def _held_by_another(self, lease: int) -> str:
+        """Another live lease holds our node id: never overwrite it (rule 6), stand aside."""
+        reason = f"node id {self.node_id} is held by another live lease ({lease:x})"
+        if self.conflict is None:
+            log.error(
+                "%s: two machines use one node id; not campaigning until it is free",
+                reason,
+                extra={"event": "duplicate_node", "lease": f"{lease:x}"},
+            )
+        self.conflict = reason
+        await self._withdraw()
+        return reason
+
+    async def _withdraw(self) -> None:
+        """End our candidacy: delete our candidate key if it is still the one we made."""
+        ours, self.campaign = self.campaign, None
+        if ours is not None:
+            with contextlib.suppress(StoreError):
+                await self.store.txn([Compare.lease_is(ours.key, ours.lease)], [Delete(ours.key)])
+
+    def _key_restored(self, what: str, key: str, revision: int, was: str = "deleted") -> None:
+        log.warning(
+            "our %s key %s was %s; written again", what, key, was,
+            extra={"event": "key_restored", "what": what},
+        )  # fmt: skip
+        self._record(ClusterEvent("key_restored", revision, {"what": what, "key": key}))
+
+    def _remind(self, problem: str) -> None:
+        """Log a standing problem now and then (at most once a minute), not every cycle."""
+        if time.monotonic() - self._reminded_at >= REMINDER_S:
+            self._reminded_at = time.monotonic()
+            log.error("still not acting as leader: %s", problem, extra={"event": "blocked"})
 
     async def _start_session(self) -> str:
         """Rule 1: new lease, member key, keepalives. `DuplicateNode` propagates and stops us."""
@@ -224,11 +405,17 @@ class Agent:
         session.on_keepalive = self._keepalive_done
         record = self.record
         try:
-            await register(self.store, self.keys, record, session)
+            revision = await register(
+                self.store,
+                self.keys,
+                record,
+                session,
+                previous_instances=(record.instance, self.previous_instance),
+            )
         except BaseException:
             await session.revoke()
             raise
-        self._written = record
+        self._written, self._written_revision = record, revision
         self.session = session
         self._keepalive_task = asyncio.create_task(self._keep(session), name="keepalive")
         log.info(
@@ -241,9 +428,15 @@ class Agent:
         return f"registered with lease {session.lease_id:x}"
 
     def _keepalive_done(self, latency_s: float) -> None:
-        """Looks `on_keepalive` up at each call, so a callback set later (metrics) is used by
+        """A keepalive went through the etcd leader: the view is confirmed as of its sending.
+        Looks `on_keepalive` up at each call, so a callback set later (metrics) is used by
         the session already running too."""
+        self._confirm(time.monotonic() - latency_s)
         self.on_keepalive(latency_s)
+
+    def _confirm(self, at: float) -> None:
+        if self._confirmed_at is None or at > self._confirmed_at:
+            self._confirmed_at = at
 
     async def _keep(self, session: Session) -> None:
         await session.run_keepalives()
@@ -256,7 +449,7 @@ class Agent:
             self._stale_leases.append(self.session.lease_id)
         if self._keepalive_task is not None:
             self._keepalive_task.cancel()
-        self.session, self.campaign = None, None
+        self.session, self.campaign, self._answered = None, None, None
 
     async def _revoke_stale_leases(self) -> None:
         """Revoke leases of dropped sessions, so their election keys stop blocking others."""
@@ -273,9 +466,9 @@ class Agent:
         can never be picked up again by re-campaigning on the same lease.
         """
         ours = self.campaign
-        if ours is None or not self._claimed or not self.leadership().is_leader:
+        if ours is None or not self.leadership().is_leader:
             return False
-        self._step_down("resigned")
+        self._step_down("resigned")  # nothing says leader from here on: campaign is None
         self.campaign = None
         try:
             deleted = await resign(self.store, ours)
@@ -294,16 +487,36 @@ class Agent:
         return await fenced_txn(self.store, ours, ops)
 
     async def _leave(self) -> None:
-        """Shutdown: resign if leading, revoke the lease; bounded so SIGTERM exits in time."""
-        with contextlib.suppress(TimeoutError, StoreError):
-            async with asyncio.timeout(SHUTDOWN_BUDGET_S):
-                if self.campaign is not None and self._claimed:
-                    self._step_down("shutting down")
-                    await resign(self.store, self.campaign)
-                if self.session is not None:
-                    await self.session.revoke()
+        """Shutdown, after `stop_claiming`: revoke our leases so our keys vanish at once and
+        the next candidate leads. Bounded as a whole by `SHUTDOWN_BUDGET_S`, every endpoint
+        and retry included, so SIGTERM ends the process in time even when etcd is silent."""
         if self._keepalive_task is not None:
             self._keepalive_task.cancel()
+        session = self.session
+        leases = [*self._stale_leases, *([session.lease_id] if session is not None else [])]
+        if session is not None:
+            session.lost.set()
+        if not leases:
+            self.farewell = "no lease held"
+            return
+        revoked = False
+        with within(SHUTDOWN_BUDGET_S), contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(SHUTDOWN_BUDGET_S + 0.25):  # a backstop only
+                answers = await asyncio.gather(
+                    *(self.store.lease_revoke(lease) for lease in leases), return_exceptions=True
+                )
+                revoked = all(a is None or isinstance(a, LeaseNotFound) for a in answers)
+        lease = f"lease {leases[-1]:x}"
+        if revoked:
+            self.farewell = f"{lease} revoked"
+        else:
+            ttl = session.lease.ttl if session is not None else self.config.lease_ttl
+            self.farewell = (
+                f"{lease} not revoked (etcd did not answer within {SHUTDOWN_BUDGET_S:g} s); "
+                f"it expires within {ttl} s"
+            )
+        if self._leaving_epoch is not None:
+            self.farewell = f"leadership (epoch {self._leaving_epoch}) handed over; {self.farewell}"
 
     # --- callbacks from the background tasks ---------------------------------------------
 
@@ -318,13 +531,13 @@ class Agent:
         if self._written == record:
             return True  # the registration already wrote it
         try:
-            written = await update_record(self.store, self.keys, record, session)
+            revision = await update_record(self.store, self.keys, record, session)
         except StoreError as e:
             log.warning("orchestrator health not published yet: %s", e)
             return False
-        if written:
-            self._written = record
-        return written
+        if revision is not None:
+            self._written, self._written_revision = record, revision
+        return revision is not None
 
     def _view_changed(self, old: ClusterView, new: ClusterView) -> None:
         for event in diff_views(old, new):
@@ -332,9 +545,18 @@ class Agent:
         self._wake.set()
 
     def _observe_header(self, header: Header) -> None:
+        """Every header of a linearizable read or watch batch: history check, then freshness."""
+        before = self.guard.violation
         reason = self.guard.observe(header)
-        if reason:
-            log.error("%s: not acting as leader", reason, extra={"event": "history_violation"})
+        if reason is None:
+            self._confirm(time.monotonic())
+        elif before is None:  # logged once; the control loop reminds now and then
+            self._reminded_at = time.monotonic()
+            log.error(
+                "%s: not acting as leader; withdrawing our candidacy",
+                reason,
+                extra={"event": "history_violation"},
+            )
             self._wake.set()
 
     def _quorum_changed(self, old: QuorumHealth, new: QuorumHealth) -> None:

@@ -210,13 +210,15 @@ async def events(request: web.Request) -> web.StreamResponse:
     """Server-sent events; `?since=REV` first replays what is still remembered after REV."""
     since = _int_param(request, "since")
     log_ = request.app[STATE].agent.events
-    queue = log_.subscribe()
+    # One step: what happened until now is a copy to replay, everything later comes through
+    # the queue, so a slow replay neither sees the log change under it nor misses an event.
+    replay, queue = log_.subscribe_since(since) if since is not None else ((), log_.subscribe())
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
     await response.prepare(request)
     try:
-        for past in log_.since(since) if since is not None else ():
+        for past in replay:
             await response.write(_sse(past.kind, past.revision, past.document()))
         while True:
             try:

@@ -12,14 +12,20 @@ from sidecar.store.etcd import EtcdStore
 from sidecar.store.gateway import TlsFiles
 
 
-def open_store(settings: EtcdSettings) -> EtcdStore:
-    """An etcd store for `settings`. Nothing is dialled until the first request."""
+def open_store(settings: EtcdSettings, *, call_timeout: float | None = None) -> EtcdStore:
+    """An etcd store for `settings`. Nothing is dialled until the first request.
+
+    `call_timeout` bounds one call across all endpoints; the daemon passes
+    `RingsideConfig.etcd_call_timeout` (it depends on the lease). Without it, a call may try
+    every endpoint once, which suits one-shot commands.
+    """
     tls = None
     if settings.tls is not None:
         tls = TlsFiles(ca=settings.tls.ca, cert=settings.tls.cert, key=settings.tls.key)
     return EtcdStore.connect(
         settings.endpoints,
         request_timeout=settings.request_timeout,
+        call_timeout=call_timeout or settings.call_timeout,
         tls=tls,
         username=settings.username,
         password=settings.effective_password,

@@ -1,9 +1,9 @@
 """`ringside run`: one sidecar process, from configuration to a clean exit.
 
-Exit codes: 0 after SIGTERM/SIGINT (leadership handed over, lease revoked); 1 when the sidecar
-refuses to run (its node id is held by another live node, another sidecar holds this node's
-lock, the API port is taken); 2 for bad configuration (raised as `ConfigError` to the CLI).
-"""
+Exit codes: 0 after SIGTERM/SIGINT (stopped claiming at once; lease revoked when etcd answers);
+1 when the sidecar refuses to run (its node id is held by another live node, another sidecar
+holds this node's lock, the API port is taken); 2 for bad configuration (raised as `ConfigError`
+to the CLI)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import signal
 
 from aiohttp import web
 
+from sidecar.addresses import discovered_addresses
 from sidecar.agent import Agent
 from sidecar.api import create_app
 from sidecar.config import LoadedConfig
@@ -22,7 +23,7 @@ from sidecar.errors import ConfigError, RingsideError
 from sidecar.identity import HostFacts, resolve_identity
 from sidecar.inventory import Inventory
 from sidecar.lock import InstanceLock, default_lock_path
-from sidecar.membership import MemberRecord, discovered_addresses
+from sidecar.membership import MemberRecord
 from sidecar.metrics import Metrics
 from sidecar.settings import RingsideConfig
 
@@ -49,7 +50,7 @@ def run_sidecar(loaded: LoadedConfig) -> int:
                 identity.source,
                 ",".join(config.etcd.endpoints),
             )
-            return asyncio.run(_serve(config, identity.node_id, identity.inventory))
+            return asyncio.run(_serve(config, identity.node_id, identity.inventory, lock))
     except ConfigError:
         raise
     except RingsideError as e:  # duplicate node id, node lock held, API port taken
@@ -57,16 +58,21 @@ def run_sidecar(loaded: LoadedConfig) -> int:
         return EXIT_REFUSED
 
 
-async def _serve(config: RingsideConfig, node_id: str, inventory: Inventory | None) -> int:
-    store = open_store(config.etcd)
+async def _serve(
+    config: RingsideConfig, node_id: str, inventory: Inventory | None, lock: InstanceLock
+) -> int:
+    store = open_store(config.etcd, call_timeout=config.etcd_call_timeout)
     record = MemberRecord.for_this_process(
         node_id,
         advertise=config.advertise_addresses,
-        discovered=discovered_addresses(),
+        discovered=discovered_addresses(
+            inventory.addresses_of(node_id) if inventory is not None else ()
+        ),
         labels=dict(config.labels),
         eligible=config.leader.eligible,
+        instance=lock.instance,
     )
-    agent = Agent(config, node_id, store, record)
+    agent = Agent(config, node_id, store, record, previous_instance=lock.previous_instance)
     app = create_app(agent, inventory=inventory, render_metrics=Metrics(agent).render)
     # In-flight requests get half a second at shutdown: SIGTERM must end the process in 2 s.
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
@@ -81,12 +87,15 @@ async def _serve(config: RingsideConfig, node_id: str, inventory: Inventory | No
             ) from None
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def on_signal() -> None:
+            agent.stop_claiming()  # before the loop answers anything else (rule 13)
+            stop.set()
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal)
         await agent.run(stop)
-        log.info(
-            "ringside stopped: lease revoked, leadership handed over", extra={"event": "stopped"}
-        )
+        log.info("ringside stopped: %s", agent.farewell, extra={"event": "stopped"})
         return EXIT_OK
     finally:
         await runner.cleanup()

@@ -62,18 +62,35 @@ def leader_document(agent: Agent) -> Json:
     }
     if now.is_leader:
         document["valid_for_s"] = reported_validity(now.valid_for_s)
+    if now.last_known is not None:
+        document["last_known"] = now.last_known.document()
     return document
 
 
 def readiness(agent: Agent, now: Leadership) -> str | None:
-    """Why this node is not ready, or None when it is (registered, in sync, leader known);
-    `now` is the agent's leadership, read once by the caller."""
+    """Why this node is not ready, or None when it is: etcd answered through a quorum within
+    the validity budget, our lease is valid, our member key is in the view as we wrote it,
+    and a leader is known. `now` is the agent's leadership, read once by the caller; the
+    first reason that applies is the one given, so it names the cause, not a symptom."""
+    if now.last_known is not None or now.reason.startswith("no answer from an etcd quorum"):
+        return now.reason
+    if now.reason == "shutting down":
+        return now.reason
+    if agent.conflict is not None:
+        return agent.conflict
     if not agent.registered:
-        return "not registered in etcd yet"
-    if not agent.view.synced:
+        if agent.session is None:
+            return f"not registered in etcd yet ({agent.last_cycle})"
+        return "our lease may have lapsed: no keepalive answered within the validity budget"
+    view = agent.view
+    if not view.synced:
         return "cluster view not in sync with etcd"
+    mine = view.members.get(agent.node_id)
+    if mine is None or agent.session is None or mine.lease != agent.session.lease_id:
+        return "our member key is missing from etcd or not ours; writing it again"
     if now.leader is None:
-        return "no leader known"
+        why = f" ({len(view.ignored)} invalid candidate keys ignored)" if view.ignored else ""
+        return "no leader known: no valid candidate" + why
     return None
 
 
@@ -114,6 +131,7 @@ def cluster_document(
         "leader": now.leader,
         "epoch": now.epoch,
         "leadership": now.reason,
+        "last_known": now.last_known.document() if now.last_known is not None else None,
         "alive": view.alive,
         "members": [member_document(m, now.leader) for m in view.members.values()],
         "synced": view.synced,
@@ -136,6 +154,7 @@ def cluster_document(
         "registered": False,
         "lease": None,
         "history_violation": None,
+        "ignored_candidates": [{"key": i.key, "reason": i.reason} for i in view.ignored],
         **node_fields,
     }
 
@@ -154,7 +173,12 @@ def status_document(agent: Agent, inventory: Inventory | None = None) -> Json:
         lease=_lease_document(agent),
         history_violation=agent.guard.violation,
         last_cycle=agent.last_cycle,
+        confirmed_age_s=_rounded(agent.confirmed_age()),
     )
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 3)
 
 
 def orchestrator_status(agent: Agent, inventory: Inventory | None = None) -> Json:

@@ -1,12 +1,12 @@
 """Leader election on etcd: one candidate key per session, the oldest leads.
 
 campaign = txn `create_revision == 0` then put `election/<lease id hex>` on the session lease.
-The candidate with the lowest `create_revision` leads and that revision is its **epoch**, the
-fencing token: etcd revisions only grow, so every new leader's epoch is higher than the last,
-and no epoch is ever handed out twice. Later candidates simply wait: when the leader's key is
-deleted (resign, lease expiry) the next-oldest key is the lowest, and everyone's watch shows it
-at the same revision. An incumbent stays leader while its lease lives; a newer candidate can
-never be "better" (no flapping).
+The valid candidate (see `sidecar.view`) with the lowest `create_revision` leads and that
+revision is its **epoch**, the fencing token: etcd revisions only grow, so every new leader's
+epoch is higher than the last, and no epoch is ever handed out twice. Later candidates simply
+wait: when the leader's key is deleted (resign, lease expiry) the next-oldest key is the lowest,
+and everyone's watch shows it at the same revision. An incumbent stays leader while its lease
+lives; a newer candidate can never be "better" (no flapping).
 
 `leadership()` decides at read time whether *we* lead (safety rules 2 and 3): our key must be
 the lowest in a synced view, carry our lease and our epoch, and our lease must still be valid
@@ -80,6 +80,18 @@ def reported_validity(valid_for_s: float | None) -> float:
 
 
 @dataclass(frozen=True)
+class LastKnown:
+    """The leader a node last knew, when it no longer knows anything current (rule 11)."""
+
+    leader: str
+    epoch: int
+    age_s: float  # seconds since etcd last confirmed what this node knows
+
+    def document(self) -> dict[str, object]:
+        return {"leader": self.leader, "epoch": self.epoch, "age_s": round(self.age_s, 3)}
+
+
+@dataclass(frozen=True)
 class Leadership:
     """Who leads, as seen from this node at one instant."""
 
@@ -88,6 +100,7 @@ class Leadership:
     epoch: int | None
     valid_for_s: float | None  # while is_leader: seconds until we stop claiming
     reason: str  # why we do or do not lead, for logs and status
+    last_known: LastKnown | None = None  # set only when `leader` is None for lack of news
 
 
 def leadership(

@@ -17,7 +17,12 @@ from sidecar.render import describe_event
 from sidecar.view import ClusterView
 
 EventKind = Literal[
-    "member_joined", "member_left", "leader_changed", "quorum_lost", "quorum_regained"
+    "member_joined",
+    "member_left",
+    "leader_changed",
+    "quorum_lost",
+    "quorum_regained",
+    "key_restored",
 ]
 
 
@@ -86,6 +91,18 @@ class EventLog:
         self._subscribers.add(queue)
         return queue
 
+    def subscribe_since(
+        self, revision: int
+    ) -> tuple[tuple[ClusterEvent, ...], asyncio.Queue[ClusterEvent | None]]:
+        """The remembered events after `revision`, and a subscription to every later one.
+
+        The replay is a copy taken in the same synchronous step as the subscription: a reader
+        that awaits between replayed events (a slow client) cannot meet the deque changing
+        under it, and each event is in exactly one of the two, never lost, never twice.
+        """
+        replay = tuple(e for e in self._events if e.revision > revision)
+        return replay, self.subscribe()
+
     def unsubscribe(self, queue: asyncio.Queue[ClusterEvent | None]) -> None:
         self._subscribers.discard(queue)
 
@@ -102,6 +119,9 @@ class EventLog:
         queue.put_nowait(None)
 
     def since(self, revision: int) -> Iterator[ClusterEvent]:
+        """The remembered events after `revision`, lazily: only for readers that never await
+        while iterating (an added event would end the iteration); streams use
+        `subscribe_since`."""
         return (e for e in self._events if e.revision > revision)
 
     def __iter__(self) -> Iterator[ClusterEvent]:

@@ -8,19 +8,36 @@ runs the queued hooks one at a time, in the order they were fired, so a "demoted
 overtake the "elected" before it.
 
 Each hook runs through the shell in its own session (process group) with the parent's
-environment plus ``RINGSIDE_EVENT``, ``RINGSIDE_EPOCH``, ``RINGSIDE_LEADER`` and
-``RINGSIDE_NODE_ID``. One that runs past the timeout is killed with its whole process group.
-A hook counts as finished when its shell exits, not when its stderr closes: a hook that leaves a
-daemon running in the background is the normal case here, and that daemon may keep the
-inherited stderr open for as long as it lives. Its stdout is discarded; its stderr is read so
-the last line can be logged when it fails.
+environment plus these five, always all set (an unknown value is the empty string):
+
+- ``RINGSIDE_EVENT``: ``elected`` or ``demoted``;
+- ``RINGSIDE_NODE_ID``: this node's id;
+- ``RINGSIDE_EPOCH``: the epoch this node won (elected), or held and gave up (demoted);
+- ``RINGSIDE_LEADER``: elected, this node's id; demoted, the node that leads now when it is
+  known and is not this node, else empty;
+- ``RINGSIDE_REASON``: one line saying why: for demoted e.g. ``resigned``, ``shutting down``,
+  ``lease validity ran out``; for elected usually empty.
+
+The leader's name comes from etcd, which is untrusted (design rule 14): anything but a valid
+node id (`sidecar.settings.DNS_LABEL`) is logged and passed on as empty, so a hook can use the
+value as it is (unquoted, in a path, in a command line). The reason loses its control characters
+(NUL and newlines included) and is cut to `REASON_MAX_CHARS`. A hook that cannot even start (no
+shell, a NUL byte in the command) is logged and recorded as a `HookResult` with no exit code: a
+hook never stops ringside.
+
+A hook that runs past the timeout is killed with its whole process group. A hook counts as
+finished when its shell exits, not when its stderr closes: a hook that leaves a daemon running
+in the background is the normal case here, and that daemon may keep the inherited stderr open
+for as long as it lives. Its stdout is discarded; its stderr is read so the last line can be
+logged when it fails.
 
 Example::
 
     hooks = RoleHooks("systemctl start trainer", "systemctl stop trainer", 30.0, "hetzner-cpu1")
     hooks.fire("elected", epoch=42, leader="hetzner-cpu1")   # returns at once
+    hooks.fire("demoted", epoch=42, leader="hetzner-cpu2", reason="resigned")
     ...
-    hooks.last_results[-1]   # HookResult(event='elected', ..., exit_code=0, timed_out=False, ...)
+    hooks.last_results[0]    # HookResult(event='elected', ..., exit_code=0, timed_out=False, ...)
     await hooks.close()      # waits up to 30 s for queued hooks, then cancels them
 """
 
@@ -32,16 +49,21 @@ import logging
 import os
 import signal
 import time
+import unicodedata
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Literal
+
+from sidecar.settings import DNS_LABEL
 
 log = logging.getLogger(__name__)
 
 RoleEvent = Literal["elected", "demoted"]
 
 RESULTS_KEPT: Final = 16
+REASON_MAX_CHARS: Final = 200
+_SHOWN_NAME_CHARS: Final = 64  # of a rejected leader name, in the warning
 _STDERR_TAIL_BYTES: Final = 4096
 _STDERR_LINE_CHARS: Final = 300
 # After SIGKILL a process dies at once unless it is stuck in the kernel; do not wait forever.
@@ -89,20 +111,34 @@ class RoleHooks:
         self._lingering: set[_StderrTail] = set()
         self.last_results: deque[HookResult] = deque(maxlen=RESULTS_KEPT)
 
-    def fire(self, event: RoleEvent, *, epoch: int | None, leader: str | None) -> None:
-        """Queue the hook for `event` and return at once; must be called on the running loop."""
+    def fire(
+        self, event: RoleEvent, *, epoch: int | None, leader: str | None, reason: str = ""
+    ) -> None:
+        """Queue the hook for `event` and return at once; must be called on the running loop.
+
+        `epoch` is the epoch won (elected) or given up (demoted). `leader` matters only for
+        demoted: the node leading now, as read from etcd (checked here, untrusted); for elected
+        the leader is this node. `reason` is a short explanation, sanitized here.
+        """
         command = self._commands[event]
         if not command:
             return
         if self._closed:
             log.warning("hook %s not run: hooks are shut down", event)
             return
+        if event == "elected":
+            leader_now = self._node_id
+        else:
+            leader_now = _checked_leader(event, leader)
+            if leader_now == self._node_id:
+                leader_now = ""  # a stale view: this node no longer leads whatever it says
         env = {
             **os.environ,
             "RINGSIDE_EVENT": event,
-            "RINGSIDE_EPOCH": "" if epoch is None else str(epoch),
-            "RINGSIDE_LEADER": leader or "",
             "RINGSIDE_NODE_ID": self._node_id,
+            "RINGSIDE_EPOCH": "" if epoch is None else str(epoch),
+            "RINGSIDE_LEADER": leader_now,
+            "RINGSIDE_REASON": _one_line(reason),
         }
         self._queue.put_nowait(_Job(event, command, env))
         if self._worker is None or self._worker.done():
@@ -158,9 +194,16 @@ class RoleHooks:
                 env=job.env,
                 start_new_session=True,
             )
-        except OSError as e:
+        except Exception as e:  # OSError, or ValueError for a NUL byte in command or env
             tail.close()
-            log.error("role hook %s could not start: %s (%s)", job.event, e, job.command)
+            log.error(
+                "role hook %s could not start: %s: %s (%r)",
+                job.event,
+                type(e).__name__,
+                e,
+                job.command,
+                extra={"event": "hook_failed", "role_event": job.event, "exit_code": None},
+            )
             return HookResult(job.event, job.command, None, False, time.monotonic() - started)
         except BaseException:
             tail.close()
@@ -192,6 +235,30 @@ class RoleHooks:
         result = HookResult(job.event, job.command, exit_code, timed_out, duration_s)
         _log_result(result, tail.last_line())
         return result
+
+
+def _checked_leader(event: RoleEvent, leader: str | None) -> str:
+    """`leader` when it is a valid node id, else "" (design rule 14: a name read from etcd
+    reaches a hook's environment only once it is known to be a plain DNS label)."""
+    if not leader:
+        return ""
+    if DNS_LABEL.fullmatch(leader):
+        return leader
+    shown = repr(leader[:_SHOWN_NAME_CHARS]) + ("..." if len(leader) > _SHOWN_NAME_CHARS else "")
+    log.warning(
+        "role hook %s: leader %s is not a valid node id; RINGSIDE_LEADER left empty",
+        event,
+        shown,
+        extra={"event": "hook_bad_leader", "role_event": event},
+    )
+    return ""
+
+
+def _one_line(text: str) -> str:
+    """`text` without control characters (NUL, newlines, escapes) or lone surrogates (which
+    no environment can hold), at most `REASON_MAX_CHARS` long."""
+    kept = "".join(c for c in text if unicodedata.category(c) not in ("Cc", "Cs"))
+    return kept.strip()[:REASON_MAX_CHARS]
 
 
 def _log_result(result: HookResult, stderr_last_line: str) -> None:

@@ -99,6 +99,31 @@ class Inventory(_TolerantModel):
             return by_key[0]
         return found[0] if len(found) == 1 else None
 
+    def addresses_of(self, node_id: str) -> tuple[str, ...]:
+        """The IP addresses the inventory gives host `node_id`: ``tailscale_ip``, then
+        ``ssh_host`` when it is an IP of this host alone; none for a host not listed.
+
+        These are how the orchestrator already reaches the node, so it publishes them first. A
+        name (``ssh8.vast.ai``) is no address, and an ``ssh_host`` shared with another host is a
+        gateway, not this node.
+        """
+        host = self.hosts.get(node_id)
+        if host is None:
+            return ()
+        found = [] if host.tailscale_ip is None else [host.tailscale_ip]
+        ssh_host = host.ssh_host
+        if ssh_host is not None and [m.host for m in self.matches(ssh_host)] == [node_id]:
+            found.append(ssh_host)
+        return tuple(dict.fromkeys(_normalized(a) for a in found if _is_ip(a)))
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text.strip())
+    except ValueError:
+        return False
+    return True
+
 
 def load_inventory(path: Path) -> Inventory:
     """Read and validate the inventory at `path`, raising `InventoryError` with one line."""

@@ -9,6 +9,14 @@ The pid written into the file is for people reading it; the lock decides, never 
 The file is never deleted, not even on release: deleting it would let a third process create a
 new file under the same name and lock that while a second one still holds the old one.
 
+The file also carries an instance token, a random name for the process that holds the lock,
+which the sidecar puts in its member record. A sidecar that finds, in etcd, a record with the
+token its lock file still held when it took the lock knows for certain that the record's
+writer is dead: that process held this lock until the kernel released it. So a restart after
+kill -9 can revoke its predecessor's lease at once instead of waiting out its TTL, with no
+guessing from pids (which lie for zombies, and inside containers where the sidecar is pid 1
+every time).
+
 Example::
 
     with InstanceLock(default_lock_path("ringrift")):
@@ -22,6 +30,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import secrets
 import stat
 import tempfile
 from datetime import UTC, datetime
@@ -51,6 +60,8 @@ class InstanceLock:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._fd: int | None = None
+        self.instance = secrets.token_hex(8)  # this process's token, written once locked
+        self.previous_instance: str | None = None  # the last holder's, read before overwriting
 
     @property
     def held(self) -> bool:
@@ -82,7 +93,8 @@ class InstanceLock:
             os.close(fd)
             raise ConfigError(f"cannot lock instance lock {self.path}: {e.strerror or e}") from e
         self._fd = fd
-        _write_holder_info(fd)
+        self.previous_instance = _read_holder_field(fd, "instance")
+        _write_holder_info(fd, self.instance)
 
     def release(self) -> None:
         """Give the lock up; the file stays (see the module docstring for why)."""
@@ -146,9 +158,9 @@ def private_dir(path: Path) -> Path:
     return path
 
 
-def _write_holder_info(fd: int) -> None:
+def _write_holder_info(fd: int, instance: str) -> None:
     started = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    info = f"pid={os.getpid()}\nstarted={started}\n".encode()
+    info = f"pid={os.getpid()}\nstarted={started}\ninstance={instance}\n".encode()
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, info, 0)
@@ -157,12 +169,19 @@ def _write_holder_info(fd: int) -> None:
 
 
 def _read_holder_pid(fd: int) -> int | None:
+    pid = _read_holder_field(fd, "pid")
+    return int(pid) if pid is not None and pid.isdigit() else None
+
+
+def _read_holder_field(fd: int, name: str) -> str | None:
+    """One `name=value` line of the holder note, or None (the note is advisory, never trusted
+    beyond this: a token only ever matches a record this lock's holder wrote)."""
     try:
         text = os.pread(fd, _HOLDER_INFO_MAX_BYTES, 0).decode(errors="replace")
     except OSError:
         return None
     for line in text.splitlines():
         key, _, value = line.partition("=")
-        if key.strip() == "pid" and value.strip().isdigit():
-            return int(value.strip())
+        if key.strip() == name and value.strip():
+            return value.strip()
     return None

@@ -66,6 +66,14 @@ class Metrics:
         )
         for kind in ("joined", "left"):
             self.member_changes.labels(kind=kind)  # exported as 0 before the first change
+        self.keys_restored = Counter(
+            "ringside_keys_restored",
+            "Times this node wrote one of its own keys again after it was deleted or replaced.",
+            ["key"],
+            registry=self.registry,
+        )
+        for key in ("member", "candidate"):
+            self.keys_restored.labels(key=key)
         self.registry.register(_AgentCollector(agent))
 
         agent.on_keepalive = self._observing(agent.on_keepalive)  # sessions call it by name
@@ -103,6 +111,8 @@ class Metrics:
             self.member_changes.labels(kind="joined").inc()
         elif event.kind == "member_left":
             self.member_changes.labels(kind="left").inc()
+        elif event.kind == "key_restored" and event.detail.get("what") in ("member", "candidate"):
+            self.keys_restored.labels(key=str(event.detail["what"])).inc()
 
 
 class _AgentCollector(Collector):
@@ -122,6 +132,16 @@ class _AgentCollector(Collector):
         yield _gauge("ringside_epoch", "Fencing epoch of the current leader.", now.epoch)
         yield _gauge("ringside_members_alive", "Members with a live lease.", view.alive)
         yield _gauge("ringside_view_synced", "1 while the view follows etcd.", view.synced)
+        yield _gauge(
+            "ringside_view_confirmed_age_seconds",
+            "Seconds since etcd last answered through a quorum; absent before the first answer.",
+            agent.confirmed_age(),
+        )
+        yield _gauge(
+            "ringside_ignored_candidates",
+            "Keys under election/ that are no valid candidate (forged, stray, on no lease).",
+            len(view.ignored),
+        )
         yield _gauge("ringside_quorum_ok", "1 while etcd has a quorum.", health.quorum_ok)
         yield _gauge("ringside_voters_healthy", "Healthy etcd voters.", health.voters_healthy)
         yield _gauge("ringside_voters_total", "etcd voters in the cluster.", health.voters_total)

@@ -121,6 +121,8 @@ def _plain(value: Any) -> Any:
 
 def leader_text(report: LeaderReport) -> str:
     if report.leader is None:
+        if report.last_known is not None:
+            return f"no leader known ({report.reason}); last known: {report.last_known}"
         return f"no leader ({report.reason})"
     text = f"leader {report.leader} (epoch {report.epoch})"
     if report.is_self:
@@ -144,6 +146,8 @@ def describe_event(kind: str, detail: Mapping[str, Any]) -> str:
         return f"leader changed: {detail.get('leader')} (epoch {detail.get('epoch')})"
     if kind == "quorum_lost":
         return "quorum lost" + _suffix(detail.get("reason"))
+    if kind == "key_restored":
+        return f"{detail.get('what')} key {detail.get('key')} was gone; written again"
     return "quorum regained"
 
 

@@ -136,6 +136,7 @@ class EtcdSettings(_Settings):
 
     endpoints: tuple[EtcdUrl, ...] = ("http://127.0.0.1:2379",)
     request_timeout: float = Field(default=1.5, gt=0)
+    call_timeout: float | None = Field(default=None, gt=0)
     tls: TlsSettings | None = None
     username: str | None = None
     password: SecretStr | None = None
@@ -257,4 +258,29 @@ class RingsideConfig(_Settings):
             if seconds >= self.lease_ttl:
                 message = f"{seconds} s must be less than lease_ttl ({self.lease_ttl} s)"
                 raise field_error((section, name), message, related="lease_ttl")
+        call = self.etcd.call_timeout
+        if call is not None:
+            period = self.lease_ttl / 3
+            if call > period:
+                message = (
+                    f"{call} s is longer than a keepalive period (lease_ttl / 3 = {period:.2f} s):"
+                    " one hung call would cost a keepalive"
+                )
+                raise field_error(("etcd", "call_timeout"), message, related="lease_ttl")
+            if call < self.etcd.request_timeout:
+                message = (
+                    f"{call} s is shorter than etcd.request_timeout ({self.etcd.request_timeout} s)"
+                )
+                raise field_error(("etcd", "call_timeout"), message, related="etcd.request_timeout")
         return self
+
+    @property
+    def etcd_call_timeout(self) -> float:
+        """How long one etcd call may take across all endpoints: `etcd.call_timeout`, else one
+        keepalive period (lease_ttl / 3), but at least one request timeout and never more than
+        one request timeout per endpoint. With six endpoints and the defaults that is 3.3 s,
+        not 9 s against a 10 s lease."""
+        if self.etcd.call_timeout is not None:
+            return self.etcd.call_timeout
+        per_endpoint = self.etcd.request_timeout * len(self.etcd.endpoints)
+        return min(per_endpoint, max(self.etcd.request_timeout, self.lease_ttl / 3))

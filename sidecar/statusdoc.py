@@ -181,6 +181,20 @@ class LeaderReport:
     is_self: bool
     reason: str
     valid_for_s: float | None
+    last_known: str | None = None  # "<leader>, epoch <n>, <age> s ago" when the view is stale
+
+
+def _last_known(document: Mapping[str, Any], where: str) -> str | None:
+    """The stale leader a sidecar last knew, as words; None when it named none."""
+    raw = document.get("last_known")
+    if raw is None:
+        return None
+    last = _mapping(raw, f"{where}.last_known")
+    leader = _take(last, "leader", str, where=f"{where}.last_known")
+    epoch = _take(last, "epoch", int, where=f"{where}.last_known")
+    age = last.get("age_s")
+    ago = f", {age:.1f} s ago" if isinstance(age, float | int) and not isinstance(age, bool) else ""
+    return f"{leader[:63]}, epoch {epoch}{ago}"
 
 
 def parse_leader(value: object) -> LeaderReport:
@@ -197,6 +211,7 @@ def parse_leader(value: object) -> LeaderReport:
         is_self=_take(document, "is_self", bool, where=where),
         reason=_take(document, "reason", str, where=where),
         valid_for_s=None if valid_for is None else float(valid_for),
+        last_known=_last_known(document, where),
     )
 
 

@@ -5,6 +5,15 @@ events makes a new `ClusterView`; readers (the election, the HTTP API, the CLI, 
 `keeper.current` and never see a half-applied change. A compacted revision or a watch that
 cannot be served reloads the whole prefix, so a deletion is never missed (safety rule 9):
 the reload shows the key as absent even when its DELETE event was compacted away.
+
+Anything under the prefix may have been written by anyone who can write there, so the view
+believes only what is valid (design notes, "etcd keys"; rule 14). A candidate counts only
+while it is on a live lease (not 0), its key names that lease, its value is a node id, and
+that node is a live member, on the same lease, whose record says it is eligible and was
+written before the candidacy (a member key written again later means the node re-joined:
+its old candidacy is over). Every other key under `election/` is ignored and reported
+(`ClusterView.ignored`): a stray or forged key must never lead, and never block a real
+candidate. All sidecars see the same keys at the same revision, so they all agree on it.
 """
 
 from __future__ import annotations
@@ -17,7 +26,8 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from sidecar.keys import Keys
-from sidecar.membership import MemberRecord, parse_record
+from sidecar.membership import MemberRecord, parse_record, printable
+from sidecar.settings import DNS_LABEL
 from sidecar.store.base import Store
 from sidecar.store.errors import Compacted, StoreError
 from sidecar.store.model import EventType, Header, KeyValue
@@ -46,9 +56,21 @@ class Candidate:
 
 
 @dataclass(frozen=True)
+class Ignored:
+    """A key under `election/` that is no valid candidate, and why (for logs and status)."""
+
+    key: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class ClusterView:
     """Members and candidates at `revision`. `synced` is false until loaded, and while a
-    reload is pending after a broken watch (the view may then be stale)."""
+    reload is pending after a broken watch (the view may then be stale).
+
+    `candidates` holds every key under `election/`, oldest first; `electable` the valid ones
+    (see the module doc) and `ignored` the others with the reason.
+    """
 
     revision: int = 0
     members: Mapping[str, Member] = field(default_factory=lambda: MappingProxyType({}))
@@ -56,15 +78,18 @@ class ClusterView:
     synced: bool = False
     changed_at: float = 0.0  # wall-clock time of the last change, for people
     header: Header | None = None
+    electable: tuple[Candidate, ...] = ()
+    ignored: tuple[Ignored, ...] = ()
 
     @property
     def leader(self) -> Candidate | None:
-        return self.candidates[0] if self.candidates else None
+        """The oldest valid candidate."""
+        return self.electable[0] if self.electable else None
 
     @property
     def epoch(self) -> int | None:
         """The fencing token: the leader key's create_revision."""
-        return self.candidates[0].create_revision if self.candidates else None
+        return self.electable[0].create_revision if self.electable else None
 
     @property
     def alive(self) -> int:
@@ -77,16 +102,60 @@ def build_view(keys: Keys, kvs: tuple[KeyValue, ...], header: Header) -> Cluster
     return apply_batch(keys, ClusterView(synced=True), puts, header)
 
 
+MAX_CANDIDATE_BYTES = 256
+
+
 def _apply_put(
     keys: Keys, kv: KeyValue, members: dict[str, Member], candidates: list[Candidate]
 ) -> None:
     if kv.key.startswith(keys.members):
         node_id = kv.key.removeprefix(keys.members)
-        members[node_id] = Member(node_id, parse_record(kv), kv.lease, kv.create_revision)
+        if not DNS_LABEL.fullmatch(node_id):
+            members.pop(node_id, None)
+            log.warning("ignoring member key %r: not a node id", printable(kv.key, 120))
+            return
+        members[node_id] = Member(node_id, parse_record(kv, node_id), kv.lease, kv.create_revision)
     elif kv.key.startswith(keys.election):
         candidates[:] = [c for c in candidates if c.key != kv.key]
-        node_id = kv.value.decode(errors="replace")
+        small = len(kv.value) <= MAX_CANDIDATE_BYTES  # a node id is at most 63 bytes
+        node_id = kv.value.decode(errors="replace") if small else ""
         candidates.append(Candidate(kv.key, node_id, kv.lease, kv.create_revision))
+
+
+def why_not_electable(
+    keys: Keys, candidate: Candidate, members: Mapping[str, Member]
+) -> str | None:
+    """None when `candidate` may lead; else why it is ignored (see the module doc)."""
+    if candidate.lease == 0:
+        return "not on a lease (it would never expire)"
+    if candidate.key.removeprefix(keys.election) != f"{candidate.lease:x}":
+        return "its key does not name its lease"
+    if not DNS_LABEL.fullmatch(candidate.node_id):
+        return "its value is not a node id"
+    member = members.get(candidate.node_id)
+    if member is None:
+        return f"{candidate.node_id} is not a live member"
+    if member.lease != candidate.lease:
+        return f"not on the lease of member {candidate.node_id}"
+    if member.record is None or not member.record.eligible:
+        return f"member {candidate.node_id} is not leader-eligible"
+    if member.create_revision > candidate.create_revision:
+        return f"member {candidate.node_id} joined again after this candidacy"
+    return None
+
+
+def _judge(
+    keys: Keys, candidates: list[Candidate], members: Mapping[str, Member]
+) -> tuple[tuple[Candidate, ...], tuple[Ignored, ...]]:
+    electable: list[Candidate] = []
+    ignored: list[Ignored] = []
+    for candidate in candidates:
+        reason = why_not_electable(keys, candidate, members)
+        if reason is None:
+            electable.append(candidate)
+        else:
+            ignored.append(Ignored(candidate.key, reason))
+    return tuple(electable), tuple(ignored)
 
 
 def apply_batch(
@@ -102,13 +171,17 @@ def apply_batch(
             members.pop(kv.key.removeprefix(keys.members), None)
         else:
             candidates = [c for c in candidates if c.key != kv.key]
+    candidates.sort(key=lambda c: c.create_revision)
+    electable, ignored = _judge(keys, candidates, members)
     return replace(
         view,
         revision=header.revision,
         members=MappingProxyType(dict(sorted(members.items()))),
-        candidates=tuple(sorted(candidates, key=lambda c: c.create_revision)),
+        candidates=tuple(candidates),
         changed_at=time.time(),
         header=header,
+        electable=electable,
+        ignored=ignored,
     )
 
 

@@ -13,7 +13,7 @@ from sidecar.agent import _cancel_and_wait
 from sidecar.election import Campaign, campaign, fenced_txn, leadership, reported_validity
 from sidecar.events import diff_views
 from sidecar.keys import Keys
-from sidecar.membership import MemberRecord
+from sidecar.membership import MemberRecord, register
 from sidecar.session import Session
 from sidecar.store.base import Store
 from sidecar.store.model import Header, Put
@@ -47,6 +47,7 @@ async def sole_candidate(store: Store, cluster: str) -> tuple[Session, Campaign,
     """A session that campaigned alone, and the view that makes it the leader."""
     keys = Keys(cluster)
     session = await Session.open(store, TTL)
+    await register(store, keys, MemberRecord(node_id="n1", eligible=True), session)
     ours = await campaign(store, keys, session, "n1")
     loaded = await store.get(keys.prefix, prefix=True)
     return session, ours, build_view(keys, loaded.kvs, loaded.header)

@@ -369,6 +369,27 @@ def test_request_timeout_must_be_below_lease_ttl(tmp_path: Path) -> None:
     assert "lease_ttl from env RINGSIDE_LEASE_TTL" in message
 
 
+def test_call_timeout_must_fit_in_a_keepalive_period(tmp_path: Path) -> None:
+    path = write(tmp_path, "etcd: {call_timeout: 4}\n")
+    message = load_error(path)
+    assert message.startswith(f"etcd.call_timeout (file {path}): 4.0 s is longer than a keepalive")
+    assert "lease_ttl (default)" in message or "lease_ttl" in message
+
+
+def test_call_timeout_is_at_least_one_request(tmp_path: Path) -> None:
+    path = write(tmp_path, "etcd: {call_timeout: 1, request_timeout: 1.5}\n")
+    assert "is shorter than etcd.request_timeout" in load_error(path)
+
+
+def test_one_call_is_bounded_by_a_keepalive_period_not_by_the_endpoint_count() -> None:
+    """Six endpoints at 1.5 s each would be 9 s against a 10 s lease."""
+    urls = [f"http://10.0.0.{i}:2379" for i in range(1, 7)]
+    config = RingsideConfig.model_validate({"etcd": {"endpoints": urls}})
+    assert config.etcd_call_timeout == pytest.approx(10 / 3)
+    one = RingsideConfig.model_validate({"etcd": {"endpoints": urls[:1]}})
+    assert one.etcd_call_timeout == 1.5
+
+
 def test_negative_margin(tmp_path: Path) -> None:
     path = write(tmp_path, "leader: {validity_margin: -1}\n")
     assert load_error(path).startswith(f"leader.validity_margin (file {path}): Input should be")

@@ -79,7 +79,13 @@ URL_LIST_KEYS = (
 # Environment names documentation may mention besides the configuration ones: the variables
 # role hooks receive, and the test suite's choice of etcd binary.
 OTHER_ENV_NAMES = frozenset(
-    {"RINGSIDE_EVENT", "RINGSIDE_EPOCH", "RINGSIDE_LEADER", "RINGSIDE_ETCD_BINARY"}
+    {
+        "RINGSIDE_EVENT",
+        "RINGSIDE_EPOCH",
+        "RINGSIDE_LEADER",
+        "RINGSIDE_REASON",
+        "RINGSIDE_ETCD_BINARY",
+    }
 )
 
 

@@ -80,6 +80,154 @@ async def test_the_command_sees_the_event_in_its_environment(
     assert env["RINGSIDE_TEST_PARENT_VAR"] == "inherited"
 
 
+HOOK_VARIABLES = (
+    "RINGSIDE_EVENT",
+    "RINGSIDE_NODE_ID",
+    "RINGSIDE_EPOCH",
+    "RINGSIDE_LEADER",
+    "RINGSIDE_REASON",
+)
+
+
+async def hook_environment(
+    tmp_path: Path,
+    event: RoleEvent,
+    *,
+    epoch: int | None,
+    leader: str | None,
+    reason: str | None = None,
+) -> dict[str, str]:
+    """The `RINGSIDE_*` variables the hook for `event` sees when fired with these values."""
+    out = tmp_path / f"{event}.env"
+    dump_env = f"env > {out}.tmp && mv {out}.tmp {out}"
+    async with role_hooks(dump_env, dump_env) as hooks:
+        if reason is None:
+            hooks.fire(event, epoch=epoch, leader=leader)
+        else:
+            hooks.fire(event, epoch=epoch, leader=leader, reason=reason)
+        await file_lines(out, 1)
+    env = dict(line.partition("=")[::2] for line in read_lines(out))
+    return {name: env[name] for name in HOOK_VARIABLES if name in env}
+
+
+async def test_elected_names_this_node_as_leader_with_the_epoch_won(tmp_path: Path) -> None:
+    env = await hook_environment(tmp_path, "elected", epoch=42, leader="hetzner-cpu1")
+    assert env == {
+        "RINGSIDE_EVENT": "elected",
+        "RINGSIDE_NODE_ID": "hetzner-cpu1",
+        "RINGSIDE_EPOCH": "42",
+        "RINGSIDE_LEADER": "hetzner-cpu1",
+        "RINGSIDE_REASON": "",
+    }
+
+
+async def test_elected_passes_a_reason_given(tmp_path: Path) -> None:
+    env = await hook_environment(
+        tmp_path, "elected", epoch=43, leader="hetzner-cpu1", reason="oldest candidate"
+    )
+    assert (env["RINGSIDE_LEADER"], env["RINGSIDE_REASON"]) == ("hetzner-cpu1", "oldest candidate")
+
+
+async def test_demoted_names_the_epoch_given_up_the_new_leader_and_why(tmp_path: Path) -> None:
+    env = await hook_environment(
+        tmp_path, "demoted", epoch=42, leader="hetzner-cpu2", reason="resigned"
+    )
+    assert env == {
+        "RINGSIDE_EVENT": "demoted",
+        "RINGSIDE_NODE_ID": "hetzner-cpu1",
+        "RINGSIDE_EPOCH": "42",
+        "RINGSIDE_LEADER": "hetzner-cpu2",
+        "RINGSIDE_REASON": "resigned",
+    }
+
+
+async def test_demoted_never_names_this_node_as_the_leader(tmp_path: Path) -> None:
+    """A view not yet updated may still show this node leading: it does not, it just stepped
+    down."""
+    env = await hook_environment(
+        tmp_path, "demoted", epoch=42, leader="hetzner-cpu1", reason="lease validity ran out"
+    )
+    assert (env["RINGSIDE_LEADER"], env["RINGSIDE_REASON"]) == ("", "lease validity ran out")
+
+
+@pytest.mark.parametrize(
+    "leader",
+    [
+        "hetzner\x00cpu2",
+        "$(touch /tmp/ringside-pwned)",
+        "hetzner-cpu2; rm -rf ~",
+        "`id`",
+        "hetzner-cpu2\nRINGSIDE_EPOCH=999",
+        "Hetzner-CPU2",
+        "x" * 64,
+    ],
+)
+async def test_a_leader_name_that_is_not_a_node_id_reaches_the_hook_as_empty(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, leader: str
+) -> None:
+    caplog.set_level(logging.WARNING, logger="sidecar.hooks")
+    env = await hook_environment(tmp_path, "demoted", epoch=42, leader=leader, reason="resigned")
+
+    assert env["RINGSIDE_LEADER"] == ""
+    assert env["RINGSIDE_EPOCH"] == "42"  # the hook still runs, with everything else
+    [warning] = [r for r in caplog.records if r.name == "sidecar.hooks"]
+    message = warning.getMessage()
+    assert repr(leader)[:40] in message  # shown escaped: no NUL or newline in the log line
+    assert "\x00" not in message
+    assert "\n" not in message
+
+
+async def test_a_long_leader_name_is_shown_truncated(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="sidecar.hooks")
+    await hook_environment(tmp_path, "demoted", epoch=1, leader="$" * 10_000)
+    [warning] = [r for r in caplog.records if r.name == "sidecar.hooks"]
+    assert len(warning.getMessage()) < 200
+
+
+@pytest.mark.parametrize(
+    ("reason", "expected"),
+    [
+        ("lease validity\x00 ran out", "lease validity ran out"),
+        ("resigned\nRINGSIDE_LEADER=evil", "resignedRINGSIDE_LEADER=evil"),
+        ("\x1b[31mshutting down\x1b[0m\r\t", "[31mshutting down[0m"),
+        ("lost \ud800it", "lost it"),
+        ("y" * 500, "y" * 200),
+    ],
+)
+async def test_the_reason_is_one_line_without_control_characters(
+    tmp_path: Path, reason: str, expected: str
+) -> None:
+    env = await hook_environment(tmp_path, "demoted", epoch=1, leader=None, reason=reason)
+    assert env["RINGSIDE_REASON"] == expected
+
+
+async def test_without_a_reason_the_variable_is_empty(tmp_path: Path) -> None:
+    """Callers written before `reason` existed still give the hook all five variables."""
+    env = await hook_environment(tmp_path, "demoted", epoch=7, leader="hetzner-cpu3")
+    assert env["RINGSIDE_REASON"] == ""
+    assert set(env) == set(HOOK_VARIABLES)
+
+
+async def test_a_command_that_cannot_start_is_recorded_without_an_exit_code(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A NUL byte in the command: Python refuses to start it (ValueError, not OSError)."""
+    caplog.set_level(logging.ERROR, logger="sidecar.hooks")
+    async with role_hooks("echo started\x00") as hooks:
+        hooks.fire("elected", epoch=1, leader="hetzner-cpu1")
+        [result] = await results(hooks, 1)
+        hooks.fire("elected", epoch=2, leader="hetzner-cpu1")  # the worker carries on
+        await results(hooks, 2)
+
+    assert result.exit_code is None
+    assert not result.timed_out
+    [record, _] = [r for r in caplog.records if r.name == "sidecar.hooks"]
+    assert "could not start" in record.getMessage()
+    assert "ValueError" in record.getMessage()
+
+
 async def test_unknown_epoch_and_leader_are_empty_strings(tmp_path: Path) -> None:
     out = tmp_path / "env"
     dump_env = f"env > {out}.tmp && mv {out}.tmp {out}"

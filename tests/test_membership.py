@@ -58,3 +58,68 @@ def test_an_unreadable_orchestrator_entry_leaves_the_rest_of_the_record() -> Non
     )  # fmt: skip
     newer = b'{"node_id": "n", "orchestrator": {"healthy": true, "detail": "ok", "since": "t"},'
     assert MemberRecord.decode(newer + b' "gpus": 8}') is not None  # unknown fields: ignored
+
+
+async def test_a_record_on_no_lease_is_replaced_not_obeyed() -> None:
+    """Rule 12: a forged record put with no lease holds nothing alive; it used to make every
+    start exit 1 ("already registered by pid 1 on host evil ... lease 0")."""
+    store = MemoryStore()
+    forged = MemberRecord(node_id="hetzner-cpu1", hostname="evil", pid=1)
+    await store.put(KEYS.member("hetzner-cpu1"), forged.encode())
+    ours = await Session.open(store, 60)
+    async with asyncio.timeout(1):
+        await register(store, KEYS, this_process(), ours)
+    held = (await store.get(KEYS.member("hetzner-cpu1"))).kvs[0]
+    assert held.lease == ours.lease_id
+    record = MemberRecord.decode(held.value)
+    assert record is not None
+    assert record.hostname != "evil"
+
+
+async def test_a_predecessor_named_by_our_lock_token_is_revoked_at_once() -> None:
+    """The token our lock file held proves its writer dead: no wait for its lease at all."""
+    store = MemoryStore()
+    dead = await Session.open(store, 60)  # a long lease: waiting it out would time out below
+    before = this_process().model_copy(update={"instance": "0123abcd", "pid": 999_999})
+    await register(store, KEYS, before, dead)
+    ours = await Session.open(store, 60)
+    async with asyncio.timeout(1):
+        await register(store, KEYS, this_process(), ours, previous_instances=("0123abcd",))
+    held = (await store.get(KEYS.member("hetzner-cpu1"))).kvs[0]
+    assert held.lease == ours.lease_id
+
+
+async def test_a_live_holder_with_another_token_is_still_refused() -> None:
+    store = MemoryStore()
+    other = await Session.open(store, 60)
+    elsewhere = this_process().model_copy(update={"hostname": "other", "instance": "ffff"})
+    await register(store, KEYS, elsewhere, other)
+    ours = await Session.open(store, 60)
+    with pytest.raises(DuplicateNode):
+        async with asyncio.timeout(1):
+            await register(store, KEYS, this_process(), ours, previous_instances=("0123abcd",))
+
+
+async def test_waiting_out_a_predecessor_survives_its_key_vanishing_mid_wait() -> None:
+    """The old loop raised DuplicateNode when its last wait ended because the key *was*
+    deleted; the key being gone is exactly when to register."""
+    store = MemoryStore()
+    earlier = await Session.open(store, 60)
+    await register(store, KEYS, this_process(), earlier)
+    ours = await Session.open(store, 60)
+
+    async def revoke_soon() -> None:
+        await asyncio.sleep(0.3)
+        await store.lease_revoke(earlier.lease_id)
+
+    async with asyncio.timeout(3), asyncio.TaskGroup() as group:
+        group.create_task(revoke_soon())
+        group.create_task(register(store, KEYS, this_process(), ours, patience_s=2))
+    held = (await store.get(KEYS.member("hetzner-cpu1"))).kvs[0]
+    assert held.lease == ours.lease_id
+
+
+def test_records_are_size_capped() -> None:
+    """Rule 14: a record is a few hundred bytes; a megabyte under a member key is not one."""
+    padded = MemberRecord(node_id="n", labels={"x": "y" * 20_000}).encode()
+    assert MemberRecord.decode(padded) is None

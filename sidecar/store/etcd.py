@@ -65,6 +65,7 @@ class EtcdStore(Store):
         endpoints: Sequence[str],
         *,
         request_timeout: float = 1.5,
+        call_timeout: float | None = None,
         tls: TlsFiles | None = None,
         username: str | None = None,
         password: str | None = None,
@@ -73,6 +74,7 @@ class EtcdStore(Store):
             EtcdGateway(
                 endpoints,
                 request_timeout=request_timeout,
+                call_timeout=call_timeout,
                 tls=tls,
                 username=username,
                 password=password,

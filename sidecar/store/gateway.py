@@ -6,7 +6,9 @@ reach it and nothing about what the calls mean (that is `sidecar.store.etcd`):
 - each request goes to the endpoint that answered last; on a timeout, a refused connection,
   or an etcd answer that says "this member cannot serve you now" (no leader, request timed
   out), it moves on to the next endpoint, until every endpoint was tried once or the
-  request's deadline is spent;
+  call's budget is spent. One attempt waits at most `request_timeout`; the whole call at
+  most `call_timeout` (and never past an enclosing `sidecar.deadline.within` block), so
+  the number of endpoints never stretches a call past the lease;
 - every endpoint's reachability is recorded as a side effect, so health reporting needs no
   extra requests;
 - with a username, an auth token is fetched on first use and again when etcd says it is no
@@ -28,7 +30,7 @@ from pathlib import Path
 
 import aiohttp
 
-from sidecar.deadline import Deadline
+from sidecar.deadline import Deadline, enclosing
 from sidecar.store.codec import JsonObject
 from sidecar.store.errors import (
     AuthFailed,
@@ -100,6 +102,7 @@ class EtcdGateway:
         endpoints: Sequence[str],
         *,
         request_timeout: float = 1.5,
+        call_timeout: float | None = None,
         tls: TlsFiles | None = None,
         username: str | None = None,
         password: str | None = None,
@@ -108,6 +111,7 @@ class EtcdGateway:
             raise ValueError("at least one etcd endpoint is needed")
         self.endpoints = tuple(url.rstrip("/") for url in endpoints)
         self.request_timeout = request_timeout
+        self.call_timeout = call_timeout or request_timeout * len(self.endpoints)
         self._ssl: ssl.SSLContext | bool = tls.context() if tls else True
         self._credentials = (username, password or "") if username else None
         self._token: str | None = None
@@ -120,9 +124,10 @@ class EtcdGateway:
     async def call(self, path: str, body: JsonObject) -> JsonObject:
         """POST `body` to `path` on the first endpoint that serves it; raise otherwise.
 
-        The whole call, all endpoints included, ends within one request timeout per endpoint.
+        The whole call, all endpoints included, ends within `call_timeout`, or by the
+        enclosing deadline when that comes first.
         """
-        deadline = Deadline(self.request_timeout * len(self.endpoints))
+        deadline = Deadline(self.call_timeout).earlier(enclosing())
         failures: list[str] = []
         for endpoint in self._rotation():
             if deadline.expired:
@@ -140,10 +145,9 @@ class EtcdGateway:
 
     async def call_endpoint(self, endpoint: str, path: str, body: JsonObject) -> JsonObject:
         """POST to exactly `endpoint`, without failing over (health checks use this)."""
+        deadline = Deadline(self.request_timeout).earlier(enclosing())
         try:
-            return await self._post(
-                endpoint.rstrip("/"), path, body, Deadline(self.request_timeout)
-            )
+            return await self._post(endpoint.rstrip("/"), path, body, deadline)
         except _EndpointFailed as e:
             raise StoreUnavailable(f"{endpoint}: {e}") from None
 

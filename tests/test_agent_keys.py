@@ -1,0 +1,203 @@
+"""The agent under hostile or broken etcd contents, in-process (rules 5, 7, 11-14).
+
+Keys deleted or overwritten behind the sidecar's back come back; keys that are no valid
+candidate never lead; a node blocked by the history guard withdraws; a sidecar whose etcd
+hangs still stops claiming at once on shutdown, and finishes within its budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import pytest
+
+from sidecar.agent import SHUTDOWN_BUDGET_S
+from sidecar.keys import Keys
+from sidecar.membership import MemberRecord
+from sidecar.store.base import Store
+from sidecar.store.memory import MemoryStore
+from sidecar.store.model import Header
+from tests.agents import make_agent, running, running_agent, until
+from tests.waiting import wait_for
+
+
+async def test_a_deleted_member_key_is_written_again(store: Store, cluster: str) -> None:
+    keys = Keys(cluster)
+    async with running_agent(store, "n1", cluster, eligible=False) as agent:
+        await until(lambda: "n1" in agent.view.members)
+        assert agent.session is not None
+        lease = agent.session.lease_id
+        await store.delete(keys.member("n1"))
+
+        async def restored() -> bool:
+            held = await store.get_one(keys.member("n1"))
+            return held is not None and held.lease == lease
+
+        await wait_for(restored, 2, what="the member key was not written again")
+        assert [e.detail["what"] for e in agent.events if e.kind == "key_restored"] == ["member"]
+
+
+async def test_an_overwritten_record_is_replaced_by_ours(store: Store, cluster: str) -> None:
+    """Rule 12: a record on no lease is nobody's. It used to be served as ours, and then
+    blocked every restart."""
+    keys = Keys(cluster)
+    async with running_agent(store, "n1", cluster) as agent:
+        await until(lambda: agent.leadership().is_leader)
+        forged = MemberRecord(node_id="n1", hostname="evil", pid=1, eligible=True)
+        await store.put(keys.member("n1"), forged.encode())
+
+        async def ours_again() -> bool:
+            held = await store.get_one(keys.member("n1"))
+            assert held is not None, "the member key vanished"
+            return held.lease != 0 and MemberRecord.decode(held.value) == agent.record
+
+        await wait_for(ours_again, 3, what="the forged record was not replaced")
+        await until(lambda: agent.leadership().is_leader, within_s=3)
+
+
+async def test_a_deleted_candidate_key_campaigns_afresh(store: Store, cluster: str) -> None:
+    """A follower whose candidate key was deleted is a candidate again, at a new revision
+    (so it can never sneak back in with its old, lower epoch)."""
+    async with running_agent(store, "n1", cluster) as leader:
+        await until(lambda: leader.leadership().is_leader)
+        async with running_agent(store, "n2", cluster) as follower:
+            await until(lambda: follower.campaign is not None)
+            assert follower.campaign is not None
+            before = follower.campaign
+            await store.delete(before.key)
+            await until(
+                lambda: follower.campaign is not None and follower.campaign.epoch > before.epoch,
+                within_s=2,
+            )
+            await until(lambda: [c.node_id for c in follower.view.electable] == ["n1", "n2"])
+            kinds = [e.detail["what"] for e in follower.events if e.kind == "key_restored"]
+            assert kinds == ["candidate"]
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "lease_of"),
+    [
+        ("deadbeef", b"n3", None),  # no lease, a non-eligible member's name
+        ("deadbeef", b"ghost", None),  # no lease, no member at all
+        ("own-lease", b"n3", "n3"),  # on a lease, but the key does not name it
+        ("lease-hex", b"n3", "n3"),  # a valid-looking key for a member that is not eligible
+        ("lease-hex", b"n1\x00", "n1"),  # a name that is no node id
+    ],
+)
+async def test_forged_candidates_never_lead(
+    store: Store, cluster: str, name: str, value: bytes, lease_of: str | None
+) -> None:
+    keys = Keys(cluster)
+    async with (
+        running_agent(store, "n1", cluster) as n1,
+        running_agent(store, "n3", cluster, eligible=False) as n3,
+    ):
+        await until(lambda: n1.leadership().is_leader and n3.view.leader is not None)
+        for candidate in (await store.get(keys.election, prefix=True)).kvs:
+            await store.delete(candidate.key)  # the real candidates are gone ...
+        holder = {"n1": n1, "n3": n3}.get(lease_of or "")
+        lease = holder.session.lease_id if holder and holder.session else 0
+        key = keys.election + (f"{lease:x}" if name == "lease-hex" else name)
+        await store.put(key, value, lease=lease)  # ... and a forged one is all there is
+        await until(lambda: any(i.key == key for i in n3.view.ignored))
+        assert n3.view.leader is None or n3.view.leader.node_id == "n1"
+        await until(lambda: n3.leadership().leader == "n1", within_s=3)  # n1 campaigned again
+        assert n1.leadership().is_leader
+        assert not n3.leadership().is_leader
+
+
+async def test_a_candidacy_does_not_outlive_its_member_record(store: Store, cluster: str) -> None:
+    """A member key written again after the candidacy (the node re-joined) ends that candidacy:
+    otherwise an old, lower epoch could lead again after a higher one."""
+    keys = Keys(cluster)
+    async with running_agent(store, "n1", cluster) as n1, running_agent(store, "n2", cluster) as n2:
+        await until(lambda: n1.leadership().is_leader and n2.campaign is not None)
+        assert n2.campaign is not None
+        old_epoch = n2.campaign.epoch
+        await store.delete(keys.member("n2"))
+        await until(lambda: n2.campaign is not None and n2.campaign.epoch > old_epoch)
+        assert all(c.create_revision != old_epoch for c in n1.view.electable)
+
+
+async def test_a_node_blocked_by_history_withdraws_and_says_so_once(
+    store: Store, cluster: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Rule 7: a blocked node's key must not stay the oldest (nobody would lead), and the
+    violation is one ERROR line, not one per watch batch."""
+    keys = Keys(cluster)
+    async with running_agent(store, "n1", cluster) as blocked:
+        await until(lambda: blocked.leadership().is_leader)
+        async with running_agent(store, "n2", cluster) as other:
+            await until(lambda: other.campaign is not None)
+            header = blocked.view.header
+            assert header is not None
+            with caplog.at_level(logging.ERROR):
+                for _ in range(5):
+                    blocked._observe_header(
+                        Header(header.cluster_id + 1, header.member_id, header.revision + 1, 1)
+                    )
+                await until(lambda: other.leadership().is_leader, within_s=3)
+                await store.put(keys.prefix + "more", b"x")  # more headers, no more errors
+                await until(lambda: blocked.view.revision >= other.view.revision)
+            mine = [c for c in other.view.candidates if c.node_id == "n1"]
+            assert mine == []
+            assert blocked.campaign is None
+            errors = [r for r in caplog.records if "cluster id changed" in r.getMessage()]
+            assert len(errors) == 1
+
+
+class HangingStore(MemoryStore):
+    """A store whose every call hangs once `hang` is set: packets that vanish, in-process."""
+
+    hang = False
+
+    async def _maybe_hang(self) -> None:
+        if self.hang:
+            await asyncio.sleep(3600)
+
+    async def txn(self, *args: Any, **kwargs: Any) -> Any:
+        await self._maybe_hang()
+        return await super().txn(*args, **kwargs)
+
+    async def lease_revoke(self, lease_id: int) -> None:
+        await self._maybe_hang()
+        await super().lease_revoke(lease_id)
+
+    async def lease_keepalive(self, lease_id: int) -> int:
+        await self._maybe_hang()
+        return await super().lease_keepalive(lease_id)
+
+
+async def test_shutdown_stops_claiming_before_etcd_answers(cluster: str) -> None:
+    """Rule 13: from the moment stop is set nothing answers leader, and the shutdown ends
+    within its budget although etcd never answers."""
+    store = HangingStore()
+    agent = make_agent(store, "n1", cluster)
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    try:
+        await until(lambda: agent.leadership().is_leader)
+        store.hang = True
+        agent.stop_claiming()  # what the SIGTERM handler does, then it sets stop
+        stop.set()
+        assert not agent.leadership().is_leader
+        started = time.monotonic()
+        async with asyncio.timeout(SHUTDOWN_BUDGET_S + 1.5):
+            await task
+        assert time.monotonic() - started < SHUTDOWN_BUDGET_S + 1
+        assert "not revoked" in agent.farewell
+        assert "epoch" in agent.farewell
+    finally:
+        task.cancel()
+        await store.close()
+
+
+async def test_a_follower_never_says_it_handed_leadership_over(store: Store, cluster: str) -> None:
+    agent = make_agent(store, "n9", cluster, eligible=False)
+    async with running(agent):
+        await until(lambda: agent.registered)
+    assert agent.farewell.endswith("revoked")
+    assert "handed over" not in agent.farewell
