@@ -20,10 +20,10 @@ The loop's rules, in order:
    notices transitions to fire the role hooks and log them.
 
 What the sidecar says is only as fresh as its last contact with an etcd quorum (rule 11): a
-successful keepalive, a linearizable read, a watch batch. Once that is older than the
-validity budget (TTL - margin) it names no leader, reports the last one as such, and is not
-ready. And stopping is a step down first (rule 13): from the moment SIGTERM arrives nothing
-answers "leader", before any request goes to etcd.
+successful keepalive (every TTL/3) or a linearizable read (each full load of the view). Once
+that is older than the validity budget (TTL - margin) it names no leader, reports the last one
+as such, and is not ready. And stopping is a step down first (rule 13): from the moment SIGTERM
+arrives nothing answers "leader", before any request goes to etcd.
 """
 
 from __future__ import annotations
@@ -95,7 +95,11 @@ class Agent:
             node_id,
         )
         self.keeper = ViewKeeper(
-            store, self.keys, on_change=self._view_changed, on_header=self._observe_header
+            store,
+            self.keys,
+            on_change=self._view_changed,
+            on_header=self._observe_header,
+            on_loaded=self._loaded,
         )
         self.quorum = QuorumMonitor(store, interval_s=quorum_interval_s)
         self.quorum.on_change = self._quorum_changed
@@ -247,6 +251,8 @@ class Agent:
                     await self._wake.wait()
 
     async def _cycle(self) -> str:
+        if self._leaving is not None:
+            return self._leaving  # nothing new is started on the way out
         now = self.leadership()
         if (self._claimed or self._answered is not None) and not now.is_leader:
             # Rule 5, checked before anything else: this epoch is over for good.
@@ -292,7 +298,7 @@ class Agent:
             extra={"event": "demoted", "epoch": epoch},
         )  # fmt: skip
         if claimed:
-            head = self.view.leader
+            head = self.view.leader if self.stale_for() is None else None  # known, not guessed
             successor = head.node_id if head is not None and head.node_id != self.node_id else None
             self.hooks.fire("demoted", epoch=epoch, leader=successor, reason=reason)
 
@@ -544,13 +550,19 @@ class Agent:
             self._record(event)
         self._wake.set()
 
+    def _loaded(self, sent: float) -> None:
+        """A full load is a linearizable read: it confirms the view as of its sending. Watch
+        batches do not count: a stream that resumes on a member cut off from its peers can
+        still replay history it had, which says nothing about now."""
+        self._confirm(sent)
+
     def _observe_header(self, header: Header) -> None:
-        """Every header of a linearizable read or watch batch: history check, then freshness."""
+        """Every header of a linearizable read or watch batch: the history check (rule 7)."""
         before = self.guard.violation
         reason = self.guard.observe(header)
-        if reason is None:
-            self._confirm(time.monotonic())
-        elif before is None:  # logged once; the control loop reminds now and then
+        if (
+            reason is not None and before is None
+        ):  # logged once; the control loop reminds now and then
             self._reminded_at = time.monotonic()
             log.error(
                 "%s: not acting as leader; withdrawing our candidacy",

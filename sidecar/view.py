@@ -186,8 +186,9 @@ def apply_batch(
 
 
 class ViewKeeper:
-    """Keeps `current` up to date from etcd; calls `on_change(old, new)` for every new view
-    and `on_header(header)` for every etcd header seen (the history guard listens there)."""
+    """Keeps `current` up to date from etcd; calls `on_change(old, new)` for every new view,
+    `on_header(header)` for every etcd header seen (the history guard listens there), and
+    `on_loaded(sent)` after each full load, a linearizable read sent at `sent` (monotonic)."""
 
     def __init__(
         self,
@@ -196,6 +197,7 @@ class ViewKeeper:
         *,
         on_change: Callable[[ClusterView, ClusterView], None] = lambda old, new: None,
         on_header: Callable[[Header], None] = lambda header: None,
+        on_loaded: Callable[[float], None] = lambda sent: None,
         retry_s: float = 0.5,
     ) -> None:
         self.store = store
@@ -203,6 +205,7 @@ class ViewKeeper:
         self.current = ClusterView()
         self._on_change = on_change
         self._on_header = on_header
+        self._on_loaded = on_loaded
         self._retry_s = retry_s
 
     def _publish(self, view: ClusterView) -> None:
@@ -225,8 +228,10 @@ class ViewKeeper:
             await asyncio.sleep(self._retry_s)
 
     async def _load_and_watch(self) -> None:
+        sent = time.monotonic()
         loaded = await self.store.get(self.keys.prefix, prefix=True)
         self._on_header(loaded.header)
+        self._on_loaded(sent)  # a linearizable read: current as of its sending
         self._publish(build_view(self.keys, loaded.kvs, loaded.header))
         start = loaded.revision + 1
         async with self.store.watch(self.keys.prefix, prefix=True, start_revision=start) as batches:

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from sidecar.agent import SHUTDOWN_BUDGET_S
+from sidecar.documents import readiness
 from sidecar.keys import Keys
 from sidecar.membership import MemberRecord
 from sidecar.store.base import Store
@@ -201,3 +202,37 @@ async def test_a_follower_never_says_it_handed_leadership_over(store: Store, clu
         await until(lambda: agent.registered)
     assert agent.farewell.endswith("revoked")
     assert "handed over" not in agent.farewell
+
+
+async def test_without_answers_from_etcd_nobody_is_named_leader(cluster: str) -> None:
+    """Rule 11: once the last answer through a quorum is older than the validity budget, a
+    follower names no leader, reports the last one as such, and is not ready; the leader's
+    reason is the same, not "not registered"."""
+    store = HangingStore()
+    try:
+        async with (
+            running_agent(store, "n1", cluster) as n1,
+            running_agent(store, "n2", cluster) as n2,
+        ):
+            await until(
+                lambda: n2.leadership().leader == "n1" and readiness(n2, n2.leadership()) is None
+            )
+            epoch = n2.leadership().epoch
+            store.hang = True
+            budget = n2.budget_s
+            started = time.monotonic()
+            await until(lambda: n2.leadership().leader is None, within_s=budget + 2)
+            assert time.monotonic() - started > budget - 1  # not before the budget is spent
+            seen = n2.leadership()
+            assert seen.last_known is not None
+            assert (seen.last_known.leader, seen.last_known.epoch) == ("n1", epoch)
+            for agent in (n1, n2):
+                now = agent.leadership()
+                assert not now.is_leader
+                reason = readiness(agent, now)
+                assert reason is not None
+                assert reason.startswith("no answer from an etcd quorum for"), reason
+            store.hang = False
+    finally:
+        store.hang = False
+        await store.close()
