@@ -130,6 +130,8 @@ class Route:
                 _pump(up_reader, writer, self._answers_open),
                 return_exceptions=True,
             )
+        except asyncio.CancelledError:
+            pass  # the proxies are closing: this connection simply ends
         finally:
             self._connections.discard(task)
             for w in (writer, upstream):
