@@ -5,7 +5,10 @@ setup. Each member can be stopped, killed, paused (SIGSTOP: the process and its 
 nothing answers, like a frozen VM) and brought back, so failure tests act on real Raft.
 
 On Linux every member is tied to the process that started it (PR_SET_PDEATHSIG): if the test
-run dies, even by SIGKILL, the kernel kills the members too, so none are left behind.
+run dies, even by SIGKILL, the kernel kills the members too, so none are left behind. The
+kernel ties the member to the *thread* that started it, so a member started from a worker
+thread (`asyncio.to_thread`) would die with that thread; those are not tied, and are left to
+`close()`.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -146,7 +150,11 @@ class EtcdMember:
             return
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.data_dir.parent / f"{self.name}.log", "ab")  # noqa: SIM115
-        preexec = _die_with_parent if sys.platform.startswith("linux") else None
+        tie = (
+            sys.platform.startswith("linux")
+            and threading.current_thread() is threading.main_thread()
+        )
+        preexec = _die_with_parent if tie else None
         self.process = subprocess.Popen(
             # prctl in the child, before exec: the only way to tie its life to ours.
             self.args,
