@@ -7,7 +7,10 @@ unexpected exception at the loop top is logged with its traceback and the loop c
 The loop's rules, in order:
 1. leadership answered and then lost, for any reason -> that epoch is dead: drop the session
    and start over with a new lease (safety rule 5). "Answered" counts every time
-   `leadership()` said leader, to the API as much as to the loop;
+   `leadership()` said leader, to the API as much as to the loop. When our key still leads in
+   etcd, the old lease is kept (never campaigned on again) until the validity we reported
+   (`valid_for_s`) has run out: a successor must not start inside a promise we made. Only
+   a caller's own resign, or SIGTERM, releases it early;
 2. no live session -> revoke the old lease if any (best effort), open a new one, register the
    member key (a duplicate node id stops the sidecar), then campaign if eligible;
 3. our keys must be in the view as we wrote them (rule 12): a member key that was deleted,
@@ -125,6 +128,8 @@ class Agent:
         self._leaving: str | None = None  # set once we stopped claiming for good (shutdown)
         self._leaving_epoch: int | None = None  # the epoch we led when we stopped
         self._confirmed_at: float | None = None  # monotonic; last answer through a quorum
+        self._promised_until = 0.0  # monotonic; the furthest validity we reported as leader
+        self._retiring_until = 0.0  # monotonic; keep the old session (never campaign) until then
         self._wake = asyncio.Event()
         self._keepalive_task: asyncio.Task[None] | None = None
         self._stale_leases: list[int] = []
@@ -203,6 +208,8 @@ class Agent:
             return Leadership(False, None, None, None, reason, last)
         if now.is_leader:
             self._answered = now.epoch
+            promise = time.monotonic() + (now.valid_for_s or 0.0)
+            self._promised_until = max(self._promised_until, promise)
         return now
 
     # --- running -------------------------------------------------------------------------
@@ -256,9 +263,9 @@ class Agent:
         now = self.leadership()
         if (self._claimed or self._answered is not None) and not now.is_leader:
             # Rule 5, checked before anything else: this epoch is over for good.
-            self._step_down(now.reason)
-            self._drop_session()
-            return f"stepped down ({now.reason}); starting a new session"
+            return self._end_epoch(now.reason)
+        if self._retiring_until:
+            return self._retire()
         if self.session is None or self.session.lost.is_set():
             return await self._start_session()
         trouble = await self._check_keys(self.session)
@@ -287,6 +294,36 @@ class Agent:
             )
         await self._revoke_stale_leases()
         return f"{'leader' if now.is_leader else 'follower'}: {now.reason}"
+
+    def _end_epoch(self, reason: str) -> str:
+        """We no longer lead: say so, then give up the session, now or once our word runs out.
+
+        A caller may hold our word that we lead for `valid_for_s` more seconds. When we step
+        down on our own (view out of sync, blocked) our election key is still the one that
+        leads in etcd, and revoking the lease now would let a successor in inside that promise.
+        So the session is kept alive (no campaign on it ever again) until the promise has run
+        out, then dropped. When etcd has already moved on (our key is gone or replaced, the
+        lease is lost) there is nothing to keep: drop it at once.
+        """
+        ours, session = self.campaign, self.session
+        self._step_down(reason)
+        head = self.view.leader
+        still_ours = ours is not None and head is not None and head.key == ours.key
+        alive = session is not None and not session.lost.is_set()
+        if still_ours and alive and self._promised_until > time.monotonic():
+            self.campaign = None
+            self._retiring_until = self._promised_until
+            return self._retire()
+        self._drop_session()
+        return f"stepped down ({reason}); starting a new session"
+
+    def _retire(self) -> str:
+        owed = self._retiring_until - time.monotonic()
+        if owed > 0 and self.session is not None and not self.session.lost.is_set():
+            return f"stepped down; keeping our lease {owed:.1f} s more, the validity we gave"
+        self._retiring_until = 0.0
+        self._drop_session()
+        return "stepped down; the validity we gave has run out: starting a new session"
 
     def _step_down(self, reason: str) -> None:
         """Note the end of our leadership: log it and run the demotion hook (if the elected
@@ -476,6 +513,7 @@ class Agent:
             return False
         self._step_down("resigned")  # nothing says leader from here on: campaign is None
         self.campaign = None
+        self._promised_until = 0.0  # the caller asked to hand over: the promise is released
         try:
             deleted = await resign(self.store, ours)
         except StoreError:
