@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint typecheck pytest etcd demo bench test-compose clean
+.PHONY: test lint typecheck pytest etcd demo bench chaos test-compose clean
 
 $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "ringside needs Python 3.11+"'
@@ -23,7 +23,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict sidecar bench tests
+	$(BIN)/mypy --strict sidecar bench chaos tests
 
 pytest: $(STAMP) etcd
 	$(BIN)/pytest
@@ -38,6 +38,17 @@ demo: $(STAMP) etcd
 bench: $(STAMP) etcd
 	@scripts/ensure-bench-tools.sh
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# A seeded, randomized fault campaign under the invariant checker (chaos/): prints its seed,
+# replays it with CHAOS_SEED=N, stops itself within CHAOS_TIME_LIMIT seconds; exit 1 when a
+# check failed. Results: bench/results/chaos-ttl<N>.json and docs/benchmarks.md (its section).
+CHAOS_SEED ?=
+CHAOS_ROUNDS ?= 30
+CHAOS_TTL ?= 5
+CHAOS_TIME_LIMIT ?= 540
+chaos: $(STAMP) etcd
+	$(BIN)/python -m chaos $(if $(CHAOS_SEED),--seed $(CHAOS_SEED)) --rounds $(CHAOS_ROUNDS) \
+		--ttl $(CHAOS_TTL) --time-limit $(CHAOS_TIME_LIMIT) $(CHAOS_ARGS)
 
 # compose/local-cluster.yml end to end in real containers (tests/compose), apart from `make test`:
 # starts dockerd if none answers, installs what is missing, builds the stand-in images and

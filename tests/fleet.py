@@ -16,6 +16,8 @@ Later chaos tests reuse both.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import os
 import signal
 import subprocess
@@ -34,6 +36,7 @@ from sidecar.localcluster import LocalEtcdCluster, free_port
 from tests.waiting import wait_for
 
 POLL_TIMEOUT_S = 0.5
+_PR_SET_PDEATHSIG = 1
 FLEET_TTL = 5  # seconds: short enough for crash scenarios, long enough for a busy 2-core CI
 
 
@@ -113,18 +116,25 @@ class Sidecar:
     args: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = None
     paused: bool = False
+    detached: bool = False  # own session, killed with its parent: see `Fleet`
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
+        """Start the process; when `detached`, call it from the thread that will outlive it
+        (the kernel's parent-death signal follows the thread that forked)."""
+        detach: dict[str, Any] = {}
+        if self.detached:
+            detach = {"start_new_session": True, "preexec_fn": _die_with_parent}
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "sidecar", "run", *self.args],
                 env=self.env,
                 stdout=log,
                 stderr=log,
+                **detach,
             )
         self.paused = False
 
@@ -148,13 +158,31 @@ class Sidecar:
         return self.log_path.read_text(errors="replace")
 
 
-class Fleet:
-    """Sidecars of one ringside cluster (a name of their own, so tests never meet)."""
+def _die_with_parent() -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
-    def __init__(self, etcd: LocalEtcdCluster, base_dir: Path, *, lease_ttl: int = 5) -> None:
+
+class Fleet:
+    """Sidecars of one ringside cluster (a name of their own, so tests never meet).
+
+    `detached=True` (the chaos campaign) starts each sidecar in a session of its own, so a
+    Ctrl-C at the terminal reaches only the caller, which stops them itself, and ties it to
+    the caller's life (Linux), so none outlives a caller killed with SIGKILL.
+    """
+
+    def __init__(
+        self,
+        etcd: LocalEtcdCluster,
+        base_dir: Path,
+        *,
+        lease_ttl: int = 5,
+        detached: bool = False,
+    ) -> None:
         self.etcd = etcd
         self.base_dir = base_dir
         self.lease_ttl = lease_ttl
+        self.detached = detached
         self.cluster = f"t{os.getpid()}-{time.monotonic_ns() % 10**9}"
         self.sidecars: dict[str, Sidecar] = {}
         self._session: aiohttp.ClientSession | None = None
@@ -187,7 +215,9 @@ class Fleet:
             **(env or {}),
         }
         port = int(env["RINGSIDE_HTTP_LISTEN"].rsplit(":", 1)[1])
-        sidecar = Sidecar(node_id, port, env, self.base_dir / f"{name}.log", args)
+        sidecar = Sidecar(
+            node_id, port, env, self.base_dir / f"{name}.log", args, detached=self.detached
+        )
         self.sidecars[name] = sidecar
         sidecar.start()
         return sidecar
