@@ -18,7 +18,7 @@ import functools
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
@@ -302,16 +302,10 @@ async def test_a_sidecar_restarted_right_after_kill_9_registers_within_3_s(
 
     # Killed just after a keepalive: the dead process's lease then has most of its TTL to go.
     await eventually(just_renewed, TTL)
-    old = await holder(direct, sidecar)
-    sidecar.signal(signal.SIGKILL)
-    assert await exit_code(sidecar, 5) is not None
-    sidecar.start()  # at once: same node id, same lock file
-    await eventually(functools.partial(registered_or_gone, direct, sidecar), RESTART_BOUND_S)
-    assert await holds_own_record(direct, sidecar), (
-        f"restarted right after kill -9, {sidecar.node_id} was not registered again within"
-        f" {RESTART_BOUND_S} s: its key was held by {await holder(direct, sidecar)} (before the"
-        f" kill: {old}); the dead predecessor's lease was waited out (up to {TTL} s), not"
-        f" revoked. Last log line: {last_words(sidecar)}"
+    await kill_9_then_restart(
+        direct,
+        sidecar,
+        story=f"restarted right after kill -9 (the dead lease would live up to {TTL} s more)",
     )
 
 
@@ -320,19 +314,39 @@ async def test_a_sidecar_restarted_after_the_etcd_leader_moved_three_times_regis
 ) -> None:
     sidecar = fleet.add(NODES[0])
     await fleet.wait_converged(NODES[:1], within_s=15)
+
+    async def move_three_times() -> None:
+        for _ in range(3):  # every new Raft leader gives the dead lease a full TTL again
+            await move_raft_leader(fleet.etcd)
+
+    await kill_9_then_restart(
+        direct,
+        sidecar,
+        meanwhile=move_three_times,
+        story="killed, then the etcd Raft leader moved three times, then restarted",
+    )
+
+
+async def kill_9_then_restart(
+    direct: EtcdStore,
+    sidecar: Sidecar,
+    *,
+    story: str,
+    meanwhile: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """kill -9, `meanwhile`, start again with the same lock file: registered within the bound."""
     old = await holder(direct, sidecar)
     sidecar.signal(signal.SIGKILL)
     assert await exit_code(sidecar, 5) is not None
-    for _ in range(3):  # every new Raft leader gives the dead process's lease a full TTL again
-        await move_raft_leader(fleet.etcd)
+    if meanwhile is not None:
+        await meanwhile()
     sidecar.start()
     await eventually(functools.partial(registered_or_gone, direct, sidecar), RESTART_BOUND_S)
     assert await holds_own_record(direct, sidecar), (
-        f"killed, then the etcd Raft leader moved three times, then restarted:"
-        f" {sidecar.node_id} was not registered within {RESTART_BOUND_S} s (exit code"
+        f"{story}: {sidecar.node_id} was not registered within {RESTART_BOUND_S} s (exit code"
         f" {sidecar.process.poll() if sidecar.process else None}; key held by"
-        f" {await holder(direct, sidecar)}, before the kill by {old}). Last log line:"
-        f" {last_words(sidecar)}"
+        f" {await holder(direct, sidecar)}, before the kill by {old}); the dead predecessor's"
+        f" lease was waited out, not revoked. Last log line: {last_words(sidecar)}"
     )
 
 
