@@ -175,6 +175,12 @@ class Agent:
         age = self.confirmed_age(now)
         return age if age is not None and age > self.budget_s else None
 
+    @property
+    def retiring(self) -> bool:
+        """We stepped down and keep our old lease only until the validity we gave runs out;
+        until then etcd may still show our old key as the leader's."""
+        return self._retiring_until > time.monotonic()
+
     def blocked(self) -> str | None:
         """A reason this node must not lead whatever the election says: etcd's history went
         the wrong way (rule 7), or another live lease holds our node id.

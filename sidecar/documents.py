@@ -78,6 +78,8 @@ def readiness(agent: Agent, now: Leadership) -> str | None:
         return now.reason
     if agent.conflict is not None:
         return agent.conflict
+    if agent.retiring:
+        return "stepping down: our old leader key stays until the validity we gave runs out"
     if not agent.registered:
         if agent.session is None:
             return f"not registered in etcd yet ({agent.last_cycle})"

@@ -255,7 +255,8 @@ async def test_stepping_down_on_its_own_keeps_the_validity_it_promised(
         header = agent.view.header
         assert header is not None
         agent._observe_header(Header(header.cluster_id + 1, header.member_id, header.revision, 1))
-        await until(lambda: agent.session is None or agent.session.lost.is_set())
+        await until(lambda: agent.retiring)
+        assert readiness(agent, agent.leadership()) is not None  # not ready while stepping down
         while time.monotonic() < promised_until - 0.2:
             assert await store.get_one(candidate) is not None, "revoked inside the promise"
             await asyncio.sleep(0.05)
