@@ -130,6 +130,7 @@ class Agent:
         self._confirmed_at: float | None = None  # monotonic; last answer through a quorum
         self._promised_until = 0.0  # monotonic; the furthest validity we reported as leader
         self._retiring_until = 0.0  # monotonic; keep the old session (never campaign) until then
+        self._retry_at = 0.0  # monotonic; when to try registering again after a conflict
         self._wake = asyncio.Event()
         self._keepalive_task: asyncio.Task[None] | None = None
         self._stale_leases: list[int] = []
@@ -273,6 +274,8 @@ class Agent:
         if self._retiring_until:
             return self._retire()
         if self.session is None or self.session.lost.is_set():
+            if self.conflict is not None and time.monotonic() < self._retry_at:
+                return f"not registered: {self.conflict}"
             return await self._start_session()
         trouble = await self._check_keys(self.session)
         if trouble is not None:
@@ -416,6 +419,7 @@ class Agent:
         """Another live lease holds our node id: never overwrite it (rule 6), stand aside."""
         reason = f"node id {self.node_id} is held by another live lease ({lease:x})"
         if self.conflict is None:
+            self._reminded_at = time.monotonic()  # said now; the loop reminds once a minute
             log.error(
                 "%s: two machines use one node id; not campaigning until it is free",
                 reason,
@@ -446,7 +450,14 @@ class Agent:
             log.error("still not acting as leader: %s", problem, extra={"event": "blocked"})
 
     async def _start_session(self) -> str:
-        """Rule 1: new lease, member key, keepalives. `DuplicateNode` propagates and stops us."""
+        """Rule 1: new lease, member key, keepalives.
+
+        At start-up a node id held by another live lease stops us (`DuplicateNode`, rule 6).
+        Once we have run, it does not: another machine took our id while we were registered
+        (or someone put a record on a lease of their own), and exiting would hand it the
+        node. We stand aside, say so (not ready, no candidacy), and try again every keepalive
+        period until the key is free.
+        """
         if self.session is not None:
             self._drop_session()
         await self._revoke_stale_leases()
@@ -461,9 +472,25 @@ class Agent:
                 session,
                 previous_instances=(record.instance, self.previous_instance),
             )
+        except DuplicateNode as e:
+            await session.revoke()
+            if self._written is None:
+                raise  # never registered in this process: refuse to start
+            self._retry_at = time.monotonic() + session.lease.ttl / 3
+            reason = f"node id {self.node_id} is held by another live lease ({e.who})"
+            if self.conflict is None:
+                self._reminded_at = time.monotonic()
+                log.error(
+                    "%s: two machines use one node id; standing aside until it is free",
+                    reason,
+                    extra={"event": "duplicate_node"},
+                )
+            self.conflict = reason
+            return f"not registered: {reason}"
         except BaseException:
             await session.revoke()
             raise
+        self.conflict = None
         self._written, self._written_revision = record, revision
         self.session = session
         self._keepalive_task = asyncio.create_task(self._keep(session), name="keepalive")

@@ -149,6 +149,7 @@ class DuplicateNode(RingsideError):
             "refusing to start: give this node its own id"
         )
         self.holder = holder
+        self.who = f"{who}, lease {lease:x}"
 
 
 def _is_dead_predecessor(holder: MemberRecord | None) -> bool:

@@ -269,3 +269,28 @@ async def test_stepping_down_on_its_own_keeps_the_validity_it_promised(
 
 async def _gone(store: Store, key: str) -> bool:
     return await store.get_one(key) is None
+
+
+async def test_our_node_id_taken_by_another_live_lease_is_never_overwritten(
+    store: Store, cluster: str
+) -> None:
+    """Rule 6 at run time: another live lease holding our member key is another machine
+    with our node id. We stand aside (no candidacy, not ready) and take the key back only
+    once it is free."""
+    keys = Keys(cluster)
+    async with running_agent(store, "n1", cluster) as agent:
+        await until(lambda: agent.leadership().is_leader)
+        other = await store.lease_grant(60)
+        impostor = MemberRecord(node_id="n1", hostname="elsewhere", eligible=True)
+        await store.put(keys.member("n1"), impostor.encode(), lease=other.id)
+        await until(lambda: agent.conflict is not None)
+        assert not agent.leadership().is_leader
+        reason = readiness(agent, agent.leadership())
+        assert reason is not None
+        assert "held by another live lease" in reason
+        await until(lambda: agent.campaign is None)
+        held = await store.get_one(keys.member("n1"))
+        assert held is not None
+        assert held.lease == other.id  # not overwritten
+        await store.lease_revoke(other.id)
+        await until(lambda: agent.conflict is None and agent.leadership().is_leader, within_s=5)
