@@ -216,8 +216,8 @@ async def events(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
-    await response.prepare(request)
     try:
+        await response.prepare(request)  # inside the try: a client gone already unsubscribes
         for past in replay:
             await response.write(_sse(past.kind, past.revision, past.document()))
         while True:
