@@ -56,12 +56,17 @@ def present(node_id: str) -> Callable[[list[dict[str, Any]]], bool]:
     return lambda answers: all(node_id in m for m in _members(answers))
 
 
-async def _leader(fleet: Fleet) -> tuple[Sidecar, int]:
-    for sidecar in fleet.running():
-        answer = await fleet.get(sidecar, "/v1/leader")
-        if answer and answer["is_self"]:
-            return sidecar, int(answer["epoch"])
-    raise RuntimeError("no sidecar claims leadership")
+async def leader_of(fleet: Fleet, within_s: float = 0.0) -> tuple[Sidecar, int]:
+    """The sidecar that claims leadership, and its epoch; asked again for up to `within_s`."""
+    deadline = time.monotonic() + within_s
+    while True:
+        for sidecar in fleet.running():
+            answer = await fleet.get(sidecar, "/v1/leader")
+            if answer and answer["is_self"]:
+                return sidecar, int(answer["epoch"])
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f"no sidecar claimed leadership within {within_s:g} s")
+        await asyncio.sleep(0.05)
 
 
 async def _fleet(etcd: LocalEtcdCluster, workdir: Path, ttl: int, count: int = 3) -> Fleet:
@@ -80,7 +85,7 @@ async def crash_detection(etcd: LocalEtcdCluster, workdir: Path, ttl: int, trial
     try:
         async with InvariantChecker(fleet):
             for _ in range(trials):
-                leader, _ = await _leader(fleet)
+                leader, _ = await leader_of(fleet)
                 victim = next(s for s in fleet.running() if s is not leader)
                 others = [s for s in fleet.running() if s is not victim]
                 victim.signal(signal.SIGKILL)
@@ -115,7 +120,7 @@ async def leader_change(
     try:
         async with InvariantChecker(fleet):
             for _ in range(trials):
-                leader, epoch = await _leader(fleet)
+                leader, epoch = await leader_of(fleet)
                 others = [s for s in fleet.running() if s is not leader]
                 raft_leader = None
                 if how == "kill-with-etcd-leader":

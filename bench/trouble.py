@@ -41,6 +41,7 @@ from typing import Any
 
 import pytest
 
+from bench.sidecars import leader_of
 from sidecar.keys import Keys
 from sidecar.localcluster import EtcdMember, LocalEtcdCluster
 from sidecar.membership import MemberRecord
@@ -187,10 +188,6 @@ class Recorder:
                 await asyncio.wait_for(self._changed.wait(), remaining)
 
 
-def _record(kv: KeyValue) -> MemberRecord | None:
-    return MemberRecord.decode(kv.value)
-
-
 def member_written_by(keys: Keys, node_id: str, pid: int) -> Callable[[KeyValue], bool]:
     """The member key holds a record of process `pid`, on a live lease."""
     key = keys.member(node_id)
@@ -198,7 +195,7 @@ def member_written_by(keys: Keys, node_id: str, pid: int) -> Callable[[KeyValue]
     def match(kv: KeyValue) -> bool:
         if kv.key != key or kv.lease == 0:
             return False
-        record = _record(kv)
+        record = MemberRecord.decode(kv.value)
         return record is not None and record.pid == pid
 
     return match
@@ -272,17 +269,6 @@ async def _checked(fleet: Fleet, section: Section, scenario: str) -> AsyncIterat
         with contextlib.suppress(AssertionError):
             await checker.__aexit__(None, None, None)
         section.violations += [f"{scenario}: {v}" for v in checker.violations]
-
-
-async def _leader(fleet: Fleet, within_s: float = 10.0) -> Sidecar:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        for sidecar in fleet.running():
-            answer = await fleet.get(sidecar, "/v1/leader")
-            if answer and answer.get("is_self"):
-                return sidecar
-        await asyncio.sleep(0.05)
-    raise TimeoutError(f"no sidecar claimed leadership within {within_s} s")
 
 
 def _exit_time(sidecar: Sidecar, within_s: float) -> float | None:
@@ -377,7 +363,7 @@ async def sigterm_blackholed(
             async with _checked(fleet, section, "sigterm"):
                 for trial in range(2 * trials):
                     figure = figures[trial % 2]
-                    head = await _leader(fleet)
+                    head, _ = await leader_of(fleet, within_s=10)
                     victim = head if figure is leader else next(
                         s for s in fleet.running() if s is not head
                     )  # fmt: skip
@@ -453,7 +439,7 @@ async def self_heal(
         ):  # fmt: skip
             for trial in range(2 * trials):
                 figure = figures[trial % 2]
-                victim = await _leader(fleet)
+                victim, _ = await leader_of(fleet, within_s=10)
                 if figure is member:
                     match = member_written_by(keys, victim.node_id, _pid(victim))
                     prefix = keys.members

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from chaos.probe import Prober
-from tests.fleet import Sidecar
+from tests.fleet import Sidecar, agreed_leader
 
 
 @dataclass(frozen=True)
@@ -37,32 +37,25 @@ def judge(
     expected: Collection[str],
     eligible: Collection[str],
 ) -> tuple[bool, str]:
-    """Whether these `/v1/status` answers (by node) agree on `expected` and one leader."""
-    views = set()
-    readable = 0
-    leaders = []
+    """Whether these `/v1/status` answers (by node) agree on `expected` and one leader
+    (`tests.fleet.agreed_leader`), and in words what they agreed on or each one said."""
+    answered = [None if s is None else {"node_id": n, **s} for n, s in statuses.items()]
+    leader = agreed_leader(answered, expected, eligible)
+    if leader is not None:
+        return True, f"{leader['leader']} leads epoch {leader['epoch']}"
     parts = []
     for node, status in sorted(statuses.items()):
         if status is None:
             parts.append(f"{node}: no answer")
             continue
         try:
-            members = tuple(sorted(str(m["node_id"]) for m in status["members"]))
-            view = (members, status["leader"], status["epoch"])
+            members = ",".join(sorted(str(m["node_id"]) for m in status["members"]))
+            said = f"leader {status['leader']} epoch {status['epoch']}"
         except (KeyError, TypeError):
             parts.append(f"{node}: unreadable status")
             continue
-        readable += 1
-        views.add(view)
-        claims = status.get("is_leader") is True
-        if claims:
-            leaders.append(node)
-        mark = " (claims)" if claims else ""
-        parts.append(f"{node}: leader {view[1]} epoch {view[2]}{mark}, members {','.join(members)}")
-    if readable == len(statuses) and len(views) == 1:
-        members, leader, epoch = views.pop()
-        if sorted(members) == sorted(expected) and leader in eligible and leaders == [leader]:
-            return True, f"{leader} leads epoch {epoch}"
+        mark = " (claims)" if status.get("is_leader") is True else ""
+        parts.append(f"{node}: {said}{mark}, members {members}")
     return False, "; ".join(parts)
 
 

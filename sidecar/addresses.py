@@ -26,6 +26,8 @@ from typing import Final, Protocol
 
 import psutil
 
+from sidecar.inventory import normalized
+
 # Interfaces made by Docker, Podman, libvirt, LXC and Kubernetes networking (CNI, Flannel,
 # Calico, kube-proxy's IPVS dummy), by name prefix: host-local, never how a peer reaches us.
 VIRTUAL_INTERFACE_PREFIXES: Final = (
@@ -89,7 +91,7 @@ def choose_addresses(
             if address is not None and _is_reachable(address):
                 found.append(address)
     found.sort(key=lambda a: a.version)  # stable: interface order within each family
-    return _unique((*(_normalized(p) for p in preferred), *(a.compressed for a in found)))
+    return _unique((*(normalized(p) for p in preferred), *(a.compressed for a in found)))
 
 
 def _is_virtual(interface: str) -> bool:
@@ -112,13 +114,6 @@ def _is_reachable(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> boo
         or address.is_unspecified
         or address.is_multicast
     )
-
-
-def _normalized(text: str) -> str:
-    """An IP address in its one canonical spelling (so duplicates are found); other text as is."""
-    text = text.strip()
-    address = _parse(text)
-    return address.compressed if address is not None and "%" not in text else text
 
 
 def _unique(addresses: Iterable[str]) -> tuple[str, ...]:

@@ -51,7 +51,7 @@ from sidecar.events import ClusterEvent, EventLog, diff_views
 from sidecar.history import HistoryGuard
 from sidecar.hooks import RoleHooks
 from sidecar.keys import Keys
-from sidecar.membership import DuplicateNode, MemberRecord, register, update_record
+from sidecar.membership import DuplicateNode, MemberRecord, register, update_record, write_over
 from sidecar.orchestrator import OrchestratorHealth, OrchestratorWatch
 from sidecar.quorum import QuorumHealth, QuorumMonitor
 from sidecar.session import Session
@@ -177,6 +177,11 @@ class Agent:
         return age if age is not None and age > self.budget_s else None
 
     @property
+    def stopping(self) -> bool:
+        """`stop_claiming` was called: the sidecar is on its way out."""
+        return self._leaving is not None
+
+    @property
     def retiring(self) -> bool:
         """We stepped down and keep our old lease only until the validity we gave runs out;
         until then etcd may still show our old key as the leader's."""
@@ -212,7 +217,7 @@ class Agent:
                 else None
             )
             reason = f"no answer from an etcd quorum for {stale:.1f} s"
-            return Leadership(False, None, None, None, reason, last)
+            return Leadership(False, None, None, None, reason, last, stale=True)
         if now.is_leader:
             self._answered = now.epoch
             promise = time.monotonic() + (now.valid_for_s or 0.0)
@@ -334,9 +339,10 @@ class Agent:
         self._drop_session()
         return "stepped down; the validity we gave has run out: starting a new session"
 
-    def _step_down(self, reason: str) -> None:
+    def _step_down(self, reason: str) -> int | None:
         """Note the end of our leadership: log it and run the demotion hook (if the elected
-        hook ran). Everything here is local: it happens before any request to etcd."""
+        hook ran); the epoch given up. Everything here is local: it happens before any
+        request to etcd."""
         epoch = self.campaign.epoch if self.campaign is not None else self._answered
         claimed, self._claimed, self._answered = self._claimed, False, None
         log.warning(
@@ -347,6 +353,7 @@ class Agent:
             head = self.view.leader if self.stale_for() is None else None  # known, not guessed
             successor = head.node_id if head is not None and head.node_id != self.node_id else None
             self.hooks.fire("demoted", epoch=epoch, leader=successor, reason=reason)
+        return epoch
 
     def stop_claiming(self, reason: str = "shutting down") -> None:
         """From now on `leadership()` says "not leader", whatever etcd or the clock say.
@@ -357,10 +364,7 @@ class Agent:
         if self._leaving is not None:
             return
         if self._claimed or self._answered is not None:
-            self._leaving_epoch = (
-                self.campaign.epoch if self.campaign is not None else self._answered
-            )
-            self._step_down(reason)
+            self._leaving_epoch = self._step_down(reason)
         self._leaving = reason
 
     # --- keeping our keys (rule 12) ------------------------------------------------------
@@ -382,22 +386,23 @@ class Agent:
             log.warning("node id %s is free again", self.node_id, extra={"event": "conflict_over"})
             self.conflict = None
         if mine is not None and mine.lease == session.lease_id and mine.record == self._written:
-            return await self._check_candidate(session)
+            return await self._check_candidate()
         what = "deleted" if mine is None else "on no lease" if mine.lease == 0 else "overwritten"
-        holder = 0 if mine is None or mine.lease == 0 else session.lease_id
-        ops: list[TxnOp] = [Put(key, self.record.encode(), session.lease_id)]
-        if self.campaign is not None:
-            ops.append(Delete(self.campaign.key))  # the candidacy ends with the old record
-        result = await self.store.txn([Compare.lease_is(key, holder)], ops)
-        if not result.succeeded:
+        revision = await write_over(
+            self.store,
+            Put(key, self.record.encode(), session.lease_id),
+            held_by=0 if mine is None or mine.lease == 0 else session.lease_id,
+            # the candidacy ends with the old record, in the same transaction
+            also=[Delete(self.campaign.key)] if self.campaign is not None else [],
+        )
+        if revision is None:
             return "our member key changed while being restored; looking again"
-        self._written, self._written_revision = self.record, result.header.revision
-        if self.campaign is not None:
-            self.campaign = None
-        self._key_restored("member", key, result.header.revision, was=what)
+        self._written, self._written_revision = self.record, revision
+        self.campaign = None
+        self._key_restored("member", key, revision, was=what)
         return f"restored our member key ({what})"
 
-    async def _check_candidate(self, session: Session) -> str | None:
+    async def _check_candidate(self) -> str | None:
         ours = self.campaign
         if ours is None or self.view.revision < ours.epoch:
             return None
@@ -417,16 +422,22 @@ class Agent:
 
     async def _held_by_another(self, lease: int) -> str:
         """Another live lease holds our node id: never overwrite it (rule 6), stand aside."""
-        reason = f"node id {self.node_id} is held by another live lease ({lease:x})"
+        reason = self._stand_aside(f"{lease:x}")
+        await self._withdraw()
+        return reason
+
+    def _stand_aside(self, holder: str) -> str:
+        """Note that another live lease (`holder` says which) holds our node id: logged once,
+        then the loop reminds now and then; `blocked()` and `/ready` give the reason."""
+        reason = f"node id {self.node_id} is held by another live lease ({holder})"
         if self.conflict is None:
-            self._reminded_at = time.monotonic()  # said now; the loop reminds once a minute
+            self._reminded_at = time.monotonic()
             log.error(
-                "%s: two machines use one node id; not campaigning until it is free",
+                "%s: two machines use one node id; standing aside until it is free",
                 reason,
-                extra={"event": "duplicate_node", "lease": f"{lease:x}"},
+                extra={"event": "duplicate_node"},
             )
         self.conflict = reason
-        await self._withdraw()
         return reason
 
     async def _withdraw(self) -> None:
@@ -477,16 +488,7 @@ class Agent:
             if self._written is None:
                 raise  # never registered in this process: refuse to start
             self._retry_at = time.monotonic() + session.lease.ttl / 3
-            reason = f"node id {self.node_id} is held by another live lease ({e.who})"
-            if self.conflict is None:
-                self._reminded_at = time.monotonic()
-                log.error(
-                    "%s: two machines use one node id; standing aside until it is free",
-                    reason,
-                    extra={"event": "duplicate_node"},
-                )
-            self.conflict = reason
-            return f"not registered: {reason}"
+            return f"not registered: {self._stand_aside(e.who)}"
         except BaseException:
             await session.revoke()
             raise
@@ -631,9 +633,7 @@ class Agent:
         """Every header of a linearizable read or watch batch: the history check (rule 7)."""
         before = self.guard.violation
         reason = self.guard.observe(header)
-        if (
-            reason is not None and before is None
-        ):  # logged once; the control loop reminds now and then
+        if reason is not None and before is None:  # once; the loop reminds now and then
             self._reminded_at = time.monotonic()
             log.error(
                 "%s: not acting as leader; withdrawing our candidacy",

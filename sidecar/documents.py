@@ -72,9 +72,7 @@ def readiness(agent: Agent, now: Leadership) -> str | None:
     the validity budget, our lease is valid, our member key is in the view as we wrote it,
     and a leader is known. `now` is the agent's leadership, read once by the caller; the
     first reason that applies is the one given, so it names the cause, not a symptom."""
-    if now.last_known is not None or now.reason.startswith("no answer from an etcd quorum"):
-        return now.reason
-    if now.reason == "shutting down":
+    if now.stale or agent.stopping:
         return now.reason
     if agent.conflict is not None:
         return agent.conflict

@@ -101,6 +101,7 @@ class Leadership:
     valid_for_s: float | None  # while is_leader: seconds until we stop claiming
     reason: str  # why we do or do not lead, for logs and status
     last_known: LastKnown | None = None  # set only when `leader` is None for lack of news
+    stale: bool = False  # no answer from an etcd quorum within the validity budget (rule 11)
 
 
 def leadership(

@@ -118,11 +118,5 @@ class EventLog:
             queue.get_nowait()
         queue.put_nowait(None)
 
-    def since(self, revision: int) -> Iterator[ClusterEvent]:
-        """The remembered events after `revision`, lazily: only for readers that never await
-        while iterating (an added event would end the iteration); streams use
-        `subscribe_since`."""
-        return (e for e in self._events if e.revision > revision)
-
     def __iter__(self) -> Iterator[ClusterEvent]:
         return iter(self._events)

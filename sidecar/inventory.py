@@ -71,14 +71,14 @@ class Inventory(_TolerantModel):
 
         Names compare case-insensitively and IP addresses by value (``::01`` equals ``::1``).
         """
-        wanted = _normalized(name_or_address)
+        wanted = normalized(name_or_address)
         found: list[InventoryMatch] = []
         for name, host in self.hosts.items():
-            if _normalized(name) == wanted:
+            if normalized(name) == wanted:
                 found.append(InventoryMatch(name, "host key"))
-            elif host.ssh_host is not None and _normalized(host.ssh_host) == wanted:
+            elif host.ssh_host is not None and normalized(host.ssh_host) == wanted:
                 found.append(InventoryMatch(name, "ssh_host"))
-            elif host.tailscale_ip is not None and _normalized(host.tailscale_ip) == wanted:
+            elif host.tailscale_ip is not None and normalized(host.tailscale_ip) == wanted:
                 found.append(InventoryMatch(name, "tailscale_ip"))
         return found
 
@@ -114,7 +114,7 @@ class Inventory(_TolerantModel):
         ssh_host = host.ssh_host
         if ssh_host is not None and [m.host for m in self.matches(ssh_host)] == [node_id]:
             found.append(ssh_host)
-        return tuple(dict.fromkeys(_normalized(a) for a in found if _is_ip(a)))
+        return tuple(dict.fromkeys(normalized(a) for a in found if _is_ip(a)))
 
 
 def _is_ip(text: str) -> bool:
@@ -134,7 +134,9 @@ def load_inventory(path: Path) -> Inventory:
         raise InventoryError(describe_validation_error(e, lambda loc: f"inventory {path}")) from e
 
 
-def _normalized(name_or_address: str) -> str:
+def normalized(name_or_address: str) -> str:
+    """One spelling per host name or address (case, surrounding spaces, IPv6 compression), so
+    that two spellings of one compare equal."""
     text = name_or_address.strip().lower()
     try:
         return ipaddress.ip_address(text).compressed

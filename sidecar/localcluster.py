@@ -113,7 +113,9 @@ def _thread_state(task: Path) -> str | None:
         return None
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
+    """In a child before exec (`preexec_fn`): SIGKILL it when the thread that forked it ends
+    (Linux; a no-op elsewhere)."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
@@ -154,7 +156,7 @@ class EtcdMember:
             sys.platform.startswith("linux")
             and threading.current_thread() is threading.main_thread()
         )
-        preexec = _die_with_parent if tie else None
+        preexec = die_with_parent if tie else None
         self.process = subprocess.Popen(
             # prctl in the child, before exec: the only way to tie its life to ours.
             self.args,

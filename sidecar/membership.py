@@ -211,8 +211,13 @@ async def register(
         if holder.lease == session.lease_id:
             return holder.mod_revision  # our own earlier attempt landed after a timeout
         if holder.lease == 0:
-            revision = await replace_unleased(store, key, ours)
+            revision = await write_over(store, ours, held_by=0)
             if revision is not None:
+                log.warning(
+                    "member key %s held a record on no lease; replaced it with ours",
+                    key,
+                    extra={"event": "member_key_replaced"},
+                )
                 return revision
             continue
         previous = MemberRecord.decode(holder.value)
@@ -233,18 +238,14 @@ async def register(
         await _wait_out(store, record.node_id, holder, previous, deadline)
 
 
-async def replace_unleased(store: Store, key: str, put: Put, *also: TxnOp) -> int | None:
-    """Write `put` over a key that is absent or on no lease; the revision, or None when a
-    lease took the key meanwhile. A record on lease 0 is nobody's: nothing keeps it alive."""
-    result = await store.txn([Compare.lease_is(key, 0)], [put, *also])
-    if not result.succeeded:
-        return None
-    log.warning(
-        "member key %s was missing or held a record on no lease; wrote ours",
-        key,
-        extra={"event": "member_key_replaced"},
-    )
-    return result.header.revision
+async def write_over(
+    store: Store, put: Put, *, held_by: int, also: Sequence[TxnOp] = ()
+) -> int | None:
+    """Apply `put` (and `also`, in the same transaction) only while its key is held by lease
+    `held_by` (0: absent, or a record on no lease, which is nobody's); the revision written,
+    or None when another lease took the key meanwhile."""
+    result = await store.txn([Compare.lease_is(put.key, held_by)], [put, *also])
+    return result.header.revision if result.succeeded else None
 
 
 async def _wait_out(

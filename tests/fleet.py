@@ -16,14 +16,12 @@ Later chaos tests reuse both.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
@@ -32,11 +30,10 @@ import aiohttp
 import pytest
 import yaml
 
-from sidecar.localcluster import LocalEtcdCluster, free_port
+from sidecar.localcluster import LocalEtcdCluster, die_with_parent, free_port
 from tests.waiting import wait_for
 
 POLL_TIMEOUT_S = 0.5
-_PR_SET_PDEATHSIG = 1
 FLEET_TTL = 5  # seconds: short enough for crash scenarios, long enough for a busy 2-core CI
 
 
@@ -75,6 +72,34 @@ class Observed(Protocol[M]):
     async def get(self, sidecar: M, path: str) -> dict[str, Any] | None: ...
 
 
+def agreed_leader(
+    statuses: Sequence[dict[str, Any] | None],
+    members: Iterable[str],
+    allowed: Collection[str],
+) -> dict[str, Any] | None:
+    """The `/v1/status` of the leader that all `statuses` agree on, or None: every one
+    answered, lists exactly `members` and names the same leader (one of `allowed`) and epoch,
+    and that node alone claims to lead."""
+    views = set()
+    claimers = []
+    for status in statuses:
+        if status is None:
+            return None
+        try:
+            listed = tuple(sorted(str(m["node_id"]) for m in status["members"]))
+            views.add((listed, status["leader"], status["epoch"]))
+        except (KeyError, TypeError):
+            return None
+        if status.get("is_leader") is True:
+            claimers.append(status)
+    if len(views) != 1 or len(claimers) != 1:
+        return None
+    listed, leader, _ = views.pop()
+    if list(listed) != sorted(members) or leader not in allowed:
+        return None
+    return claimers[0] if claimers[0].get("node_id") == leader else None
+
+
 async def wait_until_converged(
     fleet: Observed[M],
     members: Iterable[str],
@@ -90,17 +115,8 @@ async def wait_until_converged(
     statuses: list[dict[str, Any] | None] = []
     while time.monotonic() < deadline:
         statuses = [await fleet.get(s, "/v1/status") for s in fleet.running()]
-        if statuses and all(statuses):
-            views = {
-                (tuple(sorted(m["node_id"] for m in st["members"])), st["leader"], st["epoch"])
-                for st in statuses
-                if st
-            }
-            leaders = [st for st in statuses if st and st["is_leader"]]
-            if len(views) == 1 and len(leaders) == 1:
-                view = views.pop()
-                if list(view[0]) == expected and view[1] in allowed:
-                    return leaders[0]
+        if statuses and (leader := agreed_leader(statuses, expected, allowed)) is not None:
+            return leader
         await asyncio.sleep(0.05)
     pytest.fail(f"not converged on {expected} within {within_s} s: {statuses}")
 
@@ -127,7 +143,7 @@ class Sidecar:
         (the kernel's parent-death signal follows the thread that forked)."""
         detach: dict[str, Any] = {}
         if self.detached:
-            detach = {"start_new_session": True, "preexec_fn": _die_with_parent}
+            detach = {"start_new_session": True, "preexec_fn": die_with_parent}
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "sidecar", "run", *self.args],
@@ -156,11 +172,6 @@ class Sidecar:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
-
-
-def _die_with_parent() -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class Fleet:

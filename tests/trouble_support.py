@@ -180,9 +180,9 @@ async def move_raft_leader(etcd: LocalEtcdCluster, within_s: float = 20.0) -> No
     """Kill the etcd member that is the Raft leader, wait until another one leads, then bring
     the killed one back and wait for a healthy cluster.
 
-    The member is started from the calling (event loop) thread on purpose: members die with
-    the *thread* that started them (PR_SET_PDEATHSIG is per thread), so one started from
-    `asyncio.to_thread` would be killed when the executor's worker thread ends.
+    The member is started from the calling (main) thread, so it stays tied to the test run
+    and dies with it (see `sidecar.localcluster`: members started from a worker thread are not
+    tied at all).
     """
     old = await asyncio.to_thread(etcd.leader)
     await asyncio.to_thread(old.kill)
@@ -199,8 +199,8 @@ async def move_raft_leader(etcd: LocalEtcdCluster, within_s: float = 20.0) -> No
 
 
 async def heal_etcd(etcd: LocalEtcdCluster) -> None:
-    """`LocalEtcdCluster.heal` for stopped members, starting them from this thread (see
-    `move_raft_leader` for why) and waiting in another."""
+    """`LocalEtcdCluster.heal` for stopped members without blocking the loop: started from
+    this thread (see `move_raft_leader` for why), waited for in another."""
     for member in etcd.members:
         member.start()
     await asyncio.to_thread(etcd.wait_healthy)
