@@ -294,3 +294,42 @@ async def test_our_node_id_taken_by_another_live_lease_is_never_overwritten(
         assert held.lease == other.id  # not overwritten
         await store.lease_revoke(other.id)
         await until(lambda: agent.conflict is None and agent.leadership().is_leader, within_s=5)
+
+
+async def test_a_blocked_follower_takes_its_candidate_key_away(store: Store, cluster: str) -> None:
+    """Rule 7 for a node that does not lead (yet): its key must not stay in the queue, where it
+    would become the oldest and block the election when the leader goes."""
+    keys = Keys(cluster)
+    async with running_agent(store, "n1", cluster) as leader:
+        await until(lambda: leader.leadership().is_leader)
+        async with running_agent(store, "n2", cluster) as follower:
+            await until(lambda: follower.campaign is not None)
+            header = follower.view.header
+            assert header is not None
+            follower._observe_header(
+                Header(header.cluster_id + 1, header.member_id, header.revision + 1, 1)
+            )
+
+            async def withdrawn() -> bool:
+                found = (await store.get(keys.election, prefix=True)).kvs
+                return [kv.value for kv in found] == [b"n1"]
+
+            await wait_for(withdrawn, 3, what="the blocked follower's candidate key stayed")
+
+
+async def test_a_follower_whose_node_id_is_taken_stands_aside(store: Store, cluster: str) -> None:
+    """Rule 6 at run time, for a node that does not lead: the key is not fought over (no
+    endless rewrite), and the node says why it is not ready."""
+    keys = Keys(cluster)
+    async with running_agent(store, "n2", cluster, eligible=False) as agent:
+        await until(lambda: agent.registered and "n2" in agent.view.members)
+        other = await store.lease_grant(60)
+        impostor = MemberRecord(node_id="n2", hostname="elsewhere")
+        await store.put(keys.member("n2"), impostor.encode(), lease=other.id)
+        await until(lambda: agent.conflict is not None, within_s=3)
+        reason = readiness(agent, agent.leadership())
+        assert reason is not None
+        assert "held by another live lease" in reason
+        held = await store.get_one(keys.member("n2"))
+        assert held is not None
+        assert held.lease == other.id
