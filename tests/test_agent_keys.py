@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from sidecar.agent import SHUTDOWN_BUDGET_S
+from sidecar.agent import SHUTDOWN_BUDGET_S, Agent
 from sidecar.documents import readiness
 from sidecar.keys import Keys
 from sidecar.membership import MemberRecord
@@ -23,6 +23,13 @@ from sidecar.store.memory import MemoryStore
 from sidecar.store.model import Header
 from tests.agents import make_agent, running, running_agent, until
 from tests.waiting import wait_for
+
+
+def show_another_cluster(agent: Agent) -> None:
+    """Feed the agent an etcd header from another cluster: its history guard trips (rule 7)."""
+    header = agent.view.header
+    assert header is not None
+    agent._observe_header(Header(header.cluster_id + 1, header.member_id, header.revision + 1, 1))
 
 
 async def test_a_deleted_member_key_is_written_again(store: Store, cluster: str) -> None:
@@ -133,13 +140,9 @@ async def test_a_node_blocked_by_history_withdraws_and_says_so_once(
         await until(lambda: blocked.leadership().is_leader)
         async with running_agent(store, "n2", cluster) as other:
             await until(lambda: other.campaign is not None)
-            header = blocked.view.header
-            assert header is not None
             with caplog.at_level(logging.ERROR):
                 for _ in range(5):
-                    blocked._observe_header(
-                        Header(header.cluster_id + 1, header.member_id, header.revision + 1, 1)
-                    )
+                    show_another_cluster(blocked)
                 await until(lambda: other.leadership().is_leader, within_s=3)
                 await store.put(keys.prefix + "more", b"x")  # more headers, no more errors
                 await until(lambda: blocked.view.revision >= other.view.revision)
@@ -252,9 +255,7 @@ async def test_stepping_down_on_its_own_keeps_the_validity_it_promised(
         promised = agent.leadership()
         assert promised.valid_for_s is not None
         promised_until = time.monotonic() + promised.valid_for_s
-        header = agent.view.header
-        assert header is not None
-        agent._observe_header(Header(header.cluster_id + 1, header.member_id, header.revision, 1))
+        show_another_cluster(agent)
         await until(lambda: agent.retiring)
         assert readiness(agent, agent.leadership()) is not None  # not ready while stepping down
         while time.monotonic() < promised_until - 0.2:
@@ -304,11 +305,7 @@ async def test_a_blocked_follower_takes_its_candidate_key_away(store: Store, clu
         await until(lambda: leader.leadership().is_leader)
         async with running_agent(store, "n2", cluster) as follower:
             await until(lambda: follower.campaign is not None)
-            header = follower.view.header
-            assert header is not None
-            follower._observe_header(
-                Header(header.cluster_id + 1, header.member_id, header.revision + 1, 1)
-            )
+            show_another_cluster(follower)
 
             async def withdrawn() -> bool:
                 found = (await store.get(keys.election, prefix=True)).kvs
