@@ -31,7 +31,7 @@ pytest: $(STAMP) etcd
 test: lint typecheck pytest
 
 demo: $(STAMP) etcd
-	$(BIN)/python -m sidecar.demo $(DEMO_ARGS)
+	$(BIN)/python -m sidecar.testing.demo $(DEMO_ARGS)
 
 # Benchmarks report figures (bench/results/latest.json, docs/benchmarks.md); they never fail
 # on a slow machine. BENCH_ARGS=--quick runs a few trials only, to check the harness.

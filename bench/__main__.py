@@ -30,7 +30,7 @@ from bench.netem import bad_network
 from bench.report import render_markdown
 from bench.scale import ScaleRun
 from bench.stats import Figure
-from sidecar.localcluster import LocalEtcdCluster, find_etcd
+from sidecar.testing.localcluster import LocalEtcdCluster, find_etcd
 
 ROOT = Path(__file__).resolve().parents[1]
 

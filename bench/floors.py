@@ -9,9 +9,9 @@ import time
 import uuid
 
 from bench.stats import Figure
-from sidecar.localcluster import LocalEtcdCluster
 from sidecar.store.etcd import EtcdStore
 from sidecar.store.model import EventType
+from sidecar.testing.localcluster import LocalEtcdCluster
 
 
 async def _watcher(store: EtcdStore, prefix: str, kind: EventType, seen: dict[str, float]) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.impair import ImpairedProxy, Impairment
-from sidecar.localcluster import LocalEtcdCluster
+from sidecar.testing.localcluster import LocalEtcdCluster
 from tests.fleet import Fleet
 
 

@@ -21,9 +21,9 @@ from typing import Any
 import psutil
 
 from sidecar.keys import Keys
-from sidecar.localcluster import LocalEtcdCluster
 from sidecar.membership import MemberRecord
 from sidecar.store.etcd import EtcdStore
+from sidecar.testing.localcluster import LocalEtcdCluster
 from tests.fleet import Fleet
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}

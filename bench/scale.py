@@ -18,10 +18,10 @@ import psutil
 
 from bench.stats import Figure
 from sidecar.keys import Keys
-from sidecar.localcluster import LocalEtcdCluster
 from sidecar.store.errors import StoreError
 from sidecar.store.etcd import EtcdStore
 from sidecar.store.model import EventType
+from sidecar.testing.localcluster import LocalEtcdCluster
 
 BATCH = 50
 

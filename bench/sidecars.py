@@ -16,9 +16,9 @@ from typing import Any
 
 from bench.stats import Figure
 from sidecar.keys import Keys
-from sidecar.localcluster import LocalEtcdCluster
 from sidecar.store.etcd import EtcdStore
 from sidecar.store.model import EventType
+from sidecar.testing.localcluster import LocalEtcdCluster
 from tests.fleet import Fleet, InvariantChecker, Sidecar
 
 POLL_S = 0.005

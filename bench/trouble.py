@@ -43,10 +43,10 @@ import pytest
 
 from bench.sidecars import leader_of
 from sidecar.keys import Keys
-from sidecar.localcluster import EtcdMember, LocalEtcdCluster
 from sidecar.membership import MemberRecord
 from sidecar.store.etcd import EtcdStore
 from sidecar.store.model import Compare, Delete, EventType, KeyValue
+from sidecar.testing.localcluster import EtcdMember, LocalEtcdCluster
 from tests.blackhole import Cut, Proxies, Route
 from tests.fleet import FLEET_TTL, Fleet, InvariantChecker, Sidecar
 

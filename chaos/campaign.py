@@ -27,7 +27,7 @@ from chaos.plan import ALL_FAULTS, Fault, RoundPlan, make_plan
 from chaos.pollers import poll_forever
 from chaos.probe import Prober
 from chaos.testbed import ELIGIBLE, NODES, Testbed
-from sidecar.localcluster import LocalClusterError, LocalEtcdCluster
+from sidecar.testing.localcluster import LocalClusterError, LocalEtcdCluster
 
 START_CONVERGENCE_S = 30.0
 HEAL_ALLOWANCE_S = 5.0  # restarting etcd members and sidecars, in a round's time budget

@@ -24,7 +24,7 @@ from chaos.findings import Findings
 from chaos.plan import Fault, RoundPlan
 from chaos.probe import Prober
 from chaos.testbed import NODES, Testbed
-from sidecar.localcluster import EtcdMember, LocalClusterError
+from sidecar.testing.localcluster import EtcdMember, LocalClusterError
 from tests.blackhole import Cut
 from tests.fleet import Sidecar
 

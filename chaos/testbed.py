@@ -15,7 +15,7 @@ import signal
 import time
 from pathlib import Path
 
-from sidecar.localcluster import LocalEtcdCluster
+from sidecar.testing.localcluster import LocalEtcdCluster
 from tests.blackhole import Proxies, Route
 from tests.fleet import Fleet, Sidecar
 

@@ -16,10 +16,10 @@ from aiohttp import web
 
 from sidecar.addresses import discovered_addresses
 from sidecar.agent import Agent
-from sidecar.api import create_app
+from sidecar.api.server import create_app
 from sidecar.config import LoadedConfig
-from sidecar.connect import open_store
 from sidecar.errors import ConfigError, RingsideError
+from sidecar.etcd_connection import open_store
 from sidecar.identity import HostFacts, resolve_identity
 from sidecar.inventory import Inventory
 from sidecar.lock import InstanceLock, default_lock_path

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
-from sidecar.render import describe_event
+from sidecar.cli.tables import describe_event
 from sidecar.view import ClusterView
 
 EventKind = Literal[

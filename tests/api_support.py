@@ -7,7 +7,7 @@ from typing import Any
 
 import jsonschema
 
-from sidecar.api import openapi_document
+from sidecar.api.server import openapi_document
 
 
 @cache

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.localcluster import LocalEtcdCluster
 from sidecar.store.memory import MemoryStore
+from sidecar.testing.localcluster import LocalEtcdCluster
 from tests.fleet import FLEET_TTL, Fleet
 
 

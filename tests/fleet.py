@@ -30,7 +30,7 @@ import aiohttp
 import pytest
 import yaml
 
-from sidecar.localcluster import LocalEtcdCluster, die_with_parent, free_port
+from sidecar.testing.localcluster import LocalEtcdCluster, die_with_parent, free_port
 from tests.waiting import wait_for
 
 POLL_TIMEOUT_S = 0.5

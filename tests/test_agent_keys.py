@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from sidecar.agent import SHUTDOWN_BUDGET_S, Agent
-from sidecar.documents import readiness
+from sidecar.api.bodies import readiness
 from sidecar.keys import Keys
 from sidecar.membership import MemberRecord
 from sidecar.store.base import Store

@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from sidecar.agent import Agent
-from sidecar.api import MAX_BODY_BYTES, Handler, create_app, openapi_document
+from sidecar.api.server import MAX_BODY_BYTES, Handler, create_app, openapi_document
 from sidecar.inventory import load_inventory
 from sidecar.metrics import Metrics
 from sidecar.store.memory import MemoryStore

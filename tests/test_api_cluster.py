@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.localcluster import LocalEtcdCluster
+from sidecar.testing.localcluster import LocalEtcdCluster
 from tests.api_support import assert_documented
 from tests.fleet import Fleet
 from tests.paths import EXAMPLE_INVENTORY as INVENTORY

@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from sidecar.api import create_app
+from sidecar.api.server import create_app
 from sidecar.metrics import Metrics
 from sidecar.store.memory import MemoryStore
 from tests.agents import running_agent, until

@@ -9,9 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from sidecar.localcluster import LocalEtcdCluster
 from sidecar.store.errors import StoreUnavailable
 from sidecar.store.etcd import EtcdStore
+from sidecar.testing.localcluster import LocalEtcdCluster
 from tests.blackhole import Cut, Proxies
 
 

@@ -21,7 +21,7 @@ from chaos.claims import ClaimChecks
 from chaos.findings import Findings
 from chaos.plan import ALL_FAULTS, Fault, compatible, make_plan, parse_faults
 from chaos.probe import Answer
-from sidecar.localcluster import LocalEtcdCluster
+from sidecar.testing.localcluster import LocalEtcdCluster
 from tests.fleet import Fleet
 from tests.paths import ROOT
 

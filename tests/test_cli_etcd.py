@@ -8,7 +8,7 @@ import time
 from click.testing import CliRunner
 
 from sidecar.cli import ringside
-from sidecar.localcluster import LocalEtcdCluster
+from sidecar.testing.localcluster import LocalEtcdCluster
 
 UNREACHABLE = "http://127.0.0.1:9"  # discard port: nothing listens there
 

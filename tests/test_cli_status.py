@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from sidecar.localcluster import LocalEtcdCluster, free_port
+from sidecar.testing.localcluster import LocalEtcdCluster, free_port
 from tests.cli_support import assert_one_line_error, clean_env, ringside, table
 from tests.fleet import FLEET_TTL, Fleet, Sidecar
 from tests.waiting import wait_for

@@ -35,7 +35,7 @@ def test_demo_once_shows_five_sidecars_one_hetzner_leader_and_cleans_up() -> Non
     env[MARK] = mark  # inherited by every process the demo starts
     try:
         result = subprocess.run(
-            [sys.executable, "-m", "sidecar.demo", "--once"],
+            [sys.executable, "-m", "sidecar.testing.demo", "--once"],
             check=False,
             capture_output=True,
             text=True,

@@ -27,11 +27,17 @@ import pytest
 import yaml
 
 from sidecar.config import CONFIG_ENV, ENV_FIELDS, load_config
-from sidecar.connect import open_store
 from sidecar.deadline import Deadline
-from sidecar.localcluster import EtcdMember, LocalEtcdCluster, ServerTls, find_etcd, free_port
+from sidecar.etcd_connection import open_store
 from sidecar.store.etcd import EtcdStore
 from sidecar.store.gateway import TlsFiles
+from sidecar.testing.localcluster import (
+    EtcdMember,
+    LocalEtcdCluster,
+    ServerTls,
+    find_etcd,
+    free_port,
+)
 from tests.paths import ROOT
 
 ETCD_DIR = ROOT / "etcd"

@@ -22,10 +22,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from sidecar.localcluster import LocalEtcdCluster
 from sidecar.store.base import Store
 from sidecar.store.etcd import EtcdStore
 from sidecar.store.model import Delete, Put
+from sidecar.testing.localcluster import LocalEtcdCluster
 from tests.fleet import FLEET_TTL, Fleet, Sidecar
 from tests.trouble_support import (
     EventStream,

@@ -17,7 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from sidecar.agent import Agent
-from sidecar.api import create_app
+from sidecar.api.server import create_app
 from sidecar.events import ClusterEvent, EventLog
 from sidecar.store.memory import MemoryStore
 from tests.agents import running_agent, until

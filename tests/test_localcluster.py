@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.localcluster import LocalEtcdCluster
+from sidecar.testing.localcluster import LocalEtcdCluster
 from tests.paths import ROOT
 
 
@@ -57,7 +57,7 @@ def test_members_die_with_a_killed_test_process(tmp_path: Path) -> None:
         f"""
         import sys, time
         from pathlib import Path
-        from sidecar.localcluster import LocalEtcdCluster
+        from sidecar.testing.localcluster import LocalEtcdCluster
         cluster = LocalEtcdCluster(Path({str(tmp_path)!r}), size=1)
         cluster.start()
         print(cluster.members[0].process.pid, flush=True)

@@ -16,11 +16,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from sidecar.agent import Agent
-from sidecar.documents import member_document
+from sidecar.api.bodies import member_document
 from sidecar.keys import Keys
-from sidecar.localcluster import LocalEtcdCluster
 from sidecar.orchestrator import OrchestratorHealth, OrchestratorWatch
 from sidecar.store.etcd import EtcdStore
+from sidecar.testing.localcluster import LocalEtcdCluster
 from tests.agents import make_agent, running, running_agent, until
 from tests.cli_support import ringside, table
 from tests.fleet import Fleet

@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 
 from sidecar.history import HistoryGuard
-from sidecar.localcluster import EtcdMember, LocalEtcdCluster, find_etcd, free_port
 from sidecar.quorum import QuorumHealth, QuorumMonitor, check_quorum
 from sidecar.store.errors import StoreUnavailable
 from sidecar.store.etcd import EtcdStore
 from sidecar.store.memory import MemoryStore
 from sidecar.store.model import EndpointState, EndpointStatus, Header, StoreMember
+from sidecar.testing.localcluster import EtcdMember, LocalEtcdCluster, find_etcd, free_port
 from tests.waiting import wait_for
 
 REQUEST_TIMEOUT_S = 1.5

@@ -22,9 +22,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from sidecar.localcluster import LocalClusterError, LocalEtcdCluster
 from sidecar.store.base import Store
 from sidecar.store.model import KeyValue
+from sidecar.testing.localcluster import LocalClusterError, LocalEtcdCluster
 from tests.blackhole import Route
 from tests.fleet import Fleet, Sidecar
 
@@ -181,8 +181,8 @@ async def move_raft_leader(etcd: LocalEtcdCluster, within_s: float = 20.0) -> No
     the killed one back and wait for a healthy cluster.
 
     The member is started from the calling (main) thread, so it stays tied to the test run
-    and dies with it (see `sidecar.localcluster`: members started from a worker thread are not
-    tied at all).
+    and dies with it (see `sidecar.testing.localcluster`: members started from a worker thread
+    are not tied at all).
     """
     old = await asyncio.to_thread(etcd.leader)
     await asyncio.to_thread(old.kill)

@@ -7,7 +7,7 @@ errors exit 2 as well. A sidecar or etcd that does not answer, or answers someth
 not the document it promises, is one ``ringside: ...`` line and exit code 3.
 
 `status`, `members`, `leader` and `resign` must start fast (an operator types them, scripts
-poll them): their import path is the standard library, click and `sidecar.client`; everything
+poll them): their import path is the standard library, click and `sidecar.cli.local_api`; everything
 that pulls in pydantic, aiohttp or the agent is imported inside the command that needs it.
 
 Example::

@@ -17,8 +17,8 @@ import click
 from click.core import ParameterSource
 
 from sidecar import __version__
+from sidecar.cli.reports import NoAnswer
 from sidecar.errors import ConfigError
-from sidecar.statusdoc import NoAnswer
 
 if TYPE_CHECKING:
     from sidecar.config import LoadedConfig

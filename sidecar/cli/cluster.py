@@ -1,6 +1,6 @@
 """Commands about the cluster, asked of the local sidecar (or of etcd directly with
 `status --etcd`): `status`, `members`, `leader`, `resign`. They must start fast: their import
-path is the standard library, click and `sidecar.client`."""
+path is the standard library, click and `sidecar.cli.local_api`."""
 
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ from sidecar.cli.base import (
     config_options,
     ringside,
 )
-from sidecar.client import SidecarClient, sidecar_url
-from sidecar.render import FORMATS
-from sidecar.statusdoc import ClusterEvent, StatusReport
+from sidecar.cli.local_api import SidecarClient, sidecar_url
+from sidecar.cli.reports import ClusterEvent, StatusReport
+from sidecar.cli.tables import FORMATS
 
 if TYPE_CHECKING:
     from sidecar.config import RingsideConfig
@@ -137,7 +137,7 @@ def status(
     report = client.status()
     _show_status(report, output)
     if watch:
-        from sidecar.follow import follow_sidecar  # noqa: PLC0415
+        from sidecar.cli.watch import follow_sidecar  # noqa: PLC0415
 
         _until_interrupted(lambda: follow_sidecar(client, report, *_watch_printers(output)))
     raise SystemExit(0 if report.healthy and ready else EXIT_DEGRADED)
@@ -149,9 +149,9 @@ async def _status_from_etcd(
     """`status --etcd`: read (until healthy, with --wait-ready), show, then poll (--watch)."""
     import asyncio  # noqa: PLC0415
 
+    from sidecar.cli.etcd_status import EtcdSnapshots  # noqa: PLC0415  # aiohttp, pydantic
+    from sidecar.cli.watch import follow_etcd  # noqa: PLC0415
     from sidecar.deadline import Deadline  # noqa: PLC0415
-    from sidecar.follow import follow_etcd  # noqa: PLC0415
-    from sidecar.snapshot import EtcdSnapshots  # noqa: PLC0415  # aiohttp, pydantic
 
     async with EtcdSnapshots(config) as snapshots:
         report = await snapshots.read()
@@ -166,29 +166,29 @@ async def _status_from_etcd(
 
 
 def _show_status(report: StatusReport, output: str) -> None:
-    from sidecar import render  # noqa: PLC0415
+    from sidecar.cli import tables  # noqa: PLC0415
 
     if output in ("json", "yaml"):
-        click.echo(render.document(report.document, output))
+        click.echo(tables.document(report.document, output))
     else:
-        click.echo(render.status_text(report, wide=output == "wide"))
+        click.echo(tables.status_text(report, wide=output == "wide"))
 
 
 def _watch_printers(output: str) -> tuple[Callable[[ClusterEvent], None], Callable[[str], None]]:
     """How a watch prints a change, and a note about the watch itself (a source lost or back):
     timestamped lines for people; JSON lines (or YAML documents) on stdout, notes on stderr."""
-    from sidecar import render  # noqa: PLC0415
+    from sidecar.cli import tables  # noqa: PLC0415
 
     def emit(event: ClusterEvent) -> None:
         if output == "json":
             click.echo(json.dumps(event.document()))
         elif output == "yaml":
-            click.echo("---\n" + render.document(event.document(), "yaml"))
+            click.echo("---\n" + tables.document(event.document(), "yaml"))
         else:
-            click.echo(render.stamped(render.event_sentence(event), event.at))
+            click.echo(tables.stamped(tables.event_sentence(event), event.at))
 
     def note(sentence: str) -> None:
-        click.echo(render.stamped(sentence), err=output in ("json", "yaml"))
+        click.echo(tables.stamped(sentence), err=output in ("json", "yaml"))
 
     return emit, note
 
@@ -213,7 +213,7 @@ def members(
 
     Exits 1 when NODE_ID is not a live member, 3 when the sidecar does not answer.
     """
-    from sidecar import render  # noqa: PLC0415
+    from sidecar.cli import tables  # noqa: PLC0415
 
     client = _client(config_request, sidecar)
     if member_id is None:
@@ -226,9 +226,9 @@ def members(
         found = (member,)
     if output in ("json", "yaml"):
         documents = [dataclasses.asdict(m) for m in found]
-        click.echo(render.document(documents[0] if member_id else {"members": documents}, output))
+        click.echo(tables.document(documents[0] if member_id else {"members": documents}, output))
     else:
-        click.echo("\n".join(render.member_rows(found, wide=output == "wide")))
+        click.echo("\n".join(tables.member_rows(found, wide=output == "wide")))
 
 
 @ringside.command()
@@ -237,10 +237,10 @@ def members(
 @config_options
 def leader(config_request: ConfigRequest, sidecar: str | None, as_json: bool) -> None:
     """Who leads and at which epoch (the fencing token). Exits 1 when nobody leads."""
-    from sidecar import render  # noqa: PLC0415
+    from sidecar.cli import tables  # noqa: PLC0415
 
     report = _client(config_request, sidecar).leader()
-    click.echo(json.dumps(dataclasses.asdict(report)) if as_json else render.leader_text(report))
+    click.echo(json.dumps(dataclasses.asdict(report)) if as_json else tables.leader_text(report))
     if report.leader is None:
         raise SystemExit(EXIT_DEGRADED)
 

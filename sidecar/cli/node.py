@@ -14,8 +14,8 @@ import click
 from sidecar.cli.base import EXIT_NO_QUORUM, ConfigRequest, config_options, ringside
 
 if TYPE_CHECKING:
+    from sidecar.cli.etcd_check import EtcdHealth
     from sidecar.config import RingsideConfig
-    from sidecar.health import EtcdHealth
     from sidecar.identity import SourceReport
 
 
@@ -86,8 +86,8 @@ def etcd_check(config_request: ConfigRequest, as_json: bool) -> None:
 
 
 async def _check_etcd(config: RingsideConfig) -> EtcdHealth:
-    from sidecar.connect import open_store  # noqa: PLC0415
-    from sidecar.health import check_etcd  # noqa: PLC0415
+    from sidecar.cli.etcd_check import check_etcd  # noqa: PLC0415
+    from sidecar.etcd_connection import open_store  # noqa: PLC0415
     from sidecar.keys import Keys  # noqa: PLC0415
 
     store = open_store(config.etcd)

@@ -14,9 +14,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from sidecar.localcluster import LocalEtcdCluster
 from sidecar.store.errors import InvalidRequest, ProtocolError, StoreUnavailable
 from sidecar.store.etcd import EtcdStore
+from sidecar.testing.localcluster import LocalEtcdCluster
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
 HEADER = {"cluster_id": "1", "member_id": "2", "revision": "7", "raft_term": "3"}

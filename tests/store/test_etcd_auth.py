@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.localcluster import LocalEtcdCluster
 from sidecar.store.codec import b64
 from sidecar.store.errors import AuthFailed
 from sidecar.store.etcd import EtcdStore
 from sidecar.store.model import EventType, prefix_end
+from sidecar.testing.localcluster import LocalEtcdCluster
 from tests.waiting import next_batch
 
 USER, PASSWORD = "ringside", "s3cret"

@@ -14,10 +14,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from sidecar.localcluster import EtcdMember, LocalEtcdCluster
 from sidecar.store.errors import StoreUnavailable
 from sidecar.store.etcd import EtcdStore
 from sidecar.store.model import EventType, WatchBatch
+from sidecar.testing.localcluster import EtcdMember, LocalEtcdCluster
 from tests.waiting import next_batch, wait_for
 
 REQUEST_TIMEOUT_S = 1.5

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.localcluster import LocalEtcdCluster, ServerTls
 from sidecar.store.errors import StoreUnavailable
 from sidecar.store.gateway import TlsFiles
+from sidecar.testing.localcluster import LocalEtcdCluster, ServerTls
 
 
 def _openssl(*args: str, cwd: Path) -> None:

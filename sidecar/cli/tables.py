@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final
 
-from sidecar.statusdoc import ClusterEvent, LeaderReport, MemberInfo, StatusReport
+from sidecar.cli.reports import ClusterEvent, LeaderReport, MemberInfo, StatusReport
 
 FORMATS: Final = ("table", "wide", "json", "yaml")
 

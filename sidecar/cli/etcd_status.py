@@ -17,14 +17,14 @@ from collections.abc import Collection
 from types import TracebackType
 from typing import Any
 
-from sidecar.connect import open_store
-from sidecar.documents import cluster_document
+from sidecar.api.bodies import cluster_document
+from sidecar.cli.reports import NoAnswer, StatusReport, parse_status
 from sidecar.election import Leadership
+from sidecar.etcd_connection import open_store
 from sidecar.inventory import load_inventory
 from sidecar.keys import Keys
 from sidecar.quorum import QuorumHealth, check_quorum
 from sidecar.settings import RingsideConfig
-from sidecar.statusdoc import NoAnswer, StatusReport, parse_status
 from sidecar.store.base import Store
 from sidecar.store.errors import StoreError
 from sidecar.store.model import RangeResult

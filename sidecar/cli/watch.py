@@ -14,8 +14,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import NoReturn
 
-from sidecar.client import SidecarClient, SidecarUnreachable
-from sidecar.statusdoc import ClusterEvent, ClusterState, NoAnswer, StatusReport
+from sidecar.cli.local_api import SidecarClient, SidecarUnreachable
+from sidecar.cli.reports import ClusterEvent, ClusterState, NoAnswer, StatusReport
 
 Emit = Callable[[ClusterEvent], None]
 Note = Callable[[str], None]

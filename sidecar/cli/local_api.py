@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sidecar.statusdoc import (
+from sidecar.cli.reports import (
     ClusterEvent,
     LeaderReport,
     MemberInfo,

@@ -1,10 +1,10 @@
 """The local HTTP API the orchestrator reads (127.0.0.1:8776 by default).
 
-Every answer comes from the agent's in-memory state (see `sidecar.documents`); nothing here
+Every answer comes from the agent's in-memory state (see `sidecar.api.bodies`); nothing here
 asks etcd, so the API stays fast and keeps answering while etcd is unreachable, and says so.
 Every body is JSON, every error `{"error": ...}` with a 4xx status; an unexpected exception is
 logged and answered 500 `{"error": "internal error"}`, never with a traceback. The routes and
-their answers are documented in `sidecar/openapi.yaml`, served at `/openapi.json`.
+their answers are documented in `sidecar/api/openapi.yaml`, served at `/openapi.json`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import yaml
 from aiohttp import web
 
 from sidecar.agent import Agent
-from sidecar.documents import (
+from sidecar.api.bodies import (
     leader_document,
     member_document,
     members_document,
@@ -252,7 +252,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def openapi_document() -> dict[str, Any]:
-    text = resources.files("sidecar").joinpath("openapi.yaml").read_text()
+    text = resources.files("sidecar.api").joinpath("openapi.yaml").read_text()
     document: dict[str, Any] = yaml.safe_load(text)
     return document
 

@@ -28,10 +28,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Final
 
-from sidecar.client import SidecarClient, SidecarUnreachable
+from sidecar.cli.local_api import SidecarClient, SidecarUnreachable
+from sidecar.cli.reports import NoAnswer
 from sidecar.deadline import Deadline
-from sidecar.localcluster import LocalClusterError, LocalEtcdCluster, free_port
-from sidecar.statusdoc import NoAnswer
+from sidecar.testing.localcluster import LocalClusterError, LocalEtcdCluster, free_port
 
 CLUSTER: Final = "ringrift"
 NODES: Final = (
@@ -236,7 +236,7 @@ def _stop_on_signals() -> Iterator[None]:
 def _shielded(argv: Sequence[str]) -> int:
     """Run the demo in its own session and turn our Ctrl-C into its orderly stop."""
     child = subprocess.Popen(
-        [sys.executable, "-m", "sidecar.demo", *argv, _IN_SESSION],
+        [sys.executable, "-m", "sidecar.testing.demo", *argv, _IN_SESSION],
         start_new_session=True,
         preexec_fn=lambda: _on_parent_death(signal.SIGTERM),  # noqa: PLW1509
     )
@@ -251,7 +251,7 @@ def _shielded(argv: Sequence[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="python -m sidecar.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m sidecar.testing.demo", description=__doc__)
     parser.add_argument("--once", action="store_true", help="print the status once and exit")
     parser.add_argument("--seconds", type=float, help="stop after this long (default: Ctrl-C)")
     parser.add_argument(_IN_SESSION, action="store_true", help=argparse.SUPPRESS)
