@@ -37,6 +37,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
+from sidecar.changes import QuorumChanges, view_changes
 from sidecar.deadline import within
 from sidecar.election import (
     Campaign,
@@ -47,13 +48,14 @@ from sidecar.election import (
     leadership,
     resign,
 )
-from sidecar.events import ClusterEvent, EventLog, diff_views
+from sidecar.events import ClusterEvent, EventLog
 from sidecar.history import HistoryGuard
 from sidecar.hooks import RoleHooks
 from sidecar.keys import Keys
-from sidecar.membership import DuplicateNode, MemberRecord, register, update_record, write_over
-from sidecar.orchestrator import OrchestratorHealth, OrchestratorWatch
+from sidecar.membership import DuplicateNode, register, update_record, write_over
+from sidecar.orchestrator import OrchestratorWatch
 from sidecar.quorum import QuorumHealth, QuorumMonitor
+from sidecar.records import MemberRecord, OrchestratorHealth
 from sidecar.session import Session
 from sidecar.settings import RingsideConfig
 from sidecar.store.base import Store
@@ -134,7 +136,7 @@ class Agent:
         self._wake = asyncio.Event()
         self._keepalive_task: asyncio.Task[None] | None = None
         self._stale_leases: list[int] = []
-        self._quorum_lost = False
+        self._quorum_changes = QuorumChanges()
         self._written: MemberRecord | None = None  # what our member key holds, as we wrote it
         self._written_revision = 0  # and the revision of that write
         self._restoring_candidate = False
@@ -619,7 +621,7 @@ class Agent:
         return revision is not None
 
     def _view_changed(self, old: ClusterView, new: ClusterView) -> None:
-        for event in diff_views(old, new):
+        for event in view_changes(old, new):
             self._record(event)
         self._wake.set()
 
@@ -643,12 +645,8 @@ class Agent:
             self._wake.set()
 
     def _quorum_changed(self, old: QuorumHealth, new: QuorumHealth) -> None:
-        if old.quorum_ok and not new.quorum_ok:
-            self._quorum_lost = True
-            self._record(ClusterEvent("quorum_lost", self.view.revision, {"reason": new.error}))
-        elif new.quorum_ok and self._quorum_lost:
-            self._quorum_lost = False
-            self._record(ClusterEvent("quorum_regained", self.view.revision, {}))
+        for event in self._quorum_changes(old, new, self.view.revision):
+            self._record(event)
         self._wake.set()
 
     def _record(self, event: ClusterEvent) -> None:

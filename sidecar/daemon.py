@@ -23,8 +23,8 @@ from sidecar.etcd_connection import open_store
 from sidecar.identity import HostFacts, resolve_identity
 from sidecar.inventory import Inventory
 from sidecar.lock import InstanceLock, default_lock_path
-from sidecar.membership import MemberRecord
 from sidecar.metrics import Metrics
+from sidecar.records import MemberRecord
 from sidecar.settings import RingsideConfig
 
 log = logging.getLogger(__name__)

@@ -12,8 +12,7 @@ Three holders are not live nodes, and do not block us:
   tell, without a token to prove it: its lease is waited out (etcd may renew every lease to
   its full TTL on a Raft leader change, so the wait is repeated, within a bound).
 
-Records read from etcd are untrusted input (rule 14): size-capped, schema-checked, and only
-accepted under the key of the node they name.
+The record itself, and how one read from etcd is checked (rule 14), is `sidecar.records`.
 """
 
 from __future__ import annotations
@@ -24,114 +23,20 @@ import logging
 import os
 import socket
 from collections.abc import Sequence
-from datetime import UTC, datetime
-from pathlib import Path
+from datetime import datetime
 
 import psutil
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    ValidationError,
-    ValidatorFunctionWrapHandler,
-    field_validator,
-)
 
-from sidecar import __version__
 from sidecar.deadline import Deadline
 from sidecar.errors import RingsideError
 from sidecar.keys import Keys
-from sidecar.orchestrator import OrchestratorHealth
+from sidecar.records import MemberRecord, boot_id, printable
 from sidecar.session import Session
 from sidecar.store.base import Store
 from sidecar.store.errors import LeaseNotFound
 from sidecar.store.model import Compare, EventType, Get, KeyValue, Put, RangeResult, TxnOp
 
 log = logging.getLogger(__name__)
-
-MAX_RECORD_BYTES = 16 * 1024  # a record is a few hundred bytes; anything huge is not ours
-_BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
-
-
-def boot_id() -> str:
-    """This kernel's boot id (shared by every container on the host); "" where unknown."""
-    try:
-        return _BOOT_ID.read_text().strip()
-    except OSError:
-        return ""
-
-
-class MemberRecord(BaseModel):
-    """What a node publishes about itself. Unknown fields from newer versions are ignored."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-    node_id: str
-    addresses: tuple[str, ...] = ()
-    labels: dict[str, str] = {}
-    eligible: bool = False
-    version: str = ""
-    pid: int = 0
-    hostname: str = ""
-    started_at: str = ""
-    boot_id: str = ""
-    instance: str = ""  # the token in this process's lock file (see sidecar.lock)
-    orchestrator: OrchestratorHealth | None = None  # None: no health URL configured
-
-    @field_validator("orchestrator", mode="wrap")
-    @classmethod
-    def _unreadable_health_is_unknown(
-        cls, value: object, handler: ValidatorFunctionWrapHandler
-    ) -> OrchestratorHealth | None:
-        """A health entry this version cannot read (a newer shape) is unknown, and must not make
-        the whole record unreadable: the member still counts, with its addresses and labels."""
-        try:
-            health: OrchestratorHealth | None = handler(value)
-        except ValidationError:
-            return None
-        return health
-
-    @classmethod
-    def for_this_process(
-        cls,
-        node_id: str,
-        *,
-        advertise: tuple[str, ...],
-        discovered: tuple[str, ...],
-        labels: dict[str, str],
-        eligible: bool,
-        instance: str = "",
-    ) -> MemberRecord:
-        return cls(
-            node_id=node_id,
-            addresses=tuple(dict.fromkeys((*advertise, *discovered))),
-            labels=labels,
-            eligible=eligible,
-            version=__version__,
-            pid=os.getpid(),
-            hostname=socket.gethostname(),
-            started_at=datetime.now(UTC).isoformat(timespec="seconds"),
-            boot_id=boot_id(),
-            instance=instance,
-        )
-
-    def encode(self) -> bytes:
-        return self.model_dump_json().encode()
-
-    @classmethod
-    def decode(cls, raw: bytes) -> MemberRecord | None:
-        """The record, or None when the bytes are not a record (logged by the caller)."""
-        if len(raw) > MAX_RECORD_BYTES:
-            return None
-        try:
-            return cls.model_validate_json(raw)
-        except (ValidationError, ValueError):
-            return None
-
-
-def printable(text: str, limit: int = 64) -> str:
-    """`text` from etcd made safe for a log line or a terminal: printable, short."""
-    clean = "".join(c if c.isprintable() else "?" for c in text[:limit])
-    return clean + ("..." if len(text) > limit else "")
 
 
 class DuplicateNode(RingsideError):
@@ -285,15 +190,3 @@ async def update_record(
         [Compare.lease_is(key, session.lease_id)], [Put(key, record.encode(), session.lease_id)]
     )
     return result.header.revision if result.succeeded else None
-
-
-def parse_record(kv: KeyValue, node_id: str) -> MemberRecord | None:
-    """The record under `members/<node_id>`, or None (logged) when it is not one, or names
-    another node: a record is only believed under its own node's key."""
-    record = MemberRecord.decode(kv.value)
-    if record is None:
-        log.warning("member key %s holds no valid record: %r", kv.key, kv.value[:80])
-    elif record.node_id != node_id:
-        log.warning("member key %s holds a record for %r; ignored", kv.key, record.node_id[:80])
-        return None
-    return record

@@ -23,21 +23,12 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 import aiohttp
-from pydantic import BaseModel, ConfigDict
+
+from sidecar.records import OrchestratorHealth
 
 log = logging.getLogger(__name__)
 
 PROBE_TIMEOUT_S = 2.0
-
-
-class OrchestratorHealth(BaseModel):
-    """The orchestrator's state as this node last published it."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-    healthy: bool
-    detail: str  # "HTTP 200", "HTTP 503", "connection refused", ...
-    since: str  # when it entered this state (UTC, ISO 8601)
 
 
 async def probe(session: aiohttp.ClientSession, url: str, timeout_s: float) -> tuple[bool, str]:

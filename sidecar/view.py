@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from sidecar.keys import Keys
-from sidecar.membership import MemberRecord, parse_record, printable
+from sidecar.records import MemberRecord, parse_record, printable
 from sidecar.settings import DNS_LABEL
 from sidecar.store.base import Store
 from sidecar.store.errors import Compacted, StoreError

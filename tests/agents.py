@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from sidecar.agent import Agent
-from sidecar.membership import MemberRecord
+from sidecar.records import MemberRecord
 from sidecar.settings import RingsideConfig
 from sidecar.store.base import Store
 from tests.waiting import wait_for

@@ -10,10 +10,11 @@ import time
 from pathlib import Path
 
 from sidecar.agent import _cancel_and_wait
+from sidecar.changes import view_changes
 from sidecar.election import Campaign, campaign, fenced_txn, leadership, reported_validity
-from sidecar.events import diff_views
 from sidecar.keys import Keys
-from sidecar.membership import MemberRecord, register
+from sidecar.membership import register
+from sidecar.records import MemberRecord
 from sidecar.session import Session
 from sidecar.store.base import Store
 from sidecar.store.model import Header, Put
@@ -134,7 +135,7 @@ async def test_reload_after_a_broken_watch_misses_no_deletion(store: Store, clus
         store,
         keys,
         on_change=lambda old, new: seen.extend(
-            f"{e.kind}:{e.detail.get('node_id')}" for e in diff_views(old, new)
+            f"{e.kind}:{e.detail.get('node_id')}" for e in view_changes(old, new)
         ),
     )
     keeper.current = stale  # what the node knew before its watch broke

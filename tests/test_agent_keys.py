@@ -17,7 +17,7 @@ import pytest
 from sidecar.agent import SHUTDOWN_BUDGET_S, Agent
 from sidecar.api.bodies import readiness
 from sidecar.keys import Keys
-from sidecar.membership import MemberRecord
+from sidecar.records import MemberRecord
 from sidecar.store.base import Store
 from sidecar.store.memory import MemoryStore
 from sidecar.store.model import Header

@@ -9,7 +9,8 @@ import time
 import pytest
 
 from sidecar.keys import Keys
-from sidecar.membership import DuplicateNode, MemberRecord, register
+from sidecar.membership import DuplicateNode, register
+from sidecar.records import MemberRecord
 from sidecar.session import Session
 from sidecar.store.memory import MIN_LEASE_TTL, MemoryStore
 

@@ -18,7 +18,8 @@ from aiohttp.test_utils import TestServer
 from sidecar.agent import Agent
 from sidecar.api.bodies import member_document
 from sidecar.keys import Keys
-from sidecar.orchestrator import OrchestratorHealth, OrchestratorWatch
+from sidecar.orchestrator import OrchestratorWatch
+from sidecar.records import OrchestratorHealth
 from sidecar.store.etcd import EtcdStore
 from sidecar.testing.localcluster import LocalEtcdCluster
 from tests.agents import make_agent, running, running_agent, until

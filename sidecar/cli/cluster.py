@@ -21,8 +21,9 @@ from sidecar.cli.base import (
     ringside,
 )
 from sidecar.cli.local_api import SidecarClient, sidecar_url
-from sidecar.cli.reports import ClusterEvent, StatusReport
+from sidecar.cli.reports import StatusReport
 from sidecar.cli.tables import FORMATS
+from sidecar.events import ClusterEvent
 
 if TYPE_CHECKING:
     from sidecar.config import RingsideConfig
@@ -185,7 +186,7 @@ def _watch_printers(output: str) -> tuple[Callable[[ClusterEvent], None], Callab
         elif output == "yaml":
             click.echo("---\n" + tables.document(event.document(), "yaml"))
         else:
-            click.echo(tables.stamped(tables.event_sentence(event), event.at))
+            click.echo(tables.stamped(event.sentence(), event.at))
 
     def note(sentence: str) -> None:
         click.echo(tables.stamped(sentence), err=output in ("json", "yaml"))

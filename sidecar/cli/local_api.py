@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sidecar.cli.reports import (
-    ClusterEvent,
     LeaderReport,
     MemberInfo,
     NoAnswer,
@@ -37,6 +36,7 @@ from sidecar.cli.reports import (
     parse_members,
     parse_status,
 )
+from sidecar.events import ClusterEvent
 
 DEFAULT_TIMEOUT_S = 3.0
 READY_WAIT_CHUNK_S = 60.0  # one /ready?wait= at a time (the sidecar caps a wait at 300 s)

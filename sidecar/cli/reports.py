@@ -14,16 +14,12 @@ Only the standard library is imported: `ringside status` must start fast.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from sidecar.errors import RingsideError
-
-EVENT_KINDS = frozenset(
-    {"member_joined", "member_left", "leader_changed", "quorum_lost", "quorum_regained"}
-)
+from sidecar.events import EVENT_KINDS, ClusterEvent, membership_changes
 
 
 class NoAnswer(RingsideError):
@@ -215,24 +211,6 @@ def parse_leader(value: object) -> LeaderReport:
     )
 
 
-@dataclass(frozen=True)
-class ClusterEvent:
-    """One change: a member joined or left, the leader changed, quorum was lost or regained.
-
-    `revision` is the etcd revision it happened at, `at` the wall-clock time (unix seconds).
-    `detail` carries `node_id` (joined, left), `leader` and `epoch` (leader changed) or
-    `reason` (quorum lost).
-    """
-
-    kind: str
-    revision: int
-    at: float
-    detail: Mapping[str, Any]
-
-    def document(self) -> dict[str, Any]:
-        return {"kind": self.kind, "revision": self.revision, "at": self.at, "detail": self.detail}
-
-
 def parse_event(value: object) -> ClusterEvent:
     where = "event"
     document = _mapping(value, where)
@@ -242,8 +220,8 @@ def parse_event(value: object) -> ClusterEvent:
     return ClusterEvent(
         kind=kind,
         revision=_take(document, "revision", int, where=where),
-        at=float(_take(document, "at", float, int, where=where)),
         detail=dict(_mapping(document.get("detail") or {}, "event.detail")),
+        at=float(_take(document, "at", float, int, where=where)),
     )
 
 
@@ -280,11 +258,13 @@ class ClusterState:
                 return False
             self.leader, self.epoch = now
             return True
-        lost = event.kind == "quorum_lost"
-        if self.quorum_ok != lost:
-            return False
-        self.quorum_ok = not lost
-        return True
+        if event.kind in ("quorum_lost", "quorum_regained"):
+            lost = event.kind == "quorum_lost"
+            if self.quorum_ok != lost:
+                return False
+            self.quorum_ok = not lost
+            return True
+        return True  # news of another kind (a key restored): nothing here to compare it with
 
     def catch_up(self, report: StatusReport) -> list[ClusterEvent]:
         """The changes from what we knew to `report` (after polling, or a lost stream).
@@ -292,23 +272,19 @@ class ClusterState:
         Members and leader of a report that is not in sync with etcd are not news: they are
         the last ones seen, or none at all when etcd could not be read.
         """
-        now, revision = time.time(), report.revision
+        revision = report.revision
         candidates: list[ClusterEvent] = []
         if report.synced:
-            current = {m.node_id for m in report.members}
-            candidates += [
-                ClusterEvent("member_joined", revision, now, {"node_id": node_id})
-                for node_id in sorted(current - self.members)
-            ]
-            candidates += [
-                ClusterEvent("member_left", revision, now, {"node_id": node_id})
-                for node_id in sorted(self.members - current)
-            ]
-            leader = {"leader": report.leader, "epoch": report.epoch}
-            candidates.append(ClusterEvent("leader_changed", revision, now, leader))
+            candidates += membership_changes(
+                revision,
+                self.members,
+                {m.node_id for m in report.members},
+                (self.leader, self.epoch),
+                (report.leader, report.epoch),
+            )
         if report.quorum_ok:
-            candidates.append(ClusterEvent("quorum_regained", revision, now, {}))
+            candidates.append(ClusterEvent("quorum_regained", revision, {}))
         else:
             reason = report.etcd_error or "too few healthy etcd voters"
-            candidates.append(ClusterEvent("quorum_lost", revision, now, {"reason": reason}))
+            candidates.append(ClusterEvent("quorum_lost", revision, {"reason": reason}))
         return [event for event in candidates if self.apply(event)]

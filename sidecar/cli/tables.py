@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final
 
-from sidecar.cli.reports import ClusterEvent, LeaderReport, MemberInfo, StatusReport
+from sidecar.cli.reports import LeaderReport, MemberInfo, StatusReport
 
 FORMATS: Final = ("table", "wide", "json", "yaml")
 
@@ -128,27 +128,6 @@ def leader_text(report: LeaderReport) -> str:
     if report.is_self:
         text += f"; this node, valid for {report.valid_for_s or 0:.1f} s"
     return text
-
-
-def event_sentence(event: ClusterEvent) -> str:
-    return describe_event(event.kind, event.detail)
-
-
-def describe_event(kind: str, detail: Mapping[str, Any]) -> str:
-    """One cluster event as a sentence; the sidecar's log and `status --watch` both use it."""
-    if kind == "member_joined":
-        return f"member {detail.get('node_id')} joined"
-    if kind == "member_left":
-        return f"member {detail.get('node_id')} left"
-    if kind == "leader_changed":
-        if detail.get("leader") is None:
-            return "leader changed: no leader"
-        return f"leader changed: {detail.get('leader')} (epoch {detail.get('epoch')})"
-    if kind == "quorum_lost":
-        return "quorum lost" + _suffix(detail.get("reason"))
-    if kind == "key_restored":
-        return f"{detail.get('what')} key {detail.get('key')} was gone; written again"
-    return "quorum regained"
 
 
 def stamped(sentence: str, at: float | None = None) -> str:

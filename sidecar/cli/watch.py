@@ -15,7 +15,8 @@ from collections.abc import Awaitable, Callable
 from typing import NoReturn
 
 from sidecar.cli.local_api import SidecarClient, SidecarUnreachable
-from sidecar.cli.reports import ClusterEvent, ClusterState, NoAnswer, StatusReport
+from sidecar.cli.reports import ClusterState, NoAnswer, StatusReport
+from sidecar.events import ClusterEvent
 
 Emit = Callable[[ClusterEvent], None]
 Note = Callable[[str], None]

@@ -1,0 +1,47 @@
+"""What changed, as cluster events: between two views, and between two quorum checks.
+
+The daemon's two sources of news, side by side; the wording and the membership arithmetic
+are `sidecar.events`, shared with `ringside status --watch`.
+"""
+
+from __future__ import annotations
+
+from sidecar.events import ClusterEvent, membership_changes
+from sidecar.quorum import QuorumHealth
+from sidecar.view import ClusterView
+
+
+def view_changes(old: ClusterView, new: ClusterView) -> list[ClusterEvent]:
+    """Membership and leader changes from `old` to `new`.
+
+    An unsynced view keeps its last contents, so a reload that finds nothing new yields no
+    events; the very first load reports every member as joined and the current leader.
+    """
+    if not new.synced:
+        return []
+    return membership_changes(
+        new.revision,
+        old.members.keys(),
+        new.members.keys(),
+        (old.leader.node_id if old.leader else None, old.epoch),
+        (new.leader.node_id if new.leader else None, new.epoch),
+    )
+
+
+class QuorumChanges:
+    """Turns successive quorum checks into `quorum_lost` / `quorum_regained` events.
+
+    Regained is only said after a loss was: the first good check after start-up is no news.
+    """
+
+    def __init__(self) -> None:
+        self._lost = False
+
+    def __call__(self, old: QuorumHealth, new: QuorumHealth, revision: int) -> list[ClusterEvent]:
+        if old.quorum_ok and not new.quorum_ok:
+            self._lost = True
+            return [ClusterEvent("quorum_lost", revision, {"reason": new.error})]
+        if new.quorum_ok and self._lost:
+            self._lost = False
+            return [ClusterEvent("quorum_regained", revision, {})]
+        return []
