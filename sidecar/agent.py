@@ -35,7 +35,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from sidecar.changes import QuorumChanges, view_changes
 from sidecar.deadline import within
@@ -43,10 +43,9 @@ from sidecar.election import (
     Campaign,
     LastKnown,
     Leadership,
-    campaign,
-    fenced_txn,
-    leadership,
-    resign,
+    decide_leadership,
+    enter_election,
+    release,
 )
 from sidecar.events import ClusterEvent, EventLog
 from sidecar.history import HistoryGuard
@@ -58,9 +57,10 @@ from sidecar.quorum import QuorumHealth, QuorumMonitor
 from sidecar.records import MemberRecord, OrchestratorHealth
 from sidecar.session import Session
 from sidecar.settings import RingsideConfig
+from sidecar.state import LeaseState, NodeState
 from sidecar.store.base import Store
 from sidecar.store.errors import LeaseNotFound, StoreError
-from sidecar.store.model import Compare, Delete, Header, Put, TxnOp
+from sidecar.store.model import Compare, Delete, Header, Put
 from sidecar.view import ClusterView, ViewKeeper
 
 log = logging.getLogger(__name__)
@@ -120,10 +120,10 @@ class Agent:
             else None
         )
         self.session: Session | None = None
-        self.campaign: Campaign | None = None
+        self.candidacy: Campaign | None = None  # our candidate key, while we stand
         self.last_cycle = "starting"
         self.farewell = "not started"  # how the last shutdown went, for the final log line
-        self.on_keepalive: Callable[[float], None] = lambda latency_s: None
+        self._keepalive_listeners: list[Callable[[float], None]] = []
         self.conflict: str | None = None  # our node id held by another live lease, at run time
         self._claimed = False  # the elected hook fired for our current campaign
         self._answered: int | None = None  # an epoch `leadership()` said we lead
@@ -199,14 +199,43 @@ class Agent:
         """
         return self.guard.violation or self.conflict
 
+    def state(self) -> NodeState:
+        """Everything this sidecar knows, as of now, for the API, `/ready` and metrics.
+
+        Leadership is decided here, once, so every field agrees with it (and it counts as an
+        answer given, rule 5, like `leadership()`)."""
+        now = self.leadership()
+        session = self.session
+        lease = None
+        if session is not None:
+            lease = LeaseState(session.lease_id, session.lease.ttl, session.remaining())
+        checked = self.orchestrator.current if self.orchestrator is not None else None
+        return NodeState(
+            cluster=self.config.cluster,
+            node_id=self.node_id,
+            leadership=now,
+            view=self.view,
+            quorum=self.health,
+            lease=lease,
+            registered=self.registered,
+            history_violation=self.guard.violation,
+            conflict=self.conflict,
+            retiring=self.retiring,
+            stopping=self.stopping,
+            confirmed_age_s=self.confirmed_age(),
+            orchestrator=checked,
+            store=self.store.stats(),
+            last_cycle=self.last_cycle,
+        )
+
     def leadership(self) -> Leadership:
         """Whether we lead, decided now from the view, our campaign and the validity clock;
         no leader at all once the view is older than the validity budget (rule 11)."""
         if self._leaving is not None:
             return Leadership(False, None, None, None, self._leaving)
-        now = leadership(
+        now = decide_leadership(
             self.view,
-            self.campaign,
+            self.candidacy,
             self.session,
             margin_s=self.config.leader.validity_margin,
             blocked=self.blocked(),
@@ -292,12 +321,12 @@ class Agent:
             await self._withdraw()
             self._remind(blocked)
             return f"not a candidate: {blocked}"
-        if self.config.leader.eligible and self.campaign is None:
-            self.campaign = await campaign(self.store, self.keys, self.session, self.node_id)
+        if self.config.leader.eligible and self.candidacy is None:
+            self.candidacy = await enter_election(self.store, self.keys, self.session, self.node_id)
             if self._restoring_candidate:
                 self._restoring_candidate = False
-                self._key_restored("candidate", self.campaign.key, self.campaign.epoch)
-            return f"campaigning with epoch {self.campaign.epoch}"
+                self._key_restored("candidate", self.candidacy.key, self.candidacy.epoch)
+            return f"campaigning with epoch {self.candidacy.epoch}"
         if now.is_leader and not self._claimed:
             self._claimed = True
             log.info(
@@ -321,13 +350,13 @@ class Agent:
         out, then dropped. When etcd has already moved on (our key is gone or replaced, the
         lease is lost) there is nothing to keep: drop it at once.
         """
-        ours, session = self.campaign, self.session
+        ours, session = self.candidacy, self.session
         self._step_down(reason)
         head = self.view.leader
         still_ours = ours is not None and head is not None and head.key == ours.key
         alive = session is not None and not session.lost.is_set()
         if still_ours and alive and self._promised_until > time.monotonic():
-            self.campaign = None
+            self.candidacy = None
             self._retiring_until = self._promised_until
             return self._retire()
         self._drop_session()
@@ -345,7 +374,7 @@ class Agent:
         """Note the end of our leadership: log it and run the demotion hook (if the elected
         hook ran); the epoch given up. Everything here is local: it happens before any
         request to etcd."""
-        epoch = self.campaign.epoch if self.campaign is not None else self._answered
+        epoch = self.candidacy.epoch if self.candidacy is not None else self._answered
         claimed, self._claimed, self._answered = self._claimed, False, None
         log.warning(
             "stopped being leader (epoch %s): %s", epoch, reason,
@@ -395,17 +424,17 @@ class Agent:
             Put(key, self.record.encode(), session.lease_id),
             held_by=0 if mine is None or mine.lease == 0 else session.lease_id,
             # the candidacy ends with the old record, in the same transaction
-            also=[Delete(self.campaign.key)] if self.campaign is not None else [],
+            also=[Delete(self.candidacy.key)] if self.candidacy is not None else [],
         )
         if revision is None:
             return "our member key changed while being restored; looking again"
         self._written, self._written_revision = self.record, revision
-        self.campaign = None
+        self.candidacy = None
         self._key_restored("member", key, revision, was=what)
         return f"restored our member key ({what})"
 
     async def _check_candidate(self) -> str | None:
-        ours = self.campaign
+        ours = self.candidacy
         if ours is None or self.view.revision < ours.epoch:
             return None
         for c in self.view.candidates:
@@ -444,7 +473,7 @@ class Agent:
 
     async def _withdraw(self) -> None:
         """End our candidacy: delete our candidate key if it is still the one we made."""
-        ours, self.campaign = self.campaign, None
+        ours, self.candidacy = self.candidacy, None
         if ours is not None:
             with contextlib.suppress(StoreError):
                 await self.store.txn([Compare.lease_is(ours.key, ours.lease)], [Delete(ours.key)])
@@ -507,12 +536,16 @@ class Agent:
         )
         return f"registered with lease {session.lease_id:x}"
 
+    def listen_keepalives(self, listener: Callable[[float], None]) -> None:
+        """Call `listener(latency_s)` after every successful keepalive from now on, of the
+        current session and every later one (metrics observe the latency this way)."""
+        self._keepalive_listeners.append(listener)
+
     def _keepalive_done(self, latency_s: float) -> None:
-        """A keepalive went through the etcd leader: the view is confirmed as of its sending.
-        Looks `on_keepalive` up at each call, so a callback set later (metrics) is used by
-        the session already running too."""
+        """A keepalive went through the etcd leader: the view is confirmed as of its sending."""
         self._confirm(time.monotonic() - latency_s)
-        self.on_keepalive(latency_s)
+        for listener in self._keepalive_listeners:
+            listener(latency_s)
 
     def _confirm(self, at: float) -> None:
         if self._confirmed_at is None or at > self._confirmed_at:
@@ -529,7 +562,7 @@ class Agent:
             self._stale_leases.append(self.session.lease_id)
         if self._keepalive_task is not None:
             self._keepalive_task.cancel()
-        self.session, self.campaign, self._answered = None, None, None
+        self.session, self.candidacy, self._answered = None, None, None
 
     async def _revoke_stale_leases(self) -> None:
         """Revoke leases of dropped sessions, so their election keys stop blocking others."""
@@ -545,27 +578,20 @@ class Agent:
         If the key cannot be deleted, the whole session is dropped instead, so the old epoch
         can never be picked up again by re-campaigning on the same lease.
         """
-        ours = self.campaign
+        ours = self.candidacy
         if ours is None or not self.leadership().is_leader:
             return False
         self._step_down("resigned")  # nothing says leader from here on: campaign is None
-        self.campaign = None
+        self.candidacy = None
         self._promised_until = 0.0  # the caller asked to hand over: the promise is released
         try:
-            deleted = await resign(self.store, ours)
+            deleted = await release(self.store, ours)
         except StoreError:
             deleted = False
         if not deleted:
             self._drop_session()
         self._wake.set()
         return True
-
-    async def fenced(self, ops: Sequence[TxnOp]) -> bool:
-        """Apply a leader-only write, fenced by our epoch; False when we do not lead."""
-        ours = self.campaign
-        if ours is None or not self.leadership().is_leader:
-            return False
-        return await fenced_txn(self.store, ours, ops)
 
     async def _leave(self) -> None:
         """Shutdown, after `stop_claiming`: revoke our leases so our keys vanish at once and

@@ -1,6 +1,6 @@
 """Leader election on etcd: one candidate key per session, the oldest leads.
 
-campaign = txn `create_revision == 0` then put `election/<lease id hex>` on the session lease.
+enter_election = txn `create_revision == 0` then put `election/<lease id hex>` on the session lease.
 The valid candidate (see `sidecar.view`) with the lowest `create_revision` leads and that
 revision is its **epoch**, the fencing token: etcd revisions only grow, so every new leader's
 epoch is higher than the last, and no epoch is ever handed out twice. Later candidates simply
@@ -8,7 +8,7 @@ wait: when the leader's key is deleted (resign, lease expiry) the next-oldest ke
 and everyone's watch shows it at the same revision. An incumbent stays leader while its lease
 lives; a newer candidate can never be "better" (no flapping).
 
-`leadership()` decides at read time whether *we* lead (safety rules 2 and 3): our key must be
+`decide_leadership()` decides at read time whether *we* lead (safety rules 2 and 3): our key must be
 the lowest in a synced view, carry our lease and our epoch, and our lease must still be valid
 by our own clock, a margin before etcd could expire it. A process frozen past that deadline
 answers "not leader" on its first look after it wakes, whatever its view still says.
@@ -38,7 +38,7 @@ class Campaign:
     epoch: int
 
 
-async def campaign(store: Store, keys: Keys, session: Session, node_id: str) -> Campaign:
+async def enter_election(store: Store, keys: Keys, session: Session, node_id: str) -> Campaign:
     """Put our candidate key (once per session) and return it with its create_revision."""
     key = keys.candidate(session.lease_id)
     result = await store.txn(
@@ -53,7 +53,7 @@ async def campaign(store: Store, keys: Keys, session: Session, node_id: str) -> 
     return Campaign(key, session.lease_id, found.kvs[0].create_revision)
 
 
-async def resign(store: Store, ours: Campaign) -> bool:
+async def release(store: Store, ours: Campaign) -> bool:
     """Delete our candidate key if it is still the one we made; the next candidate leads at
     once. Returns whether it was deleted (release = txn on our lease and epoch, then delete)."""
     return await fenced_txn(store, ours, [Delete(ours.key)])
@@ -104,7 +104,7 @@ class Leadership:
     stale: bool = False  # no answer from an etcd quorum within the validity budget (rule 11)
 
 
-def leadership(
+def decide_leadership(
     view: ClusterView,
     ours: Campaign | None,
     session: Session | None,
@@ -114,7 +114,7 @@ def leadership(
     now: float | None = None,
 ) -> Leadership:
     """Decide now whether we lead. `blocked` is a reason that forbids leading whatever etcd
-    says (no quorum, a foreign cluster id, history going backwards)."""
+    says (etcd's history went backwards, or another live lease holds our node id)."""
     now = time.monotonic() if now is None else now
     head = view.leader if view.synced else None
     leader, epoch = (head.node_id, head.create_revision) if head else (None, None)

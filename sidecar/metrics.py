@@ -1,10 +1,10 @@
 """Prometheus metrics for one agent, in a registry of its own.
 
-State the agent already keeps (leadership, view, quorum health, endpoints, the lease clock) is
-read from the agent at scrape time by a custom collector, so a gauge can never drift from what
-`status` says. Only what happens between scrapes is counted as it happens: keepalive latencies
-(chained onto `Agent.on_keepalive`) and cluster events (by wrapping the agent's `EventLog.add`,
-since the log is a bounded ring a scrape could not count reliably once it wraps).
+Gauges are a pure function of the agent's read model (`Agent.state()`, taken once per scrape),
+so a gauge can never drift from what `status` says, nor two gauges from each other. Only what
+happens between scrapes is counted as it happens, through explicit listeners: keepalive
+latencies (`Agent.listen_keepalives`) and cluster events (`EventLog.listen`; the log is a
+bounded ring, which a scrape could not count reliably once it wraps).
 
     metrics = Metrics(agent)  # before or after agent.run() starts
     body, content_type = metrics.render()
@@ -30,6 +30,7 @@ from prometheus_client.registry import Collector
 from sidecar import __version__
 from sidecar.agent import Agent
 from sidecar.events import ClusterEvent
+from sidecar.state import NodeState
 
 # A loopback etcd answers in about a millisecond; anything near the TTL/3 keepalive period
 # (seconds) means the lease is at risk, so the buckets span 1 ms .. 5 s.
@@ -74,35 +75,15 @@ class Metrics:
         )
         for key in ("member", "candidate"):
             self.keys_restored.labels(key=key)
-        self.registry.register(_AgentCollector(agent))
-
-        agent.on_keepalive = self._observing(agent.on_keepalive)  # sessions call it by name
-
+        self.registry.register(_StateCollector(agent.state))
+        agent.listen_keepalives(self.keepalive_latency.observe)
         for event in agent.events:
             self._count(event)
-        add = agent.events.add
-
-        def add_and_count(event: ClusterEvent) -> None:
-            add(event)
-            self._count(event)
-
-        # The agent calls `self.events.add` for every event, so an instance attribute that
-        # shadows the method sees them all without any change to `EventLog` or `Agent`.
-        agent.events.add = add_and_count  # type: ignore[method-assign]
+        agent.events.listen(self._count)
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type, for an HTTP response."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
-
-    def _observing(self, previous: Callable[[float], None]) -> Callable[[float], None]:
-        """`previous` plus an observation; observed first, as a raising callback would
-        otherwise hide the latency (and `observe` itself cannot raise)."""
-
-        def observe(latency_s: float) -> None:
-            self.keepalive_latency.observe(latency_s)
-            previous(latency_s)
-
-        return observe
 
     def _count(self, event: ClusterEvent) -> None:
         if event.kind == "leader_changed":
@@ -115,80 +96,83 @@ class Metrics:
             self.keys_restored.labels(key=str(event.detail["what"])).inc()
 
 
-class _AgentCollector(Collector):
-    """Gauges (and the watch reconnect counter) read from the agent at each scrape."""
+class _StateCollector(Collector):
+    """Gauges (and the watch reconnect counter): one `NodeState` per scrape."""
 
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
+    def __init__(self, state: Callable[[], NodeState]) -> None:
+        self.state = state
 
     def collect(self) -> Iterable[Metric]:
-        agent = self.agent
-        now = agent.leadership()  # read once, so is_leader and epoch agree
-        view, health = agent.view, agent.health
+        return state_metrics(self.state())
 
-        yield _gauge("ringside_is_leader", "1 while this node may act as leader.", now.is_leader)
-        # No leader, no epoch: the series is absent then rather than NaN or 0, so dashboards
-        # show a gap and `max(ringside_epoch)` stays meaningful.
-        yield _gauge("ringside_epoch", "Fencing epoch of the current leader.", now.epoch)
-        yield _gauge("ringside_members_alive", "Members with a live lease.", view.alive)
-        yield _gauge("ringside_view_synced", "1 while the view follows etcd.", view.synced)
-        yield _gauge(
-            "ringside_view_confirmed_age_seconds",
-            "Seconds since etcd last answered through a quorum; absent before the first answer.",
-            agent.confirmed_age(),
-        )
-        yield _gauge(
-            "ringside_ignored_candidates",
-            "Keys under election/ that are no valid candidate (forged, stray, on no lease).",
-            len(view.ignored),
-        )
-        yield _gauge("ringside_quorum_ok", "1 while etcd has a quorum.", health.quorum_ok)
-        yield _gauge("ringside_voters_healthy", "Healthy etcd voters.", health.voters_healthy)
-        yield _gauge("ringside_voters_total", "etcd voters in the cluster.", health.voters_total)
-        yield _gauge(
-            "ringside_lease_remaining_seconds",
-            "Seconds until etcd could expire our lease, by our clock; absent without a session.",
-            max(0.0, agent.session.remaining()) if agent.session is not None else None,
-        )
 
-        checked = agent.orchestrator.current if agent.orchestrator is not None else None
-        yield _gauge(
-            "ringside_orchestrator_healthy",
-            "1 while this node's orchestrator passes its health check; absent when not checked.",
-            checked.healthy if checked is not None else None,
-        )
-        yield _gauge(
-            "ringside_members_orchestrator_down",
-            "Live members whose record says their orchestrator is failing its health check.",
-            sum(
-                1
-                for m in view.members.values()
-                if m.record and m.record.orchestrator and not m.record.orchestrator.healthy
-            ),
-        )
+def state_metrics(state: NodeState) -> Iterable[Metric]:
+    """The gauges for one look at the sidecar; a pure function of `state`."""
+    now, view, health = state.leadership, state.view, state.quorum
 
-        up = GaugeMetricFamily(
-            "ringside_etcd_endpoint_up",
-            "1 if the last request to the endpoint got an answer; 0 if not or not tried yet.",
-            labels=["endpoint"],
-        )
-        for state in agent.store.endpoint_states():
-            up.add_metric([state.url], state.reachable is True)
-        yield up
+    yield _gauge("ringside_is_leader", "1 while this node may act as leader.", now.is_leader)
+    # No leader, no epoch: the series is absent then rather than NaN or 0, so dashboards
+    # show a gap and `max(ringside_epoch)` stays meaningful.
+    yield _gauge("ringside_epoch", "Fencing epoch of the current leader.", now.epoch)
+    yield _gauge("ringside_members_alive", "Members with a live lease.", view.alive)
+    yield _gauge("ringside_view_synced", "1 while the view follows etcd.", view.synced)
+    yield _gauge(
+        "ringside_view_confirmed_age_seconds",
+        "Seconds since etcd last answered through a quorum; absent before the first answer.",
+        state.confirmed_age_s,
+    )
+    yield _gauge(
+        "ringside_ignored_candidates",
+        "Keys under election/ that are no valid candidate (forged, stray, on no lease).",
+        len(view.ignored),
+    )
+    yield _gauge("ringside_quorum_ok", "1 while etcd has a quorum.", health.quorum_ok)
+    yield _gauge("ringside_voters_healthy", "Healthy etcd voters.", health.voters_healthy)
+    yield _gauge("ringside_voters_total", "etcd voters in the cluster.", health.voters_total)
+    yield _gauge(
+        "ringside_lease_remaining_seconds",
+        "Seconds until etcd could expire our lease, by our clock; absent without a session.",
+        max(0.0, state.lease.remaining_s) if state.lease is not None else None,
+    )
 
-        info = GaugeMetricFamily(
-            "ringside_info",
-            "Always 1; labels identify the sidecar.",
-            labels=["node_id", "cluster", "version"],
-        )
-        info.add_metric([agent.node_id, agent.config.cluster, __version__], 1)
-        yield info
+    checked = state.orchestrator
+    yield _gauge(
+        "ringside_orchestrator_healthy",
+        "1 while this node's orchestrator passes its health check; absent when not checked.",
+        checked.healthy if checked is not None else None,
+    )
+    yield _gauge(
+        "ringside_members_orchestrator_down",
+        "Live members whose record says their orchestrator is failing its health check.",
+        sum(
+            1
+            for m in view.members.values()
+            if m.record and m.record.orchestrator and not m.record.orchestrator.healthy
+        ),
+    )
 
-        yield CounterMetricFamily(
-            "ringside_watch_reconnects_total",
-            "Times the cluster watch had to resume on another connection.",
-            value=getattr(agent.store, "watch_reconnects", 0),
-        )
+    up = GaugeMetricFamily(
+        "ringside_etcd_endpoint_up",
+        "1 if the last request to the endpoint got an answer; 0 if not or not tried yet.",
+        labels=["endpoint"],
+    )
+    for endpoint in state.store.endpoints:
+        up.add_metric([endpoint.url], endpoint.reachable is True)
+    yield up
+
+    info = GaugeMetricFamily(
+        "ringside_info",
+        "Always 1; labels identify the sidecar.",
+        labels=["node_id", "cluster", "version"],
+    )
+    info.add_metric([state.node_id, state.cluster, __version__], 1)
+    yield info
+
+    yield CounterMetricFamily(
+        "ringside_watch_reconnects_total",
+        "Times the cluster watch had to resume on another connection.",
+        value=state.store.watch_reconnects,
+    )
 
 
 def _gauge(name: str, documentation: str, value: float | None) -> GaugeMetricFamily:

@@ -11,7 +11,13 @@ from pathlib import Path
 
 from sidecar.agent import _cancel_and_wait
 from sidecar.changes import view_changes
-from sidecar.election import Campaign, campaign, fenced_txn, leadership, reported_validity
+from sidecar.election import (
+    Campaign,
+    decide_leadership,
+    enter_election,
+    fenced_txn,
+    reported_validity,
+)
 from sidecar.keys import Keys
 from sidecar.membership import register
 from sidecar.records import MemberRecord
@@ -35,7 +41,7 @@ async def test_a_deposed_leaders_fenced_write_is_refused(store: Store, cluster: 
     """Rule 1: leader-only writes compare the epoch, so a late write from the old leader fails."""
     keys = Keys(cluster)
     session = await Session.open(store, TTL)
-    ours = await campaign(store, keys, session, "old-leader")
+    ours = await enter_election(store, keys, session, "old-leader")
     assert await fenced_txn(store, ours, [Put(keys.prefix + "data", b"first")])
     await store.delete(ours.key)  # deposed: our key is gone (expiry, resign, an operator)
     assert not await fenced_txn(store, ours, [Put(keys.prefix + "data", b"late")])
@@ -49,7 +55,7 @@ async def sole_candidate(store: Store, cluster: str) -> tuple[Session, Campaign,
     keys = Keys(cluster)
     session = await Session.open(store, TTL)
     await register(store, keys, MemberRecord(node_id="n1", eligible=True), session)
-    ours = await campaign(store, keys, session, "n1")
+    ours = await enter_election(store, keys, session, "n1")
     loaded = await store.get(keys.prefix, prefix=True)
     return session, ours, build_view(keys, loaded.kvs, loaded.header)
 
@@ -58,9 +64,9 @@ async def test_validity_clock_decides_at_read_time(store: Store, cluster: str) -
     """Rule 2: the same view and campaign stop being leadership once the clock runs out."""
     session, ours, view = await sole_candidate(store, cluster)
     now = time.monotonic()
-    assert leadership(view, ours, session, margin_s=0.5, now=now).is_leader
+    assert decide_leadership(view, ours, session, margin_s=0.5, now=now).is_leader
     late = now + session.remaining(now) - 0.4  # inside the margin, lease not yet expired
-    decided = leadership(view, ours, session, margin_s=0.5, now=late)
+    decided = decide_leadership(view, ours, session, margin_s=0.5, now=late)
     assert not decided.is_leader
     assert "validity" in decided.reason
 
@@ -71,8 +77,8 @@ async def test_no_claim_is_ever_reported_with_zero_validity(store: Store, cluste
     session, ours, view = await sole_candidate(store, cluster)
     now = time.monotonic()
     edge = now + session.remaining(now) - 0.5 - 0.0004  # 0.4 ms of validity left
-    assert not leadership(view, ours, session, margin_s=0.5, now=edge).is_leader
-    inside = leadership(view, ours, session, margin_s=0.5, now=edge - 0.002)
+    assert not decide_leadership(view, ours, session, margin_s=0.5, now=edge).is_leader
+    inside = decide_leadership(view, ours, session, margin_s=0.5, now=edge - 0.002)
     assert inside.is_leader
     assert 0 < reported_validity(inside.valid_for_s) <= (inside.valid_for_s or 0)
     assert reported_validity(0.0029999) == 0.002  # floored, never rounded up
@@ -84,15 +90,15 @@ async def test_losing_our_key_ends_leadership_and_the_epoch(store: Store, cluste
     async with running_agent(store, "n1", cluster) as agent:
         await until(lambda: agent.leadership().is_leader)
         first = agent.leadership().epoch
-        assert agent.campaign is not None
-        first_lease = agent.campaign.lease
-        await store.delete(agent.campaign.key)
+        assert agent.candidacy is not None
+        first_lease = agent.candidacy.lease
+        await store.delete(agent.candidacy.key)
         await until(lambda: not agent.leadership().is_leader or agent.leadership().epoch != first)
         await until(lambda: agent.leadership().is_leader)
         assert agent.leadership().epoch is not None
         assert agent.leadership().epoch > first  # type: ignore[operator]
-        assert agent.campaign is not None
-        assert agent.campaign.lease != first_lease  # a new session, not the old lease
+        assert agent.candidacy is not None
+        assert agent.candidacy.lease != first_lease  # a new session, not the old lease
 
 
 async def test_session_uses_the_granted_ttl(store: Store) -> None:
@@ -155,14 +161,14 @@ async def test_resign_hands_over_at_once_and_requeues_with_a_higher_epoch(
     async with running_agent(store, "n1", cluster) as first:
         await until(lambda: first.leadership().is_leader)
         async with running_agent(store, "n2", cluster) as second:
-            await until(lambda: second.view.alive == 2 and second.campaign is not None)
+            await until(lambda: second.view.alive == 2 and second.candidacy is not None)
             old_epoch = first.leadership().epoch
             assert await first.resign() is True
             await until(lambda: second.leadership().is_leader, within_s=1)
             assert second.leadership().epoch > old_epoch  # type: ignore[operator]
-            await until(lambda: first.campaign is not None)
-            assert first.campaign is not None
-            assert first.campaign.epoch > second.leadership().epoch  # type: ignore[operator]
+            await until(lambda: first.candidacy is not None)
+            assert first.candidacy is not None
+            assert first.candidacy.epoch > second.leadership().epoch  # type: ignore[operator]
             assert not first.leadership().is_leader
             assert "n1" in second.view.members  # resigning is not leaving
 

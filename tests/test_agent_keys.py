@@ -72,12 +72,12 @@ async def test_a_deleted_candidate_key_campaigns_afresh(store: Store, cluster: s
     async with running_agent(store, "n1", cluster) as leader:
         await until(lambda: leader.leadership().is_leader)
         async with running_agent(store, "n2", cluster) as follower:
-            await until(lambda: follower.campaign is not None)
-            assert follower.campaign is not None
-            before = follower.campaign
+            await until(lambda: follower.candidacy is not None)
+            assert follower.candidacy is not None
+            before = follower.candidacy
             await store.delete(before.key)
             await until(
-                lambda: follower.campaign is not None and follower.campaign.epoch > before.epoch,
+                lambda: follower.candidacy is not None and follower.candidacy.epoch > before.epoch,
                 within_s=2,
             )
             await until(lambda: [c.node_id for c in follower.view.electable] == ["n1", "n2"])
@@ -122,11 +122,11 @@ async def test_a_candidacy_does_not_outlive_its_member_record(store: Store, clus
     otherwise an old, lower epoch could lead again after a higher one."""
     keys = Keys(cluster)
     async with running_agent(store, "n1", cluster) as n1, running_agent(store, "n2", cluster) as n2:
-        await until(lambda: n1.leadership().is_leader and n2.campaign is not None)
-        assert n2.campaign is not None
-        old_epoch = n2.campaign.epoch
+        await until(lambda: n1.leadership().is_leader and n2.candidacy is not None)
+        assert n2.candidacy is not None
+        old_epoch = n2.candidacy.epoch
         await store.delete(keys.member("n2"))
-        await until(lambda: n2.campaign is not None and n2.campaign.epoch > old_epoch)
+        await until(lambda: n2.candidacy is not None and n2.candidacy.epoch > old_epoch)
         assert all(c.create_revision != old_epoch for c in n1.view.electable)
 
 
@@ -139,7 +139,7 @@ async def test_a_node_blocked_by_history_withdraws_and_says_so_once(
     async with running_agent(store, "n1", cluster) as blocked:
         await until(lambda: blocked.leadership().is_leader)
         async with running_agent(store, "n2", cluster) as other:
-            await until(lambda: other.campaign is not None)
+            await until(lambda: other.candidacy is not None)
             with caplog.at_level(logging.ERROR):
                 for _ in range(5):
                     show_another_cluster(blocked)
@@ -148,7 +148,7 @@ async def test_a_node_blocked_by_history_withdraws_and_says_so_once(
                 await until(lambda: blocked.view.revision >= other.view.revision)
             mine = [c for c in other.view.candidates if c.node_id == "n1"]
             assert mine == []
-            assert blocked.campaign is None
+            assert blocked.candidacy is None
             errors = [r for r in caplog.records if "cluster id changed" in r.getMessage()]
             assert len(errors) == 1
 
@@ -217,9 +217,7 @@ async def test_without_answers_from_etcd_nobody_is_named_leader(cluster: str) ->
             running_agent(store, "n1", cluster) as n1,
             running_agent(store, "n2", cluster) as n2,
         ):
-            await until(
-                lambda: n2.leadership().leader == "n1" and readiness(n2, n2.leadership()) is None
-            )
+            await until(lambda: n2.leadership().leader == "n1" and readiness(n2.state()) is None)
             epoch = n2.leadership().epoch
             store.hang = True
             budget = n2.budget_s
@@ -232,7 +230,7 @@ async def test_without_answers_from_etcd_nobody_is_named_leader(cluster: str) ->
             for agent in (n1, n2):
                 now = agent.leadership()
                 assert not now.is_leader
-                reason = readiness(agent, now)
+                reason = readiness(agent.state())
                 assert reason is not None
                 assert reason.startswith("no answer from an etcd quorum for"), reason
             store.hang = False
@@ -250,14 +248,14 @@ async def test_stepping_down_on_its_own_keeps_the_validity_it_promised(
     stepped down, and its revoke let the next leader in 0.36 s inside its promise)."""
     async with running_agent(store, "n1", cluster) as agent:
         await until(lambda: agent.leadership().is_leader)
-        assert agent.campaign is not None
-        candidate = agent.campaign.key
+        assert agent.candidacy is not None
+        candidate = agent.candidacy.key
         promised = agent.leadership()
         assert promised.valid_for_s is not None
         promised_until = time.monotonic() + promised.valid_for_s
         show_another_cluster(agent)
         await until(lambda: agent.retiring)
-        assert readiness(agent, agent.leadership()) is not None  # not ready while stepping down
+        assert readiness(agent.state()) is not None  # not ready while stepping down
         while time.monotonic() < promised_until - 0.2:
             assert await store.get_one(candidate) is not None, "revoked inside the promise"
             await asyncio.sleep(0.05)
@@ -286,10 +284,10 @@ async def test_our_node_id_taken_by_another_live_lease_is_never_overwritten(
         await store.put(keys.member("n1"), impostor.encode(), lease=other.id)
         await until(lambda: agent.conflict is not None)
         assert not agent.leadership().is_leader
-        reason = readiness(agent, agent.leadership())
+        reason = readiness(agent.state())
         assert reason is not None
         assert "held by another live lease" in reason
-        await until(lambda: agent.campaign is None)
+        await until(lambda: agent.candidacy is None)
         held = await store.get_one(keys.member("n1"))
         assert held is not None
         assert held.lease == other.id  # not overwritten
@@ -304,7 +302,7 @@ async def test_a_blocked_follower_takes_its_candidate_key_away(store: Store, clu
     async with running_agent(store, "n1", cluster) as leader:
         await until(lambda: leader.leadership().is_leader)
         async with running_agent(store, "n2", cluster) as follower:
-            await until(lambda: follower.campaign is not None)
+            await until(lambda: follower.candidacy is not None)
             show_another_cluster(follower)
 
             async def withdrawn() -> bool:
@@ -324,7 +322,7 @@ async def test_a_follower_whose_node_id_is_taken_stands_aside(store: Store, clus
         impostor = MemberRecord(node_id="n2", hostname="elsewhere")
         await store.put(keys.member("n2"), impostor.encode(), lease=other.id)
         await until(lambda: agent.conflict is not None, within_s=3)
-        reason = readiness(agent, agent.leadership())
+        reason = readiness(agent.state())
         assert reason is not None
         assert "held by another live lease" in reason
         held = await store.get_one(keys.member("n2"))

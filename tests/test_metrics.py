@@ -8,7 +8,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sidecar import __version__
 from sidecar.metrics import Metrics
 from sidecar.store.memory import ENDPOINT, MemoryStore
-from sidecar.store.model import EndpointState
+from sidecar.store.model import EndpointState, StoreStats
 from tests.agents import (
     TTL,
     make_agent,
@@ -86,6 +86,9 @@ async def test_watch_reconnects_read_from_the_store(cluster: str) -> None:
     class Reconnecting(MemoryStore):
         watch_reconnects = 0
 
+        def stats(self) -> StoreStats:
+            return StoreStats(self.endpoint_states(), self.watch_reconnects)
+
     plain, reconnecting = MemoryStore(), Reconnecting()
     try:
         assert (
@@ -102,7 +105,7 @@ async def test_watch_reconnects_read_from_the_store(cluster: str) -> None:
 async def test_keepalive_latency_is_observed_and_chained(store: MemoryStore, cluster: str) -> None:
     agent = make_agent(store, "n1", cluster)
     seen: list[float] = []
-    agent.on_keepalive = seen.append
+    agent.listen_keepalives(seen.append)
     metrics = Metrics(agent)
     count = "ringside_keepalive_latency_seconds_count"
     async with running(agent):

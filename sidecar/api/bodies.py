@@ -1,23 +1,21 @@
-"""The JSON documents the local API serves, built from one look at the agent's state.
+"""The JSON bodies the local API serves, each a pure function of one `NodeState`.
 
-Each function takes the agent (and the inventory, when configured) and returns plain JSON
-data. Nothing here does I/O: the view, the quorum check and the endpoint states are all in
-memory, and leadership is decided at the moment the document is built.
+Each function takes the agent's read model (`sidecar.state`, taken once per request) and the
+inventory when configured, and returns plain JSON data. Nothing here does I/O or reads the
+agent itself: every field of one answer comes from the same instant.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sidecar.election import Leadership, reported_validity
 from sidecar.inventory import Inventory
 from sidecar.quorum import QuorumHealth
+from sidecar.state import NodeState
 from sidecar.store.model import EndpointState
 from sidecar.view import ClusterView, Member
-
-if TYPE_CHECKING:
-    from sidecar.agent import Agent
 
 Json = dict[str, Any]
 
@@ -44,16 +42,16 @@ def member_document(member: Member, leader: str | None) -> Json:
     }
 
 
-def members_document(agent: Agent) -> Json:
-    leader = agent.leadership().leader
+def members_document(state: NodeState) -> Json:
+    leader = state.leadership.leader
     return {
-        "members": [member_document(m, leader) for m in agent.view.members.values()],
-        "revision": agent.view.revision,
+        "members": [member_document(m, leader) for m in state.view.members.values()],
+        "revision": state.view.revision,
     }
 
 
-def leader_document(agent: Agent) -> Json:
-    now = agent.leadership()
+def leader_document(state: NodeState) -> Json:
+    now = state.leadership
     document: Json = {
         "leader": now.leader,
         "epoch": now.epoch,
@@ -67,26 +65,27 @@ def leader_document(agent: Agent) -> Json:
     return document
 
 
-def readiness(agent: Agent, now: Leadership) -> str | None:
+def readiness(state: NodeState) -> str | None:
     """Why this node is not ready, or None when it is: etcd answered through a quorum within
     the validity budget, our lease is valid, our member key is in the view as we wrote it,
-    and a leader is known. `now` is the agent's leadership, read once by the caller; the
-    first reason that applies is the one given, so it names the cause, not a symptom."""
-    if now.stale or agent.stopping:
+    and a leader is known. The first reason that applies is the one given, so it names the
+    cause, not a symptom."""
+    now = state.leadership
+    if now.stale or state.stopping:
         return now.reason
-    if agent.conflict is not None:
-        return agent.conflict
-    if agent.retiring:
+    if state.conflict is not None:
+        return state.conflict
+    if state.retiring:
         return "stepping down: our old leader key stays until the validity we gave runs out"
-    if not agent.registered:
-        if agent.session is None:
-            return f"not registered in etcd yet ({agent.last_cycle})"
+    if not state.registered:
+        if state.lease is None:
+            return f"not registered in etcd yet ({state.last_cycle})"
         return "our lease may have lapsed: no keepalive answered within the validity budget"
-    view = agent.view
+    view = state.view
     if not view.synced:
         return "cluster view not in sync with etcd"
-    mine = view.members.get(agent.node_id)
-    if mine is None or agent.session is None or mine.lease != agent.session.lease_id:
+    mine = view.members.get(state.node_id)
+    if mine is None or state.lease is None or mine.lease != state.lease.id:
         return "our member key is missing from etcd or not ours; writing it again"
     if now.leader is None:
         why = f" ({len(view.ignored)} invalid candidate keys ignored)" if view.ignored else ""
@@ -94,16 +93,15 @@ def readiness(agent: Agent, now: Leadership) -> str | None:
     return None
 
 
-def _lease_document(agent: Agent) -> Json | None:
-    session = agent.session
-    if session is None:
+def _lease_document(state: NodeState) -> Json | None:
+    lease = state.lease
+    if lease is None:
         return None
-    remaining = session.remaining()
     return {
-        "id": f"{session.lease_id:x}",
-        "ttl": session.lease.ttl,
-        "remaining_s": round(remaining, 3),
-        "keepalive_age_s": round(session.lease.ttl - remaining, 3),
+        "id": f"{lease.id:x}",
+        "ttl": lease.ttl,
+        "remaining_s": round(lease.remaining_s, 3),
+        "keepalive_age_s": round(lease.ttl - lease.remaining_s, 3),
     }
 
 
@@ -159,21 +157,21 @@ def cluster_document(
     }
 
 
-def status_document(agent: Agent, inventory: Inventory | None = None) -> Json:
+def status_document(state: NodeState, inventory: Inventory | None = None) -> Json:
     """The whole picture from this node, for `/v1/status` and `ringside status`."""
     return cluster_document(
-        cluster=agent.config.cluster,
-        node_id=agent.node_id,
-        now=agent.leadership(),
-        view=agent.view,
-        health=agent.health,
-        endpoints=agent.store.endpoint_states(),
+        cluster=state.cluster,
+        node_id=state.node_id,
+        now=state.leadership,
+        view=state.view,
+        health=state.quorum,
+        endpoints=state.store.endpoints,
         inventory_hosts=tuple(inventory.hosts) if inventory else None,
-        registered=agent.registered,
-        lease=_lease_document(agent),
-        history_violation=agent.guard.violation,
-        last_cycle=agent.last_cycle,
-        confirmed_age_s=_rounded(agent.confirmed_age()),
+        registered=state.registered,
+        lease=_lease_document(state),
+        history_violation=state.history_violation,
+        last_cycle=state.last_cycle,
+        confirmed_age_s=_rounded(state.confirmed_age_s),
     )
 
 
@@ -181,28 +179,28 @@ def _rounded(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds, 3)
 
 
-def orchestrator_status(agent: Agent, inventory: Inventory | None = None) -> Json:
+def orchestrator_status(state: NodeState, inventory: Inventory | None = None) -> Json:
     """The orchestrator's existing `/status` shape, so its monitoring scripts keep working.
 
     Its conventions, kept on purpose: `alive_peers` counts live peers *excluding* this node;
     `peers` holds live peers only; `all_peers` adds every inventory host, "dead" when it has no
     live lease. Voters are the etcd voters, and `voter_quorum_size` is a real majority.
     """
-    view, health, now = agent.view, agent.health, agent.leadership()
+    view, health, now, node_id = state.view, state.quorum, state.leadership, state.node_id
     peers = {
-        node_id: member_document(m, now.leader)
-        for node_id, m in view.members.items()
-        if node_id != agent.node_id
+        peer: member_document(m, now.leader)
+        for peer, m in view.members.items()
+        if peer != node_id
     }
-    all_peers: Json = {node_id: {**doc, "status": "alive"} for node_id, doc in peers.items()}
+    all_peers: Json = {peer: {**doc, "status": "alive"} for peer, doc in peers.items()}
     for host in sorted(inventory.hosts if inventory else ()):
-        if host != agent.node_id and host not in all_peers:
+        if host != node_id and host not in all_peers:
             all_peers[host] = {"node_id": host, "status": "dead"}
-    me = view.members.get(agent.node_id)
+    me = view.members.get(node_id)
     effective = now.leader if view.synced and health.quorum_ok else None
     voters = {v.name: v for v in health.voters}
     return {
-        "node_id": agent.node_id,
+        "node_id": node_id,
         "role": "leader" if now.is_leader else "follower",
         "leader_id": now.leader,
         "effective_leader_id": effective,
@@ -211,7 +209,7 @@ def orchestrator_status(agent: Agent, inventory: Inventory | None = None) -> Jso
         "alive_peers": len(peers),
         "peers": peers,
         "all_peers": all_peers,
-        "self": member_document(me, now.leader) if me else {"node_id": agent.node_id},
+        "self": member_document(me, now.leader) if me else {"node_id": node_id},
         "voter_node_ids": sorted(voters),
         "voter_quorum_size": health.voters_total // 2 + 1 if health.voters_total else 0,
         "voters_alive": health.voters_healthy,

@@ -1,6 +1,7 @@
 """The local HTTP API the orchestrator reads (127.0.0.1:8776 by default).
 
-Every answer comes from the agent's in-memory state (see `sidecar.api.bodies`); nothing here
+Every answer is a pure function of the agent's read model (`Agent.state()`, one per request;
+the bodies are `sidecar.api.bodies`); nothing here
 asks etcd, so the API stays fast and keeps answering while etcd is unreachable, and says so.
 Every body is JSON, every error `{"error": ...}` with a 4xx status; an unexpected exception is
 logged and answered 500 `{"error": "internal error"}`, never with a traceback. The routes and
@@ -122,44 +123,43 @@ async def ready(request: web.Request) -> web.Response:
     wait_s = _float_param(request, "wait", 0.0, MAX_WAIT_S) or 0.0
     agent = request.app[STATE].agent
     deadline = time.monotonic() + wait_s
-    now = agent.leadership()
-    reason = readiness(agent, now)
+    state = agent.state()
+    reason = readiness(state)
     while reason is not None and time.monotonic() < deadline:
         await asyncio.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
-        now = agent.leadership()
-        reason = readiness(agent, now)
+        state = agent.state()
+        reason = readiness(state)
     if reason is not None:
         return web.json_response({"ready": False, "reason": reason}, status=503)
+    now = state.leadership
     return web.json_response({"ready": True, "leader": now.leader, "epoch": now.epoch})
 
 
 async def status(request: web.Request) -> web.Response:
-    return web.json_response(
-        status_document(request.app[STATE].agent, request.app[STATE].inventory)
-    )
+    api = request.app[STATE]
+    return web.json_response(status_document(api.agent.state(), api.inventory))
 
 
 async def orchestrator(request: web.Request) -> web.Response:
-    return web.json_response(
-        orchestrator_status(request.app[STATE].agent, request.app[STATE].inventory)
-    )
+    api = request.app[STATE]
+    return web.json_response(orchestrator_status(api.agent.state(), api.inventory))
 
 
 async def members(request: web.Request) -> web.Response:
-    return web.json_response(members_document(request.app[STATE].agent))
+    return web.json_response(members_document(request.app[STATE].agent.state()))
 
 
 async def member(request: web.Request) -> web.Response:
-    agent = request.app[STATE].agent
+    state = request.app[STATE].agent.state()
     node_id = request.match_info["node_id"]
-    found = agent.view.members.get(node_id)
+    found = state.view.members.get(node_id)
     if found is None:
         return error(404, "no such live member", node_id=node_id)
-    return web.json_response(member_document(found, agent.leadership().leader))
+    return web.json_response(member_document(found, state.leadership.leader))
 
 
 async def leader(request: web.Request) -> web.Response:
-    return web.json_response(leader_document(request.app[STATE].agent))
+    return web.json_response(leader_document(request.app[STATE].agent.state()))
 
 
 async def fence(request: web.Request) -> web.Response:

@@ -48,6 +48,7 @@ from sidecar.store.model import (
     LeaseInfo,
     RangeResult,
     StoreMember,
+    StoreStats,
     TxnOp,
     TxnResult,
     WatchBatch,
@@ -170,6 +171,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def endpoint_states(self) -> tuple[EndpointState, ...]:
         """Reachability of each configured endpoint, as last seen by this client. No I/O."""
+
+    @abc.abstractmethod
+    def stats(self) -> StoreStats:
+        """The endpoint states and this client's counters (watch reconnects). No I/O."""
 
     @abc.abstractmethod
     async def close(self) -> None:

@@ -37,6 +37,7 @@ from sidecar.store.model import (
     Put,
     RangeResult,
     StoreMember,
+    StoreStats,
     TxnOp,
     TxnResult,
     WatchBatch,
@@ -54,10 +55,10 @@ class EtcdStore(Store):
     def __init__(self, gateway: EtcdGateway, *, watch_probe_interval: float = 2.0) -> None:
         self.gateway = gateway
         self.watch_probe_interval = watch_probe_interval
-        self.watch_reconnects = 0  # for metrics: how often a watch had to resume elsewhere
+        self._watch_reconnects = 0  # how often a watch had to resume elsewhere (`stats()`)
 
     def _count_reconnect(self) -> None:
-        self.watch_reconnects += 1
+        self._watch_reconnects += 1
 
     @classmethod
     def connect(
@@ -210,6 +211,9 @@ class EtcdStore(Store):
 
     def endpoint_states(self) -> tuple[EndpointState, ...]:
         return self.gateway.states()
+
+    def stats(self) -> StoreStats:
+        return StoreStats(self.gateway.states(), self._watch_reconnects)
 
     async def close(self) -> None:
         await self.gateway.close()

@@ -46,6 +46,7 @@ from sidecar.store.model import (
     PutResult,
     RangeResult,
     StoreMember,
+    StoreStats,
     TxnOp,
     TxnResponse,
     TxnResult,
@@ -286,6 +287,9 @@ class MemoryStore(Store):
 
     def endpoint_states(self) -> tuple[EndpointState, ...]:
         return (EndpointState(ENDPOINT, reachable=True),)
+
+    def stats(self) -> StoreStats:
+        return StoreStats(self.endpoint_states())  # one process: a watch never reconnects
 
     async def close(self) -> None:
         if self._sweeper is not None:

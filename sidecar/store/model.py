@@ -257,3 +257,12 @@ class EndpointState:
     last_ok: float | None = None
     last_latency_s: float | None = None
     failures: int = field(default=0)
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    """What a store client knows about itself, for status and metrics, without any I/O:
+    each configured endpoint as last seen, and how often a watch had to resume elsewhere."""
+
+    endpoints: tuple[EndpointState, ...]
+    watch_reconnects: int = 0

@@ -494,3 +494,13 @@ async def test_endpoint_states_after_a_request(store: Store, prefix: str) -> Non
     assert states
     assert all(state.url for state in states)
     assert any(state.reachable for state in states)
+
+
+async def test_stats_carry_the_endpoint_states_and_no_reconnect_yet(
+    store: Store, prefix: str
+) -> None:
+    await store.get(prefix, prefix=True)
+    stats = store.stats()
+    assert [s.url for s in stats.endpoints] == [s.url for s in store.endpoint_states()]
+    assert any(state.reachable for state in stats.endpoints)
+    assert stats.watch_reconnects == 0  # nothing was cut: no watch had to resume elsewhere

@@ -132,7 +132,7 @@ async def test_watch_resumes_on_another_member(
         assert watcher.endpoint_states()[0].reachable is False
     finally:
         await watcher.close()
-    assert watcher.watch_reconnects >= 1
+    assert watcher.stats().watch_reconnects >= 1
 
 
 async def test_watch_resumes_when_the_etcd_leader_is_killed(
