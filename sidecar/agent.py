@@ -36,6 +36,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from sidecar.changes import QuorumChanges, view_changes
 from sidecar.deadline import within
@@ -51,16 +52,15 @@ from sidecar.events import ClusterEvent, EventLog
 from sidecar.history import HistoryGuard
 from sidecar.hooks import RoleHooks
 from sidecar.keys import Keys
-from sidecar.membership import DuplicateNode, register, update_record, write_over
+from sidecar.membership import DuplicateNode, MemberKey
 from sidecar.orchestrator import OrchestratorWatch
 from sidecar.quorum import QuorumHealth, QuorumMonitor
-from sidecar.records import MemberRecord, OrchestratorHealth
 from sidecar.session import Session
 from sidecar.settings import RingsideConfig
 from sidecar.state import LeaseState, NodeState
 from sidecar.store.base import Store
 from sidecar.store.errors import LeaseNotFound, StoreError
-from sidecar.store.model import Compare, Delete, Header, Put
+from sidecar.store.model import Compare, Delete, Header
 from sidecar.view import ClusterView, ViewKeeper
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,21 @@ SHUTDOWN_BUDGET_S = 1.0  # etcd's share of a SIGTERM: the process must be gone w
 SHUTDOWN_HOOK_GRACE_S = 0.3  # then hooks still running are left to finish on their own
 TICK_S = 0.1  # how often the loop looks at the validity clock between other wake-ups
 REMINDER_S = 60.0  # a standing problem (history violation) is logged again at most this often
+
+
+@dataclass(frozen=True)
+class Parts:
+    """The collaborators an agent drives. `sidecar.daemon.build_agent` assembles them; the
+    agent subscribes to the view keeper and the quorum monitor, and reads the rest."""
+
+    keys: Keys
+    member: MemberKey
+    view: ViewKeeper
+    quorum: QuorumMonitor
+    hooks: RoleHooks
+    events: EventLog
+    guard: HistoryGuard
+    orchestrator: OrchestratorWatch | None
 
 
 class Agent:
@@ -80,45 +95,24 @@ class Agent:
         config: RingsideConfig,
         node_id: str,
         store: Store,
-        record: MemberRecord,
+        parts: Parts,
         *,
-        quorum_interval_s: float = 2.0,
         previous_instance: str | None = None,
     ) -> None:
         self.config = config
         self.previous_instance = previous_instance
         self.node_id = node_id
         self.store = store
-        self.record = record
-        self.keys = Keys(config.cluster)
-        self.events = EventLog()
-        self.guard = HistoryGuard()
-        self.hooks = RoleHooks(
-            config.leader.on_elected,
-            config.leader.on_demoted,
-            config.leader.hook_timeout,
-            node_id,
-        )
-        self.keeper = ViewKeeper(
-            store,
-            self.keys,
-            on_change=self._view_changed,
-            on_header=self._observe_header,
-            on_loaded=self._loaded,
-        )
-        self.quorum = QuorumMonitor(store, interval_s=quorum_interval_s)
-        self.quorum.on_change = self._quorum_changed
-        checks = config.orchestrator
-        self.orchestrator = (
-            OrchestratorWatch(
-                checks.health_url,
-                interval_s=checks.check_interval,
-                failures_before_unhealthy=checks.failures_before_unhealthy,
-                publish=self._publish_orchestrator,
-            )
-            if checks.health_url
-            else None
-        )
+        self.keys = parts.keys
+        self.member = parts.member
+        self.events = parts.events
+        self.guard = parts.guard
+        self.hooks = parts.hooks
+        self.keeper = parts.view
+        self.quorum = parts.quorum
+        self.orchestrator = parts.orchestrator
+        self.keeper.listen(self)
+        self.quorum.listen(self._quorum_changed)
         self.session: Session | None = None
         self.candidacy: Campaign | None = None  # our candidate key, while we stand
         self.last_cycle = "starting"
@@ -137,8 +131,6 @@ class Agent:
         self._keepalive_task: asyncio.Task[None] | None = None
         self._stale_leases: list[int] = []
         self._quorum_changes = QuorumChanges()
-        self._written: MemberRecord | None = None  # what our member key holds, as we wrote it
-        self._written_revision = 0  # and the revision of that write
         self._restoring_candidate = False
         self._reminded_at = 0.0
 
@@ -407,30 +399,28 @@ class Agent:
         key (an older view may not show it yet).
         """
         view = self.view
-        if not view.synced or view.revision < self._written_revision:
+        if not view.synced or view.revision < self.member.revision:
             return None
-        key = self.keys.member(self.node_id)
         mine = view.members.get(self.node_id)
         if mine is not None and mine.lease not in (0, session.lease_id):
             return await self._held_by_another(mine.lease)
         if self.conflict is not None:
             log.warning("node id %s is free again", self.node_id, extra={"event": "conflict_over"})
             self.conflict = None
-        if mine is not None and mine.lease == session.lease_id and mine.record == self._written:
+        member = self.member
+        if mine is not None and mine.lease == session.lease_id and mine.record == member.written:
             return await self._check_candidate()
         what = "deleted" if mine is None else "on no lease" if mine.lease == 0 else "overwritten"
-        revision = await write_over(
-            self.store,
-            Put(key, self.record.encode(), session.lease_id),
+        revision = await member.restore(
+            session,
             held_by=0 if mine is None or mine.lease == 0 else session.lease_id,
             # the candidacy ends with the old record, in the same transaction
             also=[Delete(self.candidacy.key)] if self.candidacy is not None else [],
         )
         if revision is None:
             return "our member key changed while being restored; looking again"
-        self._written, self._written_revision = self.record, revision
         self.candidacy = None
-        self._key_restored("member", key, revision, was=what)
+        self._key_restored("member", member.key, revision, was=what)
         return f"restored our member key ({what})"
 
     async def _check_candidate(self) -> str | None:
@@ -505,18 +495,13 @@ class Agent:
         await self._revoke_stale_leases()
         session = await Session.open(self.store, self.config.lease_ttl)
         session.on_keepalive = self._keepalive_done
-        record = self.record
         try:
-            revision = await register(
-                self.store,
-                self.keys,
-                record,
-                session,
-                previous_instances=(record.instance, self.previous_instance),
+            await self.member.register(
+                session, previous_instances=(self.member.record.instance, self.previous_instance)
             )
         except DuplicateNode as e:
             await session.revoke()
-            if self._written is None:
+            if self.member.written is None:
                 raise  # never registered in this process: refuse to start
             self._retry_at = time.monotonic() + session.lease.ttl / 3
             return f"not registered: {self._stand_aside(e.who)}"
@@ -524,7 +509,6 @@ class Agent:
             await session.revoke()
             raise
         self.conflict = None
-        self._written, self._written_revision = record, revision
         self.session = session
         self._keepalive_task = asyncio.create_task(self._keep(session), name="keepalive")
         log.info(
@@ -625,39 +609,20 @@ class Agent:
         if self._leaving_epoch is not None:
             self.farewell = f"leadership (epoch {self._leaving_epoch}) handed over; {self.farewell}"
 
-    # --- callbacks from the background tasks ---------------------------------------------
+    # --- what the background tasks tell us (the view keeper's and the quorum monitor's) ---
 
-    async def _publish_orchestrator(self, health: OrchestratorHealth) -> bool:
-        """Put the orchestrator's new state into our record; True once etcd has it. While we
-        are not registered, False: a registration running now may have written the old record,
-        so the watch offers it again after the next probe."""
-        self.record = record = self.record.model_copy(update={"orchestrator": health})
-        session = self.session
-        if session is None:
-            return False
-        if self._written == record:
-            return True  # the registration already wrote it
-        try:
-            revision = await update_record(self.store, self.keys, record, session)
-        except StoreError as e:
-            log.warning("orchestrator health not published yet: %s", e)
-            return False
-        if revision is not None:
-            self._written, self._written_revision = record, revision
-        return revision is not None
-
-    def _view_changed(self, old: ClusterView, new: ClusterView) -> None:
+    def view_changed(self, old: ClusterView, new: ClusterView) -> None:
         for event in view_changes(old, new):
             self._record(event)
         self._wake.set()
 
-    def _loaded(self, sent: float) -> None:
+    def view_loaded(self, sent: float) -> None:
         """A full load is a linearizable read: it confirms the view as of its sending. Watch
         batches do not count: a stream that resumes on a member cut off from its peers can
         still replay history it had, which says nothing about now."""
         self._confirm(sent)
 
-    def _observe_header(self, header: Header) -> None:
+    def header_seen(self, header: Header) -> None:
         """Every header of a linearizable read or watch batch: the history check (rule 7)."""
         before = self.guard.violation
         reason = self.guard.observe(header)

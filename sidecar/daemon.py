@@ -15,17 +15,26 @@ import signal
 from aiohttp import web
 
 from sidecar.addresses import discovered_addresses
-from sidecar.agent import Agent
+from sidecar.agent import Agent, Parts
 from sidecar.api.server import create_app
 from sidecar.config import LoadedConfig
 from sidecar.errors import ConfigError, RingsideError
 from sidecar.etcd_connection import open_store
+from sidecar.events import EventLog
+from sidecar.history import HistoryGuard
+from sidecar.hooks import RoleHooks
 from sidecar.identity import HostFacts, resolve_identity
 from sidecar.inventory import Inventory
+from sidecar.keys import Keys
 from sidecar.lock import InstanceLock, default_lock_path
+from sidecar.membership import MemberKey
 from sidecar.metrics import Metrics
+from sidecar.orchestrator import OrchestratorWatch
+from sidecar.quorum import QuorumMonitor
 from sidecar.records import MemberRecord
 from sidecar.settings import RingsideConfig
+from sidecar.store.base import Store
+from sidecar.view import ViewKeeper
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +44,45 @@ EXIT_REFUSED = 1
 
 class ListenFailed(RingsideError):
     """The local API address cannot be bound (taken, or not an address of this host)."""
+
+
+def build_agent(
+    config: RingsideConfig,
+    node_id: str,
+    store: Store,
+    record: MemberRecord,
+    *,
+    previous_instance: str | None = None,
+    quorum_interval_s: float = 2.0,
+) -> Agent:
+    """An agent and its collaborators, wired from the configuration: the one place that
+    knows which part talks to which (the orchestrator check publishes through our member key;
+    the agent listens to the view keeper and the quorum monitor)."""
+    keys = Keys(config.cluster)
+    member = MemberKey(store, keys, record)
+    checks = config.orchestrator
+    orchestrator = (
+        OrchestratorWatch(
+            checks.health_url,
+            interval_s=checks.check_interval,
+            failures_before_unhealthy=checks.failures_before_unhealthy,
+            publish=member.publish_health,
+        )
+        if checks.health_url
+        else None
+    )
+    leader = config.leader
+    parts = Parts(
+        keys=keys,
+        member=member,
+        view=ViewKeeper(store, keys),
+        quorum=QuorumMonitor(store, interval_s=quorum_interval_s),
+        hooks=RoleHooks(leader.on_elected, leader.on_demoted, leader.hook_timeout, node_id),
+        events=EventLog(),
+        guard=HistoryGuard(),
+        orchestrator=orchestrator,
+    )
+    return Agent(config, node_id, store, parts, previous_instance=previous_instance)
 
 
 def run_sidecar(loaded: LoadedConfig) -> int:
@@ -72,7 +120,7 @@ async def _serve(
         eligible=config.leader.eligible,
         instance=lock.instance,
     )
-    agent = Agent(config, node_id, store, record, previous_instance=lock.previous_instance)
+    agent = build_agent(config, node_id, store, record, previous_instance=lock.previous_instance)
     app = create_app(agent, inventory=inventory, render_metrics=Metrics(agent).render)
     # In-flight requests get half a second at shutdown: SIGTERM must end the process in 2 s.
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.5)

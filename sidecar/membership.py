@@ -30,10 +30,10 @@ import psutil
 from sidecar.deadline import Deadline
 from sidecar.errors import RingsideError
 from sidecar.keys import Keys
-from sidecar.records import MemberRecord, boot_id, printable
+from sidecar.records import MemberRecord, OrchestratorHealth, boot_id, printable
 from sidecar.session import Session
 from sidecar.store.base import Store
-from sidecar.store.errors import LeaseNotFound
+from sidecar.store.errors import LeaseNotFound, StoreError
 from sidecar.store.model import Compare, EventType, Get, KeyValue, Put, RangeResult, TxnOp
 
 log = logging.getLogger(__name__)
@@ -190,3 +190,60 @@ async def update_record(
         [Compare.lease_is(key, session.lease_id)], [Put(key, record.encode(), session.lease_id)]
     )
     return result.header.revision if result.succeeded else None
+
+
+class MemberKey:
+    """Our member key, and what we last wrote into it: the one owner of our record.
+
+    The control loop compares the view with `written` (rule 12); the orchestrator check
+    publishes its health through `publish_health`; both write through here, so `written` and
+    `revision` always describe our latest successful write.
+    """
+
+    def __init__(self, store: Store, keys: Keys, record: MemberRecord) -> None:
+        self.store = store
+        self.keys = keys
+        self.key = keys.member(record.node_id)
+        self.record = record  # what etcd should hold (the newest orchestrator health included)
+        self.written: MemberRecord | None = None  # what it holds, as we last wrote it
+        self.revision = 0  # the revision of that write
+        self._session: Session | None = None  # the session our key was last registered on
+
+    async def register(self, session: Session, previous_instances: Sequence[str | None]) -> int:
+        """Create the key on `session`'s lease (see `register`); DuplicateNode as there."""
+        record = self.record
+        revision = await register(
+            self.store, self.keys, record, session, previous_instances=previous_instances
+        )
+        self.written, self.revision, self._session = record, revision, session
+        return revision
+
+    async def restore(self, session: Session, *, held_by: int, also: Sequence[TxnOp]) -> int | None:
+        """Write our record again over a key held by lease `held_by` (0: gone, or nobody's),
+        with `also` in the same transaction; the revision, or None if another lease took it."""
+        record = self.record
+        revision = await write_over(
+            self.store, Put(self.key, record.encode(), session.lease_id), held_by=held_by, also=also
+        )
+        if revision is not None:
+            self.written, self.revision = record, revision
+        return revision
+
+    async def publish_health(self, health: OrchestratorHealth) -> bool:
+        """Put the orchestrator's new state into our record; True once etcd has it. While we
+        are not registered, False: a registration running now may have written the old record,
+        so the orchestrator check offers it again after its next probe."""
+        self.record = record = self.record.model_copy(update={"orchestrator": health})
+        session = self._session
+        if session is None or session.lost.is_set():
+            return False
+        if self.written == record:
+            return True  # the registration already wrote it
+        try:
+            revision = await update_record(self.store, self.keys, record, session)
+        except StoreError as e:
+            log.warning("orchestrator health not published yet: %s", e)
+            return False
+        if revision is not None:
+            self.written, self.revision = record, revision
+        return revision is not None

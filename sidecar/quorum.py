@@ -7,7 +7,8 @@ strict majority of them is a quorum; without one there is no leader, and every s
 
 `health.check_etcd` is the one-shot look behind `ringside etcd`; this is the continuous one:
 
-    monitor = QuorumMonitor(store, interval_s=2.0, on_change=report)
+    monitor = QuorumMonitor(store, interval_s=2.0)
+    monitor.listen(report)  # report(old, new) on every change that matters
     task = asyncio.create_task(monitor.run())
     ...
     monitor.current.quorum_ok  # the latest QuorumHealth, never older than one interval + check
@@ -269,22 +270,24 @@ ChangeHandler = Callable[[QuorumHealth, QuorumHealth], None]
 class QuorumMonitor:
     """Checks the quorum every `interval_s` seconds and keeps the latest answer in `current`.
 
-    `on_change(old, new)` is called when `quorum_ok`, `connection`, `etcd_leader` or
-    `voters_healthy` changed, including after the first check (`current` starts as
-    `QuorumHealth.unknown()`).
+    Each listener (`listen`) is called with `(old, new)` when `quorum_ok`, `connection`,
+    `etcd_leader` or `voters_healthy` changed, including after the first check (`current`
+    starts as `QuorumHealth.unknown()`).
     """
 
-    def __init__(
-        self, store: Store, interval_s: float = 2.0, *, on_change: ChangeHandler | None = None
-    ) -> None:
+    def __init__(self, store: Store, interval_s: float = 2.0) -> None:
         self.store = store
         self.interval_s = interval_s
-        self.on_change = on_change
+        self._listeners: list[ChangeHandler] = []
         self.current = QuorumHealth.unknown()
         self.checks = 0
 
+    def listen(self, listener: ChangeHandler) -> None:
+        """Call `listener(old, new)` on every change that matters, from now on."""
+        self._listeners.append(listener)
+
     async def check(self) -> QuorumHealth:
-        """One check: update `current`, and tell `on_change` if something that matters moved."""
+        """One check: update `current`, and tell the listeners if something that matters moved."""
         new = await check_quorum(self.store)
         self.checks += 1
         if self._set(new):
@@ -313,15 +316,16 @@ class QuorumMonitor:
             await asyncio.sleep(max(0.0, started + self.interval_s - time.monotonic()))
 
     def _set(self, new: QuorumHealth) -> bool:
-        """Make `new` current; tell `on_change` and return True if something that matters moved."""
+        """Make `new` current; tell the listeners and return True if something that matters
+        moved. A listener that raises is logged; the others still hear of the change."""
         old, self.current = self.current, new
         if _key(old) == _key(new):
             return False
-        if self.on_change is not None:
+        for listener in self._listeners:
             try:
-                self.on_change(old, new)
+                listener(old, new)
             except Exception:
-                log.exception("on_change failed")
+                log.exception("quorum listener %r failed", listener)
         return True
 
 

@@ -21,9 +21,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
+from typing import Protocol
 
 from sidecar.keys import Keys
 from sidecar.records import MemberRecord, parse_record, printable
@@ -185,32 +186,37 @@ def apply_batch(
     )
 
 
-class ViewKeeper:
-    """Keeps `current` up to date from etcd; calls `on_change(old, new)` for every new view,
-    `on_header(header)` for every etcd header seen (the history guard listens there), and
-    `on_loaded(sent)` after each full load, a linearizable read sent at `sent` (monotonic)."""
+class ViewListener(Protocol):
+    """What a `ViewKeeper` tells its listeners (the agent is one)."""
 
-    def __init__(
-        self,
-        store: Store,
-        keys: Keys,
-        *,
-        on_change: Callable[[ClusterView, ClusterView], None] = lambda old, new: None,
-        on_header: Callable[[Header], None] = lambda header: None,
-        on_loaded: Callable[[float], None] = lambda sent: None,
-        retry_s: float = 0.5,
-    ) -> None:
+    def view_changed(self, old: ClusterView, new: ClusterView) -> None:
+        """A new view replaced `old` (every batch, every reload, every loss of sync)."""
+
+    def header_seen(self, header: Header) -> None:
+        """An etcd header arrived, from a full load or a watch batch (the history check)."""
+
+    def view_loaded(self, sent: float) -> None:
+        """A full load, a linearizable read sent at `sent` (monotonic), succeeded."""
+
+
+class ViewKeeper:
+    """Keeps `current` up to date from etcd and tells each listener (`listen`) of every new
+    view, every etcd header seen, and every full load."""
+
+    def __init__(self, store: Store, keys: Keys, *, retry_s: float = 0.5) -> None:
         self.store = store
         self.keys = keys
         self.current = ClusterView()
-        self._on_change = on_change
-        self._on_header = on_header
-        self._on_loaded = on_loaded
+        self._listeners: list[ViewListener] = []
         self._retry_s = retry_s
+
+    def listen(self, listener: ViewListener) -> None:
+        self._listeners.append(listener)
 
     def _publish(self, view: ClusterView) -> None:
         old, self.current = self.current, view
-        self._on_change(old, view)
+        for listener in self._listeners:
+            listener.view_changed(old, view)
 
     async def run(self) -> None:
         """Load, watch, and on any break reload; runs until cancelled."""
@@ -230,12 +236,14 @@ class ViewKeeper:
     async def _load_and_watch(self) -> None:
         sent = time.monotonic()
         loaded = await self.store.get(self.keys.prefix, prefix=True)
-        self._on_header(loaded.header)
-        self._on_loaded(sent)  # a linearizable read: current as of its sending
+        for listener in self._listeners:
+            listener.header_seen(loaded.header)
+            listener.view_loaded(sent)  # a linearizable read: current as of its sending
         self._publish(build_view(self.keys, loaded.kvs, loaded.header))
         start = loaded.revision + 1
         async with self.store.watch(self.keys.prefix, prefix=True, start_revision=start) as batches:
             async for batch in batches:
-                self._on_header(batch.header)
+                for listener in self._listeners:
+                    listener.header_seen(batch.header)
                 events = tuple((e.type, e.kv) for e in batch.events)
                 self._publish(apply_batch(self.keys, self.current, events, batch.header))

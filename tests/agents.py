@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from sidecar.agent import Agent
+from sidecar.daemon import build_agent
 from sidecar.records import MemberRecord
 from sidecar.settings import RingsideConfig
 from sidecar.store.base import Store
@@ -45,7 +46,7 @@ def make_agent(
         hostname="test",
         started_at="2026-11-27T21:00:00+00:00",
     )
-    return Agent(config, node_id, store, record, quorum_interval_s=0.5)
+    return build_agent(config, node_id, store, record, quorum_interval_s=0.5)
 
 
 @asynccontextmanager

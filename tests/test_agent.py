@@ -117,7 +117,7 @@ async def test_foreign_cluster_id_blocks_leadership(store: Store, cluster: str) 
         header = agent.view.header
         assert header is not None
         foreign = Header(header.cluster_id + 1, header.member_id, header.revision + 1, 1)
-        agent._observe_header(foreign)
+        agent.header_seen(foreign)
         decided = agent.leadership()
         assert not decided.is_leader
         assert "cluster id" in decided.reason
@@ -137,13 +137,18 @@ async def test_reload_after_a_broken_watch_misses_no_deletion(store: Store, clus
     revision = await store.put(keys.prefix + "other", b"x")
     await store.compact(revision)
 
-    keeper = ViewKeeper(
-        store,
-        keys,
-        on_change=lambda old, new: seen.extend(
-            f"{e.kind}:{e.detail.get('node_id')}" for e in view_changes(old, new)
-        ),
-    )
+    class Departures:
+        def view_changed(self, old: ClusterView, new: ClusterView) -> None:
+            seen.extend(f"{e.kind}:{e.detail.get('node_id')}" for e in view_changes(old, new))
+
+        def header_seen(self, header: Header) -> None:
+            pass
+
+        def view_loaded(self, sent: float) -> None:
+            pass
+
+    keeper = ViewKeeper(store, keys)
+    keeper.listen(Departures())
     keeper.current = stale  # what the node knew before its watch broke
     task = asyncio.create_task(keeper.run())
     try:

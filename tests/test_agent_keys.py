@@ -29,7 +29,7 @@ def show_another_cluster(agent: Agent) -> None:
     """Feed the agent an etcd header from another cluster: its history guard trips (rule 7)."""
     header = agent.view.header
     assert header is not None
-    agent._observe_header(Header(header.cluster_id + 1, header.member_id, header.revision + 1, 1))
+    agent.header_seen(Header(header.cluster_id + 1, header.member_id, header.revision + 1, 1))
 
 
 async def test_a_deleted_member_key_is_written_again(store: Store, cluster: str) -> None:
@@ -60,7 +60,7 @@ async def test_an_overwritten_record_is_replaced_by_ours(store: Store, cluster: 
         async def ours_again() -> bool:
             held = await store.get_one(keys.member("n1"))
             assert held is not None, "the member key vanished"
-            return held.lease != 0 and MemberRecord.decode(held.value) == agent.record
+            return held.lease != 0 and MemberRecord.decode(held.value) == agent.member.record
 
         await wait_for(ours_again, 3, what="the forged record was not replaced")
         await until(lambda: agent.leadership().is_leader, within_s=3)

@@ -408,7 +408,8 @@ async def test_monitor_reports_the_first_check_and_then_only_changes(
     started: Callable[[QuorumMonitor], None],
 ) -> None:
     changes: Changes = []
-    monitor = QuorumMonitor(MemoryStore(), interval_s=0.01, on_change=lambda *c: changes.append(c))
+    monitor = QuorumMonitor(MemoryStore(), interval_s=0.01)
+    monitor.listen(lambda *c: changes.append(c))
     assert monitor.current.error == "not checked yet"
     started(monitor)
 
@@ -438,7 +439,8 @@ async def test_monitor_logs_an_unexpected_error_and_carries_on(
     started: Callable[[QuorumMonitor], None], caplog: pytest.LogCaptureFixture
 ) -> None:
     changes: Changes = []
-    monitor = QuorumMonitor(FailingOnce(), interval_s=0.01, on_change=lambda *c: changes.append(c))
+    monitor = QuorumMonitor(FailingOnce(), interval_s=0.01)
+    monitor.listen(lambda *c: changes.append(c))
     started(monitor)
 
     async def recovered() -> bool:
@@ -460,7 +462,8 @@ async def test_monitor_tells_on_change_about_a_killed_voter(
     etcd: LocalEtcdCluster, client: EtcdStore, started: Callable[[QuorumMonitor], None]
 ) -> None:
     changes: Changes = []
-    monitor = QuorumMonitor(client, interval_s=0.1, on_change=lambda *c: changes.append(c))
+    monitor = QuorumMonitor(client, interval_s=0.1)
+    monitor.listen(lambda *c: changes.append(c))
     started(monitor)
 
     async def all_healthy() -> bool:

@@ -188,9 +188,7 @@ def orchestrator_status(state: NodeState, inventory: Inventory | None = None) ->
     """
     view, health, now, node_id = state.view, state.quorum, state.leadership, state.node_id
     peers = {
-        peer: member_document(m, now.leader)
-        for peer, m in view.members.items()
-        if peer != node_id
+        peer: member_document(m, now.leader) for peer, m in view.members.items() if peer != node_id
     }
     all_peers: Json = {peer: {**doc, "status": "alive"} for peer, doc in peers.items()}
     for host in sorted(inventory.hosts if inventory else ()):
