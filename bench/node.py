@@ -21,7 +21,7 @@ from typing import Any
 import psutil
 
 from sidecar.keys import Keys
-from sidecar.membership import MemberRecord
+from sidecar.records import MemberRecord
 from sidecar.store.etcd import EtcdStore
 from sidecar.testing.localcluster import LocalEtcdCluster
 from tests.fleet import Fleet

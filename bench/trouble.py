@@ -43,7 +43,7 @@ import pytest
 
 from bench.sidecars import leader_of
 from sidecar.keys import Keys
-from sidecar.membership import MemberRecord
+from sidecar.records import MemberRecord
 from sidecar.store.etcd import EtcdStore
 from sidecar.store.model import Compare, Delete, EventType, KeyValue
 from sidecar.testing.localcluster import EtcdMember, LocalEtcdCluster
@@ -452,8 +452,8 @@ async def self_heal(
                 healed = await recorder.first(match, after_revision=revision, within_s=HEAL_LIMIT_S)
                 figure.add(healed - started if healed is not None else None)
                 if healed is not None and figure is member:
-                    now = await store.get_one(before.key)
-                    same_lease += bool(now and now.lease == before.lease)
+                    now = (await store.get(before.key)).kvs
+                    same_lease += bool(now and now[0].lease == before.lease)
                 # Not healed: the sidecar is stopped (SIGTERM) and started again.
                 await _converge(fleet, ttl, restart=None if healed is not None else victim)
 

@@ -65,7 +65,11 @@ class InterfaceStats(Protocol):
 def discovered_addresses(preferred: Sequence[str] = ()) -> tuple[str, ...]:
     """`preferred` (this node's inventory addresses), then this host's reachable-looking
     interface addresses, IPv4 before IPv6, without duplicates."""
-    return choose_addresses(psutil.net_if_addrs(), psutil.net_if_stats(), preferred)
+    try:
+        interfaces, stats = psutil.net_if_addrs(), psutil.net_if_stats()
+    except OSError:  # no /proc or /sys to read (a locked-down container): what we were told
+        interfaces, stats = {}, {}
+    return choose_addresses(interfaces, stats, preferred)
 
 
 def choose_addresses(

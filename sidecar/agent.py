@@ -493,8 +493,9 @@ class Agent:
         if self.session is not None:
             self._drop_session()
         await self._revoke_stale_leases()
-        session = await Session.open(self.store, self.config.lease_ttl)
-        session.on_keepalive = self._keepalive_done
+        session = await Session.open(
+            self.store, self.config.lease_ttl, on_keepalive=self._keepalive_done
+        )
         try:
             await self.member.register(
                 session, previous_instances=(self.member.record.instance, self.previous_instance)

@@ -24,9 +24,10 @@ class HistoryGuard:
     >>> guard.observe(Header(cluster_id=7, member_id=2, revision=4, raft_term=2))
     'etcd revision went backwards from 10 to 4: a restored snapshot?'
 
-    A violation is sticky: every later `observe` returns it until an operator calls
-    `reset()`. (A snapshot restored with the same peer URLs and cluster token keeps the
-    old cluster id, so the revision check is the one that catches it.)
+    A violation is sticky: every later `observe` returns it for as long as this guard lives,
+    that is until the sidecar is restarted (the operator's way to accept a restored history,
+    see `etcd/OPERATIONS.md`). A snapshot restored with the same peer URLs and cluster token
+    keeps the old cluster id, so the revision check is the one that catches it.
     """
 
     def __init__(self) -> None:
@@ -66,7 +67,3 @@ class HistoryGuard:
             return self._violation
         self._highest_revision = max(self._highest_revision, header.revision)
         return None
-
-    def reset(self) -> None:
-        """Forget everything, the violation included (an operator accepted the new history)."""
-        self._cluster_id, self._highest_revision, self._violation = None, 0, None

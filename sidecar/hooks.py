@@ -230,7 +230,7 @@ class RoleHooks:
             tail.close()
         else:
             self._lingering.add(tail)
-            tail.on_eof = self._lingering.discard
+            tail.call_at_eof(self._lingering.discard)
 
         result = HookResult(job.event, job.command, exit_code, timed_out, duration_s)
         _log_result(result, tail.last_line())
@@ -323,8 +323,12 @@ class _StderrTail:
         self._write_open = True
         self._reading = True
         self.at_eof = False
-        self.on_eof: Callable[[_StderrTail], None] | None = None
+        self._on_eof: Callable[[_StderrTail], None] | None = None
         loop.add_reader(self._read_fd, self.read_available)
+
+    def call_at_eof(self, callback: Callable[[_StderrTail], None]) -> None:
+        """Call `callback(self)` once the last writer has closed the pipe."""
+        self._on_eof = callback
 
     def read_available(self) -> None:
         """Read whatever is in the pipe now, without waiting."""
@@ -338,8 +342,8 @@ class _StderrTail:
             if not chunk:
                 self.at_eof = True
                 self.close()
-                if self.on_eof is not None:
-                    self.on_eof(self)
+                if self._on_eof is not None:
+                    self._on_eof(self)
                 return
             self._tail += chunk
             del self._tail[:-_STDERR_TAIL_BYTES]

@@ -27,8 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-import psutil
-
+from sidecar.addresses import discovered_addresses
 from sidecar.config import LoadedConfig
 from sidecar.errors import ConfigError
 from sidecar.inventory import Inventory, load_inventory
@@ -54,8 +53,9 @@ class HostFacts:
 
     @classmethod
     def gather(cls) -> "HostFacts":
-        """The hostname and every non-loopback address, Tailscale's included when it runs."""
-        addresses = dict.fromkeys([*_tailscale_addresses(), *_interface_addresses()])
+        """The hostname and this host's addresses (`sidecar.addresses`: the interfaces a peer
+        could reach, the same list the member record publishes), Tailscale's first."""
+        addresses = dict.fromkeys([*_tailscale_addresses(), *discovered_addresses()])
         return cls(hostname=socket.gethostname(), addresses=tuple(addresses))
 
 
@@ -268,22 +268,6 @@ def _is_ip_address(value: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _interface_addresses() -> list[str]:
-    try:
-        interfaces = psutil.net_if_addrs()
-    except OSError:
-        return []
-    found: list[str] = []
-    for entries in interfaces.values():
-        for entry in entries:
-            if entry.family not in (socket.AF_INET, socket.AF_INET6):
-                continue
-            address = entry.address.split("%", 1)[0]
-            if _is_ip_address(address) and not ipaddress.ip_address(address).is_loopback:
-                found.append(address)
-    return found
 
 
 def _tailscale_addresses() -> list[str]:

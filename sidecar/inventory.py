@@ -7,9 +7,9 @@ many more per-host settings and grows new ones over time. Numbers where names ar
 Example::
 
     inventory = load_inventory(Path("distributed_hosts.yaml"))
-    inventory.lookup("hetzner-cpu1")    # "hetzner-cpu1"  (host key)
-    inventory.lookup("100.64.0.21")     # "hetzner-cpu1"  (tailscale_ip)
-    inventory.lookup("10.9.9.9")        # None
+    inventory.identify("hetzner-cpu1")  # InventoryMatch("hetzner-cpu1", "host key")
+    inventory.identify("100.64.0.21")   # InventoryMatch("hetzner-cpu1", "tailscale_ip")
+    inventory.identify("10.9.9.9")      # None
 """
 
 import ipaddress
@@ -81,11 +81,6 @@ class Inventory(_TolerantModel):
             elif host.tailscale_ip is not None and normalized(host.tailscale_ip) == wanted:
                 found.append(InventoryMatch(name, "tailscale_ip"))
         return found
-
-    def lookup(self, name_or_address: str) -> str | None:
-        """The host `name_or_address` identifies, or None when no host or several do."""
-        match = self.identify(name_or_address)
-        return match.host if match is not None else None
 
     def identify(self, name_or_address: str) -> InventoryMatch | None:
         """The one match that identifies a host (and through which field), or None.

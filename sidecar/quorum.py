@@ -5,7 +5,7 @@ The sidecar daemon keeps asking, every couple of seconds, each etcd voter for it
 strict majority of them is a quorum; without one there is no leader, and every sidecar says so
 (rule 8). Whether it is still the history we knew is `sidecar.history.HistoryGuard` (rule 7).
 
-`health.check_etcd` is the one-shot look behind `ringside etcd`; this is the continuous one:
+`sidecar.cli.etcd_check` is the one-shot look behind `ringside etcd`; this is the continuous one:
 
     monitor = QuorumMonitor(store, interval_s=2.0)
     monitor.listen(report)  # report(old, new) on every change that matters

@@ -31,19 +31,32 @@ class Session:
     rule 5): the owner opens a new one and registers again.
     """
 
-    def __init__(self, store: Store, lease: Lease, valid_until: float) -> None:
+    def __init__(
+        self,
+        store: Store,
+        lease: Lease,
+        valid_until: float,
+        on_keepalive: Callable[[float], None] = lambda latency_s: None,
+    ) -> None:
         self.store = store
         self.lease = lease
         self.valid_until = valid_until
         self.lost = asyncio.Event()
-        self.on_keepalive: Callable[[float], None] = lambda latency_s: None
+        self._on_keepalive = on_keepalive
 
     @classmethod
-    async def open(cls, store: Store, ttl_s: int) -> Session:
-        """Grant a lease. Its TTL is what etcd granted (rule 4), which may exceed `ttl_s`."""
+    async def open(
+        cls,
+        store: Store,
+        ttl_s: int,
+        *,
+        on_keepalive: Callable[[float], None] = lambda latency_s: None,
+    ) -> Session:
+        """Grant a lease. Its TTL is what etcd granted (rule 4), which may exceed `ttl_s`.
+        `on_keepalive(latency_s)` is called after every successful renewal."""
         sent = time.monotonic()
         lease = await store.lease_grant(ttl_s)
-        return cls(store, lease, sent + lease.ttl)
+        return cls(store, lease, sent + lease.ttl, on_keepalive)
 
     @property
     def lease_id(self) -> int:
@@ -62,7 +75,7 @@ class Session:
             self.lost.set()
             raise
         self.valid_until = max(self.valid_until, sent + ttl)
-        self.on_keepalive(time.monotonic() - sent)
+        self._on_keepalive(time.monotonic() - sent)
 
     async def run_keepalives(self) -> None:
         """Renew every TTL/3 until the lease is lost; failures retry sooner, never give up.

@@ -26,6 +26,7 @@ from sidecar.store.base import Store
 from sidecar.store.model import Header, Put
 from sidecar.view import ClusterView, ViewKeeper, build_view
 from tests.agents import TTL, running_agent, until
+from tests.reads import get_one
 
 
 async def test_epoch_is_the_leader_keys_create_revision(store: Store, cluster: str) -> None:
@@ -45,7 +46,7 @@ async def test_a_deposed_leaders_fenced_write_is_refused(store: Store, cluster: 
     assert await fenced_txn(store, ours, [Put(keys.prefix + "data", b"first")])
     await store.delete(ours.key)  # deposed: our key is gone (expiry, resign, an operator)
     assert not await fenced_txn(store, ours, [Put(keys.prefix + "data", b"late")])
-    kv = await store.get_one(keys.prefix + "data")
+    kv = await get_one(store, keys.prefix + "data")
     assert kv is not None
     assert kv.value == b"first"
 

@@ -22,6 +22,7 @@ from sidecar.store.base import Store
 from sidecar.store.memory import MemoryStore
 from sidecar.store.model import Header
 from tests.agents import make_agent, running, running_agent, until
+from tests.reads import get_one
 from tests.waiting import wait_for
 
 
@@ -41,7 +42,7 @@ async def test_a_deleted_member_key_is_written_again(store: Store, cluster: str)
         await store.delete(keys.member("n1"))
 
         async def restored() -> bool:
-            held = await store.get_one(keys.member("n1"))
+            held = await get_one(store, keys.member("n1"))
             return held is not None and held.lease == lease
 
         await wait_for(restored, 2, what="the member key was not written again")
@@ -58,7 +59,7 @@ async def test_an_overwritten_record_is_replaced_by_ours(store: Store, cluster: 
         await store.put(keys.member("n1"), forged.encode())
 
         async def ours_again() -> bool:
-            held = await store.get_one(keys.member("n1"))
+            held = await get_one(store, keys.member("n1"))
             assert held is not None, "the member key vanished"
             return held.lease != 0 and MemberRecord.decode(held.value) == agent.member.record
 
@@ -257,7 +258,7 @@ async def test_stepping_down_on_its_own_keeps_the_validity_it_promised(
         await until(lambda: agent.retiring)
         assert readiness(agent.state()) is not None  # not ready while stepping down
         while time.monotonic() < promised_until - 0.2:
-            assert await store.get_one(candidate) is not None, "revoked inside the promise"
+            assert await get_one(store, candidate) is not None, "revoked inside the promise"
             await asyncio.sleep(0.05)
         await wait_for(
             lambda: _gone(store, candidate),
@@ -267,7 +268,7 @@ async def test_stepping_down_on_its_own_keeps_the_validity_it_promised(
 
 
 async def _gone(store: Store, key: str) -> bool:
-    return await store.get_one(key) is None
+    return await get_one(store, key) is None
 
 
 async def test_our_node_id_taken_by_another_live_lease_is_never_overwritten(
@@ -288,7 +289,7 @@ async def test_our_node_id_taken_by_another_live_lease_is_never_overwritten(
         assert reason is not None
         assert "held by another live lease" in reason
         await until(lambda: agent.candidacy is None)
-        held = await store.get_one(keys.member("n1"))
+        held = await get_one(store, keys.member("n1"))
         assert held is not None
         assert held.lease == other.id  # not overwritten
         await store.lease_revoke(other.id)
@@ -325,6 +326,6 @@ async def test_a_follower_whose_node_id_is_taken_stands_aside(store: Store, clus
         reason = readiness(agent.state())
         assert reason is not None
         assert "held by another live lease" in reason
-        held = await store.get_one(keys.member("n2"))
+        held = await get_one(store, keys.member("n2"))
         assert held is not None
         assert held.lease == other.id

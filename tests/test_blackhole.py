@@ -13,6 +13,7 @@ from sidecar.store.errors import StoreUnavailable
 from sidecar.store.etcd import EtcdStore
 from sidecar.testing.localcluster import LocalEtcdCluster
 from tests.blackhole import Cut, Proxies
+from tests.reads import get_one
 
 
 @pytest.fixture
@@ -58,7 +59,7 @@ async def test_one_way_cuts(
         route.cut(cut)
         with pytest.raises(StoreUnavailable):
             await cut_off.put(key, b"written")
-        found = await direct.get_one(key)
+        found = await get_one(direct, key)
         assert (found is not None) is lands
     finally:
         route.heal()

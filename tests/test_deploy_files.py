@@ -39,6 +39,7 @@ from sidecar.testing.localcluster import (
     free_port,
 )
 from tests.paths import ROOT
+from tests.reads import get_one
 
 ETCD_DIR = ROOT / "etcd"
 DEPLOY_DIR = ROOT / "deploy"
@@ -368,7 +369,7 @@ async def test_generated_certificates_serve_a_sidecar(pki: Path, tmp_path: Path)
         store = open_store(load_config(config_file, {}, {}).config.etcd)
         try:
             await store.put("/deploy/tls", b"through the client certificate")
-            kv = await store.get_one("/deploy/tls")
+            kv = await get_one(store, "/deploy/tls")
         finally:
             await store.close()
     assert kv is not None

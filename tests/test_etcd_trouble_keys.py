@@ -27,6 +27,7 @@ from sidecar.store.etcd import EtcdStore
 from sidecar.store.model import Delete, Put
 from sidecar.testing.localcluster import LocalEtcdCluster
 from tests.fleet import FLEET_TTL, Fleet, Sidecar
+from tests.reads import get_one
 from tests.trouble_support import (
     EventStream,
     Findings,
@@ -81,7 +82,7 @@ async def holds_own_record(store: Store, sidecar: Sidecar) -> bool:
     """The sidecar's member key holds this very process's record, on its current lease."""
     if not sidecar.running or sidecar.process is None:
         return False
-    kv = await store.get_one(member_key_of(sidecar))
+    kv = await get_one(store, member_key_of(sidecar))
     record = record_of(kv)
     return (
         kv is not None
@@ -102,7 +103,7 @@ async def registered_or_gone(store: Store, sidecar: Sidecar) -> bool:
 
 async def holder(store: Store, sidecar: Sidecar) -> str:
     """Who holds the member key, in a few words, for failure messages."""
-    kv = await store.get_one(member_key_of(sidecar))
+    kv = await get_one(store, member_key_of(sidecar))
     if kv is None:
         return "nobody (the key is missing)"
     record = record_of(kv)
@@ -124,7 +125,7 @@ async def test_deleted_keys_of_a_follower_come_back_within_a_keepalive_period(
     key = member_key(fleet, follower.node_id)
 
     async def member_back() -> bool:
-        kv = await direct.get_one(key)
+        kv = await get_one(direct, key)
         return (
             kv is not None
             and kv.lease != 0

@@ -9,6 +9,12 @@ from sidecar.inventory import Inventory, InventoryError, InventoryMatch, load_in
 from tests.paths import EXAMPLE_INVENTORY, ROOT
 
 
+def lookup(inventory: Inventory, probe: str) -> str | None:
+    """The host `probe` identifies, or None when no host or several do."""
+    match = inventory.identify(probe)
+    return match.host if match is not None else None
+
+
 @pytest.fixture(scope="module")
 def inventory() -> Inventory:
     return load_inventory(EXAMPLE_INVENTORY)
@@ -63,12 +69,12 @@ def test_unknown_fields_are_ignored(inventory: Inventory) -> None:
 def test_lookup_by_key_ssh_host_and_tailscale_ip(
     inventory: Inventory, probe: str, host: str
 ) -> None:
-    assert inventory.lookup(probe) == host
+    assert lookup(inventory, probe) == host
 
 
 @pytest.mark.parametrize("probe", ["hetzner-cpu9", "10.9.9.9", "", "ubuntu"])
 def test_lookup_misses(inventory: Inventory, probe: str) -> None:
-    assert inventory.lookup(probe) is None
+    assert lookup(inventory, probe) is None
 
 
 def test_matches_say_which_field(inventory: Inventory) -> None:
@@ -79,19 +85,19 @@ def test_matches_say_which_field(inventory: Inventory) -> None:
 
 def test_ipv6_addresses_compare_by_value(tmp_path: Path) -> None:
     inventory = load_inventory(write(tmp_path, "hosts:\n  six: {tailscale_ip: 'fd7a:0:0::01'}\n"))
-    assert inventory.lookup("fd7a::1") == "six"
+    assert lookup(inventory, "fd7a::1") == "six"
 
 
 def test_shared_ssh_gateway_identifies_nobody(tmp_path: Path) -> None:
     text = "hosts:\n  vast-1: {ssh_host: ssh8.vast.ai}\n  vast-2: {ssh_host: ssh8.vast.ai}\n"
     inventory = load_inventory(write(tmp_path, text))
-    assert inventory.lookup("ssh8.vast.ai") is None
+    assert lookup(inventory, "ssh8.vast.ai") is None
     assert {match.host for match in inventory.matches("ssh8.vast.ai")} == {"vast-1", "vast-2"}
 
 
 def test_host_key_beats_another_hosts_address(tmp_path: Path) -> None:
     text = "hosts:\n  alpha: {ssh_host: beta}\n  beta: {ssh_host: 10.0.0.2}\n"
-    assert load_inventory(write(tmp_path, text)).lookup("beta") == "beta"
+    assert lookup(load_inventory(write(tmp_path, text)), "beta") == "beta"
 
 
 def test_numbers_and_empty_entries_are_tolerated(tmp_path: Path) -> None:
@@ -108,7 +114,7 @@ def test_numbers_and_empty_entries_are_tolerated(tmp_path: Path) -> None:
     assert inventory.hosts["gpu-a"].ssh_host is None
     assert inventory.p2p_voters == ["1234", "gpu-a"]
     assert inventory.preferred_leader == "1234"
-    assert inventory.lookup("5678") == "1234"
+    assert lookup(inventory, "5678") == "1234"
 
 
 def test_empty_file_is_an_empty_inventory(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from sidecar.testing.localcluster import LocalEtcdCluster
 from tests.agents import make_agent, running, running_agent, until
 from tests.cli_support import ringside, table
 from tests.fleet import Fleet
+from tests.reads import get_one
 from tests.waiting import wait_for
 
 
@@ -125,7 +126,7 @@ def _up() -> OrchestratorHealth:
 
 
 async def _version(store: EtcdStore, key: str) -> int:
-    kv = await store.get_one(key)
+    kv = await get_one(store, key)
     assert kv is not None
     return kv.version
 

@@ -22,7 +22,6 @@ from sidecar.cli import cluster, node  # noqa: F401  # registers the commands on
 from sidecar.cli.base import (
     EXIT_CONFIG_ERROR,
     EXIT_DEGRADED,
-    EXIT_NO_QUORUM,
     EXIT_UNREACHABLE,
     ConfigRequest,
     config_options,
@@ -32,7 +31,6 @@ from sidecar.cli.base import (
 __all__ = [
     "EXIT_CONFIG_ERROR",
     "EXIT_DEGRADED",
-    "EXIT_NO_QUORUM",
     "EXIT_UNREACHABLE",
     "ConfigRequest",
     "config_options",

@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 
 
 EXIT_DEGRADED: Final = 1  # no leader, or no etcd quorum
-EXIT_NO_QUORUM: Final = 1
 EXIT_CONFIG_ERROR: Final = 2
 EXIT_UNREACHABLE: Final = 3  # the sidecar or etcd did not answer, or answered garbage
 

@@ -4,7 +4,8 @@
 thing: a linearizable read went through, which etcd only serves with a majority of voters
 behind it. Each endpoint is asked for its own status as well, so an operator sees which
 addresses this node can reach (a voter's public address may work where its tailnet one does
-not, or the other way round).
+not, or the other way round). The Raft leader is named by the daemon's own quorum check
+(`sidecar.quorum`): the leader most healthy voters follow, learners not counted.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sidecar.quorum import EndpointAnswer, ask_status
+from sidecar.quorum import EndpointAnswer, QuorumHealth, ask_status, check_quorum
 from sidecar.store.base import Store
 from sidecar.store.errors import StoreError
 from sidecar.store.model import StoreMember
@@ -28,15 +29,13 @@ class EtcdHealth:
     revision: int | None
     members: tuple[StoreMember, ...]
     error: str | None
+    voters: QuorumHealth  # the daemon's own quorum check: voters, learners aside, and leader
 
     @property
-    def leader_id(self) -> int:
-        """The Raft leader most answering endpoints follow; 0 without quorum, where what a
-        lone member still believes about the leader is stale."""
-        if not self.quorum_ok:
-            return 0
-        leaders = [e.status.leader for e in self.endpoints if e.status and e.status.leader]
-        return max(set(leaders), key=leaders.count) if leaders else 0
+    def raft_leader(self) -> str | None:
+        """The Raft leader by the quorum check's rule (most healthy voters follow it); None
+        without quorum, where what a lone member still believes about the leader is stale."""
+        return self.voters.etcd_leader if self.quorum_ok else None
 
     def member_name(self, member_id: int) -> str:
         return next((m.name for m in self.members if m.id == member_id), f"{member_id:x}")
@@ -58,7 +57,10 @@ async def check_etcd(store: Store, endpoints: Sequence[str], probe_key: str) -> 
         except StoreError as e:
             return None, str(e)
 
-    reports, found, (revision, error) = await asyncio.gather(
-        asyncio.gather(*(ask_status(store, url) for url in endpoints)), members(), read()
+    reports, found, (revision, error), voters = await asyncio.gather(
+        asyncio.gather(*(ask_status(store, url) for url in endpoints)),
+        members(),
+        read(),
+        check_quorum(store),
     )
-    return EtcdHealth(tuple(reports), error is None, revision, found, error)
+    return EtcdHealth(tuple(reports), error is None, revision, found, error, voters)

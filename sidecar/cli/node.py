@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from sidecar.cli.base import EXIT_NO_QUORUM, ConfigRequest, config_options, ringside
+from sidecar.cli.base import EXIT_DEGRADED, ConfigRequest, config_options, ringside
 
 if TYPE_CHECKING:
     from sidecar.cli.etcd_check import EtcdHealth
@@ -82,7 +82,7 @@ def etcd_check(config_request: ConfigRequest, as_json: bool) -> None:
     else:
         click.echo(_health_text(health))
     if not health.quorum_ok:
-        raise SystemExit(EXIT_NO_QUORUM)
+        raise SystemExit(EXIT_DEGRADED)
 
 
 async def _check_etcd(config: RingsideConfig) -> EtcdHealth:
@@ -111,7 +111,7 @@ def _health_text(health: EtcdHealth) -> str:
             f"raft term {e.status.raft_term}  {e.latency_s * 1000:.1f} ms"
         )
     if health.quorum_ok:
-        leader = health.member_name(health.leader_id) if health.leader_id else "unknown"
+        leader = health.raft_leader or "unknown"
         lines.append(
             f"quorum: ok (read at revision {health.revision}), raft leader {leader}, "
             f"{len(health.members)} members: {', '.join(m.name for m in health.members)}"
@@ -126,7 +126,7 @@ def _health_document(health: EtcdHealth) -> dict[str, Any]:
         "quorum_ok": health.quorum_ok,
         "revision": health.revision,
         "error": health.error,
-        "raft_leader": health.member_name(health.leader_id) if health.leader_id else None,
+        "raft_leader": health.raft_leader,
         "members": [m.name for m in health.members],
         "endpoints": [
             {

@@ -43,7 +43,6 @@ from sidecar.store.model import (
     Compare,
     EndpointState,
     EndpointStatus,
-    KeyValue,
     Lease,
     LeaseInfo,
     RangeResult,
@@ -68,11 +67,6 @@ class Store(abc.ABC):
         `FutureRevision`. Reads are linearizable: a store without quorum cannot answer and
         raises `StoreUnavailable` rather than serve stale data.
         """
-
-    async def get_one(self, key: str) -> KeyValue | None:
-        """The current value of `key`, or None when it does not exist."""
-        result = await self.get(key)
-        return result.kvs[0] if result.kvs else None
 
     @abc.abstractmethod
     async def put(self, key: str, value: bytes, *, lease: int = 0) -> int:

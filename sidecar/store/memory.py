@@ -101,6 +101,11 @@ class _LeaseState:
     deadline: float  # time.monotonic()
     keys: set[str] = field(default_factory=set)
 
+    def renew(self) -> int:
+        """A keepalive: the full TTL again, from now."""
+        self.deadline = time.monotonic() + self.ttl
+        return self.ttl
+
 
 class _Watcher:
     """One watch. Commits are filtered into its own queue, so a slow reader never blocks."""
@@ -229,9 +234,7 @@ class MemoryStore(Store):
         return Lease(lease_id, granted)
 
     async def lease_keepalive(self, lease_id: int) -> int:
-        lease = self._live_lease(lease_id)
-        lease.deadline = time.monotonic() + lease.ttl
-        return lease.ttl
+        return self._live_lease(lease_id).renew()
 
     async def lease_revoke(self, lease_id: int) -> None:
         self._live_lease(lease_id)

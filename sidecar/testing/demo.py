@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import os
 import signal
 import subprocess
@@ -31,7 +30,12 @@ from typing import Final
 from sidecar.cli.local_api import SidecarClient, SidecarUnreachable
 from sidecar.cli.reports import NoAnswer
 from sidecar.deadline import Deadline
-from sidecar.testing.localcluster import LocalClusterError, LocalEtcdCluster, free_port
+from sidecar.testing.localcluster import (
+    LocalClusterError,
+    LocalEtcdCluster,
+    free_port,
+    on_parent_death,
+)
 
 CLUSTER: Final = "ringrift"
 NODES: Final = (
@@ -45,7 +49,6 @@ READY_WITHIN_S: Final = 60.0
 STOP_WITHIN_S: Final = 5.0
 INVENTORY: Final = Path("config/distributed_hosts.example.yaml")
 _IN_SESSION: Final = "--in-own-session"
-_PR_SET_PDEATHSIG: Final = 1
 
 
 class DemoFailed(Exception):
@@ -56,14 +59,8 @@ class _Stop(Exception):
     """SIGTERM or SIGINT arrived: stop everything in order."""
 
 
-def _on_parent_death(sig: signal.Signals) -> None:
-    """In a child before exec: the kernel sends `sig` when our (forking) thread dies."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, sig)
-
-
 def _sidecar_child() -> None:
-    _on_parent_death(signal.SIGTERM)  # a sidecar stops cleanly (resigns, revokes its lease)
+    on_parent_death(signal.SIGTERM)  # a sidecar stops cleanly (resigns, revokes its lease)
 
 
 @dataclass
@@ -238,7 +235,7 @@ def _shielded(argv: Sequence[str]) -> int:
     child = subprocess.Popen(
         [sys.executable, "-m", "sidecar.testing.demo", *argv, _IN_SESSION],
         start_new_session=True,
-        preexec_fn=lambda: _on_parent_death(signal.SIGTERM),  # noqa: PLW1509
+        preexec_fn=lambda: on_parent_death(signal.SIGTERM),  # noqa: PLW1509
     )
 
     def forward(signum: int, frame: FrameType | None) -> None:

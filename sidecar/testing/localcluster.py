@@ -113,11 +113,16 @@ def _thread_state(task: Path) -> str | None:
         return None
 
 
-def die_with_parent() -> None:
-    """In a child before exec (`preexec_fn`): SIGKILL it when the thread that forked it ends
-    (Linux; a no-op elsewhere)."""
+def on_parent_death(sig: signal.Signals) -> None:
+    """In a child before exec (`preexec_fn`): the kernel sends it `sig` when the thread that
+    forked it ends (Linux; a no-op elsewhere)."""
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, sig)
+
+
+def die_with_parent() -> None:
+    """`on_parent_death(SIGKILL)`: for etcd members and test processes."""
+    on_parent_death(signal.SIGKILL)
 
 
 @dataclass

@@ -29,6 +29,7 @@ from sidecar.store.model import (
     RangeResult,
     TxnOp,
 )
+from tests.reads import get_one
 from tests.waiting import next_batch, wait_for
 
 
@@ -37,7 +38,7 @@ async def current_revision(store: Store, prefix: str) -> int:
 
 
 async def must_get(store: Store, key: str) -> KeyValue:
-    kv = await store.get_one(key)
+    kv = await get_one(store, key)
     assert kv is not None, f"{key} is missing"
     return kv
 
@@ -56,15 +57,13 @@ async def granted(store: Store, ttl: int) -> AsyncIterator[Lease]:
 # --- keys -----------------------------------------------------------------------------------
 
 
-async def test_put_then_get_and_get_one(store: Store, prefix: str) -> None:
+async def test_put_then_get(store: Store, prefix: str) -> None:
     key = prefix + "a"
     revision = await store.put(key, b"one")
 
     result = await store.get(key)
     assert result.revision >= revision
     assert [(kv.key, kv.value, kv.mod_revision) for kv in result.kvs] == [(key, b"one", revision)]
-    assert await store.get_one(key) == result.kvs[0]
-    assert await store.get_one(prefix + "missing") is None
     assert (await store.get(prefix + "missing")).kvs == ()
 
 
@@ -373,7 +372,7 @@ async def test_lease_expiry_deletes_keys_and_watchers_see_the_delete(
         assert event.prev_kv.value == b"v"
 
         async def key_gone() -> bool:
-            return await store.get_one(key) is None
+            return await get_one(store, key) is None
 
         await wait_for(key_gone, within_s=1)
         with pytest.raises(LeaseNotFound):

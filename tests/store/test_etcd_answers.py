@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestServer
 from sidecar.store.errors import InvalidRequest, ProtocolError, StoreUnavailable
 from sidecar.store.etcd import EtcdStore
 from sidecar.testing.localcluster import LocalEtcdCluster
+from tests.reads import get_one
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
 HEADER = {"cluster_id": "1", "member_id": "2", "revision": "7", "raft_term": "3"}
@@ -44,7 +45,7 @@ async def test_a_proxy_page_is_skipped_for_the_next_endpoint(
     store = EtcdStore.connect([fake, *etcd_cluster.client_urls])
     try:
         await store.put("/answers/proxy", b"ok")
-        kv = await store.get_one("/answers/proxy")
+        kv = await get_one(store, "/answers/proxy")
         assert kv is not None
         assert kv.value == b"ok"
         first = store.endpoint_states()[0]

@@ -15,6 +15,7 @@ import pytest
 from sidecar.store.errors import StoreUnavailable
 from sidecar.store.gateway import TlsFiles
 from sidecar.testing.localcluster import LocalEtcdCluster, ServerTls
+from tests.reads import get_one
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -78,7 +79,7 @@ async def test_client_certificate_over_https_works(tls_etcd: LocalEtcdCluster) -
     store = tls_etcd.client()
     try:
         await store.put("/tls/k", b"secret")
-        kv = await store.get_one("/tls/k")
+        kv = await get_one(store, "/tls/k")
         assert kv is not None
         assert kv.value == b"secret"
     finally:
