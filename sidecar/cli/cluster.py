@@ -150,19 +150,19 @@ async def _status_from_etcd(
     """`status --etcd`: read (until healthy, with --wait-ready), show, then poll (--watch)."""
     import asyncio  # noqa: PLC0415
 
-    from sidecar.cli.etcd_status import EtcdSnapshots  # noqa: PLC0415  # aiohttp, pydantic
+    from sidecar.cli.etcd_status import EtcdStatusReader  # noqa: PLC0415  # aiohttp, pydantic
     from sidecar.cli.watch import follow_etcd  # noqa: PLC0415
     from sidecar.deadline import Deadline  # noqa: PLC0415
 
-    async with EtcdSnapshots(config) as snapshots:
-        report = await snapshots.read()
+    async with EtcdStatusReader(config) as reader:
+        report = await reader.read()
         deadline = Deadline(wait_ready or 0.0)
         while not report.healthy and not deadline.expired:
             await asyncio.sleep(min(1.0, deadline.remaining()))
-            report = await snapshots.read()
+            report = await reader.read()
         _show_status(report, output)
         if watch:
-            await follow_etcd(snapshots.read, report, *_watch_printers(output))
+            await follow_etcd(reader.read, report, *_watch_printers(output))
     return 0 if report.healthy else EXIT_DEGRADED
 
 

@@ -6,8 +6,8 @@ behind it) builds the `ClusterView` a sidecar would hold, and a quorum check ask
 both at once. When etcd answers but cannot serve the read (no quorum), the document says so with
 an empty member list; only when no endpoint answers at all is that `NoAnswer` (exit 3).
 
-    async with EtcdSnapshots(config) as snapshots:
-        report = await snapshots.read()
+    async with EtcdStatusReader(config) as reader:
+        report = await reader.read()
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class EtcdUnreachable(NoAnswer):
     """No etcd endpoint answered."""
 
 
-class EtcdSnapshots:
+class EtcdStatusReader:
     """Reads status documents from the etcd of `config` (its endpoints, TLS, credentials)."""
 
     def __init__(self, config: RingsideConfig) -> None:
@@ -46,7 +46,7 @@ class EtcdSnapshots:
             self.inventory_hosts = tuple(load_inventory(config.inventory).hosts)
         self.store: Store = open_store(config.etcd)
 
-    async def __aenter__(self) -> EtcdSnapshots:
+    async def __aenter__(self) -> EtcdStatusReader:
         return self
 
     async def __aexit__(
