@@ -48,7 +48,8 @@ from sidecar.election import (
     enter_election,
     release,
 )
-from sidecar.events import ClusterEvent, EventLog
+from sidecar.event_log import EventLog
+from sidecar.events import ClusterEvent
 from sidecar.history import HistoryGuard
 from sidecar.hooks import RoleHooks
 from sidecar.keys import Keys

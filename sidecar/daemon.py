@@ -20,7 +20,7 @@ from sidecar.api.server import create_app
 from sidecar.config import LoadedConfig
 from sidecar.errors import ConfigError, RingsideError
 from sidecar.etcd_connection import open_store
-from sidecar.events import EventLog
+from sidecar.event_log import EventLog
 from sidecar.history import HistoryGuard
 from sidecar.hooks import RoleHooks
 from sidecar.identity import HostFacts, resolve_identity

@@ -18,7 +18,8 @@ from aiohttp.test_utils import TestClient
 
 from sidecar.agent import Agent
 from sidecar.api.server import create_app
-from sidecar.events import ClusterEvent, EventLog
+from sidecar.event_log import EventLog
+from sidecar.events import ClusterEvent
 from sidecar.store.memory import MemoryStore
 from tests.agents import running_agent, until
 
