@@ -1,7 +1,7 @@
 # ringside, the sidecar, as a container image: only the package and its dependencies, installed
 # from wheels built on the host (no compiler, no index, nothing fetched while building):
 #
-#   pip wheel . -w dist/wheels && docker build -t ringside:0.1.0 .
+#   pip wheel . -w dist/wheels && docker build -t ringside:0.2.0 .
 #
 # (scripts/build-images.sh does both.) The API listens on 127.0.0.1:8776 as on a host, which is
 # right for `network_mode: host` (compose/node.yml, compose/voter.yml); a container that others

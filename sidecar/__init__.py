@@ -5,4 +5,4 @@ node's membership lease alive, campaigns for leadership when eligible, and tells
 orchestrator what etcd decided.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -184,13 +184,30 @@ class Agent:
 
     def blocked(self) -> str | None:
         """A reason this node must not lead whatever the election says: etcd's history went
-        the wrong way (rule 7), or another live lease holds our node id.
+        the wrong way (rule 7), another live lease holds our node id, or an eligible sidecar
+        of the older key layout is running (decision 0010).
 
         Quorum loss (rule 8) needs no rule of its own here: without quorum no keepalive
         succeeds, so the validity clock runs out within TTL - margin. The quorum check is
         reported, not obeyed, so one slow status probe cannot depose a healthy leader.
         """
-        return self.guard.violation or self.conflict
+        return self.guard.violation or self.conflict or self._older_layout_beside_us()
+
+    def _older_layout_beside_us(self) -> str | None:
+        """Why we must not stand while an eligible ringside 0.1 sidecar runs: it cannot see a
+        node-named candidate key, so it would lead beside us (decision 0010)."""
+        if not self.config.leader.eligible:
+            return None
+        older = self.view.older_layout_candidates(but=self.node_id)
+        if not older:
+            return None
+        names = ", ".join(
+            f"{m.node_id} (ringside {m.record.version if m.record else '?'})" for m in older
+        )
+        return (
+            f"waiting for {names} to be upgraded or stopped: an older sidecar cannot see "
+            "our candidate key"
+        )
 
     def state(self) -> NodeState:
         """Everything this sidecar knows, as of now, for the API, `/ready` and metrics.

@@ -1,6 +1,6 @@
-"""Leader election on etcd: one candidate key per session, the oldest leads.
+"""Leader election on etcd: one candidate key per node, the oldest leads.
 
-enter_election = txn `create_revision == 0` then put `election/<lease id hex>` on the session lease.
+enter_election = txn `create_revision == 0` then put `election/<node_id>` on the session lease.
 The valid candidate (see `sidecar.view`) with the lowest `create_revision` leads and that
 revision is its **epoch**, the fencing token: etcd revisions only grow, so every new leader's
 epoch is higher than the last, and no epoch is ever handed out twice. Later candidates simply
@@ -8,9 +8,9 @@ wait: when the leader's key is deleted (resign, lease expiry) the next-oldest ke
 and everyone's watch shows it at the same revision. An incumbent stays leader while its lease
 lives; a newer candidate can never be "better" (no flapping).
 
-`decide_leadership()` decides at read time whether *we* lead (safety rules 2 and 3): our key must be
-the lowest in a synced view, carry our lease and our epoch, and our lease must still be valid
-by our own clock, a margin before etcd could expire it. A process frozen past that deadline
+`decide_leadership()` decides at read time whether *we* lead (safety rules 2 and 3): our key
+must be the lowest in a synced view, carry our lease and our epoch, and our lease must still be
+valid by our own clock, a margin before etcd could expire it. A process frozen past that deadline
 answers "not leader" on its first look after it wakes, whatever its view still says.
 """
 
@@ -28,6 +28,8 @@ from sidecar.store.errors import ProtocolError
 from sidecar.store.model import Compare, Delete, Get, Put, RangeResult, TxnOp
 from sidecar.view import ClusterView
 
+MAX_CAMPAIGN_ATTEMPTS = 5  # each a round trip; a key rewritten this often is being fought over
+
 
 @dataclass(frozen=True)
 class Campaign:
@@ -39,18 +41,29 @@ class Campaign:
 
 
 async def enter_election(store: Store, keys: Keys, session: Session, node_id: str) -> Campaign:
-    """Put our candidate key (once per session) and return it with its create_revision."""
-    key = keys.candidate(session.lease_id)
-    result = await store.txn(
-        [Compare.absent(key)], [Put(key, node_id.encode(), session.lease_id)], [Get(key)]
-    )
-    if result.succeeded:
-        return Campaign(key, session.lease_id, result.header.revision)
-    found = result.responses[0]
-    assert isinstance(found, RangeResult)
-    if not found.kvs or found.kvs[0].lease != session.lease_id:
-        raise ProtocolError(f"election key {key} exists but not on our lease")
-    return Campaign(key, session.lease_id, found.kvs[0].create_revision)
+    """Put our candidate key `election/<node_id>` on the session's lease and return it with its
+    create_revision (our epoch, should we lead).
+
+    A key of ours on another lease (an earlier session not yet expired, or a key someone else
+    wrote), or with another value, cannot lead: a candidate counts only on its member's lease,
+    and our member key is on this session's, and only with its node id as its value. It is
+    deleted, if it has not changed meanwhile, and ours created afresh.
+    """
+    key = keys.candidate(node_id)
+    ours = Put(key, node_id.encode(), session.lease_id)
+    for _ in range(MAX_CAMPAIGN_ATTEMPTS):
+        result = await store.txn([Compare.absent(key)], [ours], [Get(key)])
+        if result.succeeded:
+            return Campaign(key, session.lease_id, result.header.revision)
+        found = result.responses[0]
+        assert isinstance(found, RangeResult)
+        if not found.kvs:
+            continue  # deleted between the compare and the read
+        held = found.kvs[0]
+        if held.lease == session.lease_id and held.value == ours.value:
+            return Campaign(key, session.lease_id, held.create_revision)  # an earlier try landed
+        await store.txn([Compare.modified_at(key, held.mod_revision)], [Delete(key)])
+    raise ProtocolError(f"election key {key} keeps being rewritten by another lease")
 
 
 async def release(store: Store, ours: Campaign) -> bool:

@@ -1,9 +1,14 @@
 """The etcd key layout, derived from one prefix: `/ringside/<cluster>/`.
 
-| key                          | value              | lease             |
-|------------------------------|--------------------|-------------------|
-| `members/<node_id>`          | JSON member record | the sidecar's     |
-| `election/<lease id in hex>` | node id            | the same lease    |
+| key                  | value              | lease             |
+|----------------------|--------------------|-------------------|
+| `members/<node_id>`  | JSON member record | the sidecar's     |
+| `election/<node_id>` | node id            | the same lease    |
+
+Both keys are named by the node, so etcd's RBAC can let each node write its own two keys and
+nothing else (rule 15). ringside 0.1 named the candidate key by its lease
+(`election/<lease id in hex>`); such keys are still read, from 0.1 sidecars only, for the time
+of a rolling upgrade (decision 0010).
 
 Every module builds keys here, so the layout can be read (and changed) in one place.
 """
@@ -38,5 +43,9 @@ class Keys:
     def member(self, node_id: str) -> str:
         return self.members + node_id
 
-    def candidate(self, lease_id: int) -> str:
+    def candidate(self, node_id: str) -> str:
+        return self.election + node_id
+
+    def lease_named_candidate(self, lease_id: int) -> str:
+        """The candidate key of a ringside 0.1 sidecar (layout 1), named by its lease."""
         return self.election + f"{lease_id:x}"

@@ -27,6 +27,7 @@ from sidecar.store.model import KeyValue
 
 log = logging.getLogger(__name__)
 
+ELECTION_LAYOUT = 2  # candidate keys named by node id (see sidecar.keys)
 MAX_RECORD_BYTES = 16 * 1024  # a record is a few hundred bytes; anything huge is not ours
 _BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
@@ -64,6 +65,9 @@ class MemberRecord(BaseModel):
     started_at: str = ""
     boot_id: str = ""
     instance: str = ""  # the token in this process's lock file (see sidecar.lock)
+    # How this node names its candidate key: 2 by its node id; 1 by its lease, as ringside 0.1
+    # did (a record without the field, see `decode`). Read during an upgrade (decision 0010).
+    election_layout: int = ELECTION_LAYOUT
     orchestrator: OrchestratorHealth | None = None  # None: no health URL configured
 
     @field_validator("orchestrator", mode="wrap")
@@ -112,9 +116,12 @@ class MemberRecord(BaseModel):
         if len(raw) > MAX_RECORD_BYTES:
             return None
         try:
-            return cls.model_validate_json(raw)
+            record = cls.model_validate_json(raw)
         except (ValidationError, ValueError):
             return None
+        if "election_layout" not in record.model_fields_set:
+            return record.model_copy(update={"election_layout": 1})  # written by ringside 0.1
+        return record
 
 
 def printable(text: str, limit: int = 64) -> str:

@@ -8,9 +8,10 @@ the reload shows the key as absent even when its DELETE event was compacted away
 
 Anything under the prefix may have been written by anyone who can write there, so the view
 believes only what is valid (design notes, "etcd keys"; rule 14). A candidate counts only
-while it is on a live lease (not 0), its key names that lease, its value is a node id, and
-that node is a live member, on the same lease, whose record says it is eligible and was
-written before the candidacy (a member key written again later means the node re-joined:
+while it is on a live lease (not 0), its value is a node id and its key names that node
+(`election/<node_id>`; or, from a ringside 0.1 member during an upgrade, its lease: decision
+0010), and that node is a live member, on the same lease, whose record says it is eligible and
+was written before the candidacy (a member key written again later means the node re-joined:
 its old candidacy is over). Every other key under `election/` is ignored and reported
 (`ClusterView.ignored`): a stray or forged key must never lead, and never block a real
 candidate. All sidecars see the same keys at the same revision, so they all agree on it.
@@ -27,7 +28,7 @@ from types import MappingProxyType
 from typing import Protocol
 
 from sidecar.keys import Keys
-from sidecar.records import MemberRecord, parse_record, printable
+from sidecar.records import ELECTION_LAYOUT, MemberRecord, parse_record, printable
 from sidecar.settings import DNS_LABEL
 from sidecar.store.base import Store
 from sidecar.store.errors import Compacted, StoreError
@@ -96,6 +97,19 @@ class ClusterView:
     def alive(self) -> int:
         return len(self.members)
 
+    def older_layout_candidates(self, but: str) -> tuple[Member, ...]:
+        """Live eligible members other than `but` that still name their candidate key by their
+        lease (ringside 0.1): they cannot see a node-named key, so no newer sidecar may stand
+        beside them (decision 0010)."""
+        return tuple(
+            m
+            for node_id, m in self.members.items()
+            if node_id != but
+            and m.record is not None
+            and m.record.eligible
+            and m.record.election_layout < ELECTION_LAYOUT
+        )
+
 
 def build_view(keys: Keys, kvs: tuple[KeyValue, ...], header: Header) -> ClusterView:
     """The view of a full load: every key as if it had just been put."""
@@ -129,15 +143,19 @@ def why_not_electable(
     """None when `candidate` may lead; else why it is ignored (see the module doc)."""
     if candidate.lease == 0:
         return "not on a lease (it would never expire)"
-    if candidate.key.removeprefix(keys.election) != f"{candidate.lease:x}":
-        return "its key does not name its lease"
     if not DNS_LABEL.fullmatch(candidate.node_id):
         return "its value is not a node id"
+    name = candidate.key.removeprefix(keys.election)
+    lease_named = name == f"{candidate.lease:x}" and name != candidate.node_id
+    if name != candidate.node_id and not lease_named:
+        return "its key does not name its node"
     member = members.get(candidate.node_id)
     if member is None:
         return f"{candidate.node_id} is not a live member"
     if member.lease != candidate.lease:
         return f"not on the lease of member {candidate.node_id}"
+    if lease_named and (member.record is None or member.record.election_layout != 1):
+        return f"named by its lease, as only ringside 0.1 does, and {candidate.node_id} is newer"
     if member.record is None or not member.record.eligible:
         return f"member {candidate.node_id} is not leader-eligible"
     if member.create_revision > candidate.create_revision:

@@ -133,6 +133,7 @@ class Sidecar:
     process: subprocess.Popen[bytes] | None = None
     paused: bool = False
     detached: bool = False  # own session, killed with its parent: see `Fleet`
+    code: Path | None = None  # run the `sidecar` package found here (another release)
 
     @property
     def url(self) -> str:
@@ -148,6 +149,7 @@ class Sidecar:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "sidecar", "run", *self.args],
                 env=self.env,
+                cwd=self.code,  # `-m` looks in the working directory first
                 stdout=log,
                 stderr=log,
                 **detach,
@@ -207,9 +209,11 @@ class Fleet:
         settings: dict[str, Any] | None = None,
         args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
+        code: Path | None = None,
     ) -> Sidecar:
         """Start a sidecar; `name` keys its files and its entry here, `node_id` defaults to it
-        (give two sidecars one node id to play two machines that claim the same name)."""
+        (give two sidecars one node id to play two machines that claim the same name). `code`
+        is a directory holding another release's `sidecar` package, to run that one."""
         node_id = node_id or name
         config = self.base_dir / f"{name}.yaml"
         config.write_text(yaml.safe_dump(settings or {}))
@@ -227,7 +231,13 @@ class Fleet:
         }
         port = int(env["RINGSIDE_HTTP_LISTEN"].rsplit(":", 1)[1])
         sidecar = Sidecar(
-            node_id, port, env, self.base_dir / f"{name}.log", args, detached=self.detached
+            node_id,
+            port,
+            env,
+            self.base_dir / f"{name}.log",
+            args,
+            detached=self.detached,
+            code=code,
         )
         self.sidecars[name] = sidecar
         sidecar.start()

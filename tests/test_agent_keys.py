@@ -91,9 +91,10 @@ async def test_a_deleted_candidate_key_campaigns_afresh(store: Store, cluster: s
     [
         ("deadbeef", b"n3", None),  # no lease, a non-eligible member's name
         ("deadbeef", b"ghost", None),  # no lease, no member at all
-        ("own-lease", b"n3", "n3"),  # on a lease, but the key does not name it
-        ("lease-hex", b"n3", "n3"),  # a valid-looking key for a member that is not eligible
-        ("lease-hex", b"n1\x00", "n1"),  # a name that is no node id
+        ("own-lease", b"n3", "n3"),  # on a lease, but the key does not name its node
+        ("n3", b"n3", "n3"),  # a valid-looking key for a member that is not eligible
+        ("n1", b"n1\x00", "n1"),  # a value that is no node id
+        ("lease-hex", b"n1", "n1"),  # named by its lease, as 0.1 did, for a member that is newer
     ],
 )
 async def test_forged_candidates_never_lead(

@@ -147,6 +147,10 @@ async def test_deleted_keys_of_a_follower_come_back_within_a_keepalive_period(
             f" (what=member); it showed {stream.kinds()}",
         )
 
+    async def campaigning() -> bool:  # restoring the member key ended the old candidacy
+        return bool(await candidates_of(direct, fleet, follower.node_id))
+
+    await eventually(campaigning, HEAL_BOUND_S)
     mine = await candidates_of(direct, fleet, follower.node_id)
     if findings.check(bool(mine), f"{follower.node_id} has no candidate key to delete"):
         old = mine[-1]
