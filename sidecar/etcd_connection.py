@@ -12,12 +12,18 @@ from sidecar.store.etcd import EtcdStore
 from sidecar.store.gateway import TlsFiles
 
 
-def open_store(settings: EtcdSettings, *, call_timeout: float | None = None) -> EtcdStore:
+def open_store(
+    settings: EtcdSettings,
+    *,
+    call_timeout: float | None = None,
+    credentials: tuple[str, str] | None = None,
+) -> EtcdStore:
     """An etcd store for `settings`. Nothing is dialled until the first request.
 
     `call_timeout` bounds one call across all endpoints; the daemon passes
     `RingsideConfig.etcd_call_timeout` (it depends on the lease). Without it, a call may try
-    every endpoint once, which suits one-shot commands.
+    every endpoint once, which suits one-shot commands. `credentials` (user, password)
+    replace the configured ones: the operator's `ringside auth` commands log in as root.
     """
     tls = None
     if settings.tls is not None:
@@ -27,6 +33,6 @@ def open_store(settings: EtcdSettings, *, call_timeout: float | None = None) -> 
         request_timeout=settings.request_timeout,
         call_timeout=call_timeout or settings.call_timeout,
         tls=tls,
-        username=settings.username,
-        password=settings.effective_password,
+        username=credentials[0] if credentials else settings.username,
+        password=credentials[1] if credentials else settings.effective_password,
     )

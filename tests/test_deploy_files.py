@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from sidecar.cli.access import SECRETS_ENV
 from sidecar.config import CONFIG_ENV, ENV_FIELDS, load_config
 from sidecar.deadline import Deadline
 from sidecar.etcd_connection import open_store
@@ -92,6 +93,7 @@ OTHER_ENV_NAMES = frozenset(
         "RINGSIDE_LEADER",
         "RINGSIDE_REASON",
         "RINGSIDE_ETCD_BINARY",
+        SECRETS_ENV,
     }
 )
 

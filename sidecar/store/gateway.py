@@ -67,6 +67,15 @@ class TlsFiles:
         return ctx
 
 
+_AUTH_OFF = "authentication is not enabled"
+
+
+def _login_needed(error: EtcdApiError) -> bool:
+    """etcd refused a request for its token: expired or invalidated by a restart
+    (UNAUTHENTICATED), or missing because auth was off when we last looked."""
+    return error.code == _UNAUTHENTICATED or "user name is empty" in error.message
+
+
 class EtcdApiError(StoreError):
     """etcd understood the request and refused it; `code` is the gRPC status code."""
 
@@ -218,7 +227,7 @@ class EtcdGateway:
             try:
                 return await self._post_once(endpoint, path, body, deadline)
             except EtcdApiError as e:
-                if e.code == _UNAUTHENTICATED and self._credentials and not retried_auth:
+                if self._credentials and not retried_auth and _login_needed(e):
                     self._token, retried_auth = None, True
                     continue
                 raise translate(e.code, e.message) from None
@@ -231,6 +240,12 @@ class EtcdGateway:
                 endpoint, "/v3/auth/authenticate", {"name": name, "password": password}, deadline
             )
         except EtcdApiError as e:
+            if _AUTH_OFF in e.message:
+                # Credentials configured before the operator turns auth on (the live path in
+                # etcd/OPERATIONS.md): go without a token; the first request refused for the
+                # want of one logs in.
+                self._token = ""
+                return
             raise AuthFailed(f"etcd refused user {name!r}: {e.message}") from None
         token = answer.get("token")
         if not isinstance(token, str) or not token:

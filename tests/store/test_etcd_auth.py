@@ -99,3 +99,21 @@ async def test_token_lost_by_a_restarted_member_is_renewed(secured: LocalEtcdClu
             assert (await next_batch(batches, within_s=10)).events[0].kv.value == b"after"
     finally:
         await store.close()
+
+
+async def test_credentials_given_before_auth_is_turned_on_keep_working(tmp_path: Path) -> None:
+    """The live path (etcd/OPERATIONS.md): sidecars get their credentials while etcd auth is
+    still off, then the operator turns it on; they carry on without a restart."""
+    cluster = LocalEtcdCluster(tmp_path, size=1)
+    cluster.start()
+    store = cluster.client(username=USER, password=PASSWORD)
+    try:
+        await store.put("/ringside/before", b"1")  # auth off: the login is skipped, not fatal
+        await _enable_auth(cluster)
+        await store.put("/ringside/after", b"2")  # refused for want of a token: logs in
+        assert (await store.get("/ringside/", prefix=True)).kvs
+        with pytest.raises(AuthFailed):
+            await store.put("/outside", b"3")  # and its role applies from now on
+    finally:
+        await store.close()
+        cluster.close()

@@ -1,0 +1,354 @@
+"""Per-node etcd identities (rule 15), against a real three-member etcd with auth turned on by
+the operator's own command, `ringside auth init`.
+
+Each attack is what a stranger holding one node's files could try: the node's password, for an
+eligible node and for an observer. Each must be refused by etcd ("permission denied") and leave
+the other nodes' keys as they were. Then the secure setup must also work: sidecars with their
+own credentials join, elect, fail over and leave.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import stat
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from sidecar.keys import Keys
+from sidecar.store.errors import AuthFailed, StoreError
+from sidecar.store.etcd import EtcdStore
+from sidecar.store.model import KeyValue
+from sidecar.testing.localcluster import LocalEtcdCluster
+from tests.cli_support import clean_env
+from tests.fleet import Fleet
+from tests.reads import get_one
+
+CLUSTER = "secured"
+ELIGIBLE, OTHER, OBSERVER = "node-a", "node-b", "node-c"
+
+
+def ringside_auth(
+    etcd: LocalEtcdCluster, secrets: Path, *args: str
+) -> subprocess.CompletedProcess[str]:
+    env = clean_env(
+        RINGSIDE_CLUSTER=CLUSTER,
+        RINGSIDE_ETCD_ENDPOINTS=",".join(etcd.client_urls),
+        RINGSIDE_SECRETS_DIR=str(secrets),
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "sidecar", "auth", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalEtcdCluster, Path]]:
+    """Three etcd members with auth enabled by `ringside auth init`, and the secrets dir."""
+    cluster = LocalEtcdCluster(Path(tmp_path_factory.mktemp("etcd-rbac")), size=3)
+    secrets = tmp_path_factory.mktemp("secrets") / "ringside"
+    try:
+        cluster.start()
+        nodes = [f"--node={n}" for n in (ELIGIBLE, OTHER, OBSERVER)]
+        done = ringside_auth(cluster, secrets, "init", f"--eligible={ELIGIBLE},{OTHER}", *nodes)
+        assert done.returncode == 0, done.stderr
+        assert "enabled auth" in done.stdout
+        yield cluster, secrets
+    finally:
+        cluster.close()
+
+
+def login(etcd: LocalEtcdCluster, secrets: Path, node_id: str) -> EtcdStore:
+    password = (secrets / f"{node_id}.password").read_text().strip()
+    return etcd.client(username=f"ringside-{CLUSTER}-{node_id}", password=password)
+
+
+def as_root(etcd: LocalEtcdCluster, secrets: Path) -> EtcdStore:
+    return etcd.client(username="root", password=(secrets / "root.password").read_text().strip())
+
+
+KEYS = Keys(CLUSTER)
+
+
+@pytest.fixture
+async def victim(
+    secured: tuple[LocalEtcdCluster, Path],
+) -> AsyncIterator[tuple[int, dict[str, KeyValue]]]:
+    """The eligible node's keys, written with its own credentials: its lease and what etcd holds."""
+    etcd, secrets = secured
+    store = login(etcd, secrets, ELIGIBLE)
+    try:
+        lease = await store.lease_grant(30)
+        await store.put(KEYS.member(ELIGIBLE), b'{"node_id": "node-a"}', lease=lease.id)
+        await store.put(KEYS.candidate(ELIGIBLE), ELIGIBLE.encode(), lease=lease.id)
+        before = {kv.key: kv for kv in (await store.get(KEYS.prefix, prefix=True)).kvs}
+        yield lease.id, before
+        await store.lease_revoke(lease.id)
+    finally:
+        await store.close()
+
+
+def test_init_leaves_private_files_and_is_idempotent(
+    secured: tuple[LocalEtcdCluster, Path],
+) -> None:
+    etcd, secrets = secured
+    assert stat.S_IMODE(secrets.stat().st_mode) == 0o700
+    files = sorted(p.name for p in secrets.iterdir())
+    assert files == [f"{n}.password" for n in (ELIGIBLE, OTHER, OBSERVER)] + ["root.password"]
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in secrets.iterdir())
+    passwords = {p.name: p.read_text() for p in secrets.iterdir()}
+    again = ringside_auth(
+        etcd,
+        secrets,
+        "init",
+        f"--eligible={ELIGIBLE},{OTHER}",
+        *(f"--node={n}" for n in (ELIGIBLE, OTHER, OBSERVER)),
+    )
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip() == "unchanged"
+    assert {p.name: p.read_text() for p in secrets.iterdir()} == passwords
+
+
+async def test_without_credentials_etcd_answers_nothing(
+    secured: tuple[LocalEtcdCluster, Path],
+) -> None:
+    etcd, _ = secured
+    anonymous = etcd.client()
+    try:
+        with pytest.raises(AuthFailed):
+            await anonymous.get(KEYS.prefix, prefix=True)
+    finally:
+        await anonymous.close()
+
+
+def test_show_says_who_can_write_what(secured: tuple[LocalEtcdCluster, Path]) -> None:
+    etcd, secrets = secured
+    shown = ringside_auth(etcd, secrets, "show", "-o", "json")
+    assert shown.returncode == 0, shown.stderr
+    users = {u["user"]: u for u in json.loads(shown.stdout)["users"]}
+    prefix = KEYS.prefix
+    assert users[f"ringside-{CLUSTER}-{ELIGIBLE}"]["permissions"] == [
+        f"read {prefix}*", f"readwrite {prefix}election/{ELIGIBLE}",
+        f"readwrite {prefix}members/{ELIGIBLE}",
+    ]  # fmt: skip
+    assert users[f"ringside-{CLUSTER}-{OBSERVER}"]["permissions"] == [
+        f"read {prefix}*", f"readwrite {prefix}members/{OBSERVER}",
+    ]  # fmt: skip
+    assert users["root"]["roles"] == ["root"]
+
+
+ATTACKERS = [OTHER, OBSERVER]  # an eligible node and an observer, each with only its own files
+
+
+@pytest.mark.parametrize("attacker", ATTACKERS)
+@pytest.mark.parametrize(
+    "attack",
+    [
+        "overwrite another node's member record",
+        "delete the leader's candidate key",
+        "write a candidate key in another node's name",
+        "revoke the leader's lease",
+        "write outside the cluster prefix",
+        "delete the whole prefix",
+        "add an etcd member",
+        "remove an etcd member",
+        "add an etcd user",
+        "turn auth off",
+        "grant itself the root role",
+        "defragment",
+    ],
+)
+async def test_a_node_cannot(
+    secured: tuple[LocalEtcdCluster, Path],
+    victim: tuple[int, dict[str, KeyValue]],
+    attacker: str,
+    attack: str,
+) -> None:
+    etcd, secrets = secured
+    lease, before = victim
+    store = login(etcd, secrets, attacker)
+    call = store.gateway.call
+    own_lease = (await store.lease_grant(10)).id  # allowed: leases need no permission
+    attacks: dict[str, Callable[[], Awaitable[object]]] = {
+        "overwrite another node's member record": lambda: store.put(
+            KEYS.member(ELIGIBLE), b'{"node_id": "node-a", "addresses": ["198.51.100.66"]}'
+        ),
+        "delete the leader's candidate key": lambda: store.delete(KEYS.candidate(ELIGIBLE)),
+        "write a candidate key in another node's name": lambda: store.put(
+            KEYS.election + "zz-forged", attacker.encode(), lease=own_lease
+        ),
+        "revoke the leader's lease": lambda: store.lease_revoke(lease),
+        "write outside the cluster prefix": lambda: store.put("/elsewhere", b"x"),
+        "delete the whole prefix": lambda: store.delete(KEYS.prefix, prefix=True),
+        "add an etcd member": lambda: call(
+            "/v3/cluster/member/add", {"peerURLs": ["http://127.0.0.1:9"]}
+        ),
+        "remove an etcd member": lambda: call("/v3/cluster/member/remove", {"ID": "1"}),
+        "add an etcd user": lambda: call("/v3/auth/user/add", {"name": "evil", "password": "x"}),
+        "turn auth off": lambda: call("/v3/auth/disable", {}),
+        "grant itself the root role": lambda: call(
+            "/v3/auth/user/grant", {"user": f"ringside-{CLUSTER}-{attacker}", "role": "root"}
+        ),
+        "defragment": lambda: call("/v3/maintenance/defragment", {}),
+    }
+    try:
+        with pytest.raises(StoreError, match="permission denied"):
+            await attacks[attack]()
+    finally:
+        await store.lease_revoke(own_lease)
+        await store.close()
+    root = as_root(etcd, secrets)
+    try:
+        after = {kv.key: kv for kv in (await root.get(KEYS.prefix, prefix=True)).kvs}
+        assert {k: (v.value, v.mod_revision) for k, v in after.items() if k in before} == {
+            k: (v.value, v.mod_revision) for k, v in before.items()
+        }
+        assert await get_one(root, "/elsewhere") is None
+        assert not any(k.startswith(KEYS.election + "zz") for k in after)
+    finally:
+        await root.close()
+
+
+async def test_an_observer_cannot_campaign(secured: tuple[LocalEtcdCluster, Path]) -> None:
+    etcd, secrets = secured
+    store = login(etcd, secrets, OBSERVER)
+    try:
+        lease = (await store.lease_grant(10)).id
+        await store.put(KEYS.member(OBSERVER), b"{}", lease=lease)  # its own record: allowed
+        with pytest.raises(AuthFailed, match="permission denied"):
+            await store.put(KEYS.candidate(OBSERVER), OBSERVER.encode(), lease=lease)
+        await store.lease_revoke(lease)  # its own lease, its own key on it: allowed
+    finally:
+        await store.close()
+
+
+async def test_a_removed_node_is_refused_at_its_next_request(
+    secured: tuple[LocalEtcdCluster, Path],
+) -> None:
+    etcd, secrets = secured
+    added = ringside_auth(etcd, secrets, "add", "node-gone")
+    assert added.returncode == 0, added.stderr
+    store = login(etcd, secrets, "node-gone")
+    try:
+        await store.get(KEYS.prefix, prefix=True)  # logged in and reading
+        removed = ringside_auth(etcd, secrets, "remove", "node-gone")
+        assert removed.returncode == 0, removed.stderr
+        assert f"deleted user ringside-{CLUSTER}-node-gone" in removed.stdout
+        with pytest.raises(AuthFailed):
+            await store.get(KEYS.prefix, prefix=True)
+    finally:
+        await store.close()
+    again = ringside_auth(etcd, secrets, "remove", "node-gone")
+    assert (again.returncode, again.stdout.strip()) == (0, "unchanged")
+
+
+async def test_rotate_replaces_the_password(secured: tuple[LocalEtcdCluster, Path]) -> None:
+    etcd, secrets = secured
+    assert ringside_auth(etcd, secrets, "add", "node-rot").returncode == 0
+    old = (secrets / "node-rot.password").read_text().strip()
+    rotated = ringside_auth(etcd, secrets, "rotate", "node-rot")
+    assert rotated.returncode == 0, rotated.stderr
+    new = (secrets / "node-rot.password").read_text().strip()
+    assert new != old
+    assert stat.S_IMODE((secrets / "node-rot.password").stat().st_mode) == 0o600
+    stale = etcd.client(username=f"ringside-{CLUSTER}-node-rot", password=old)
+    fresh = login(etcd, secrets, "node-rot")
+    try:
+        with pytest.raises(AuthFailed):
+            await stale.get(KEYS.prefix, prefix=True)
+        await fresh.get(KEYS.prefix, prefix=True)
+    finally:
+        await stale.close()
+        await fresh.close()
+
+
+def test_a_wrong_root_password_is_one_line_and_exit_1(
+    secured: tuple[LocalEtcdCluster, Path], tmp_path: Path
+) -> None:
+    etcd, _ = secured
+    wrong = tmp_path / "secrets"
+    wrong.mkdir(mode=0o700)
+    (wrong / "root.password").write_text("not-the-password\n")
+    result = ringside_auth(etcd, wrong, "show")
+    assert result.returncode == 1, result
+    assert "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("ringside: etcd refused:"), result.stderr
+
+
+async def test_sidecars_with_their_own_credentials_elect_and_fail_over(
+    secured: tuple[LocalEtcdCluster, Path], tmp_path: Path
+) -> None:
+    etcd, secrets = secured
+    fleet = Fleet(etcd, tmp_path, lease_ttl=3)
+    fleet.cluster = CLUSTER
+
+    def credentials(node_id: str) -> dict[str, object]:
+        return {
+            "etcd": {
+                "username": f"ringside-{CLUSTER}-{node_id}",
+                "password_file": str(secrets / f"{node_id}.password"),
+            }
+        }
+
+    try:
+        for node_id in (ELIGIBLE, OTHER):
+            fleet.add(node_id, settings=credentials(node_id))
+        fleet.add(OBSERVER, eligible=False, settings=credentials(OBSERVER))
+        everyone = [ELIGIBLE, OTHER, OBSERVER]
+        first = await fleet.wait_converged(everyone, within_s=20, leader_among=[ELIGIBLE, OTHER])
+        leader = fleet.sidecars[first["node_id"]]
+        leader.signal(signal.SIGTERM)
+        assert leader.wait_exit(10) == 0
+        rest = [n for n in everyone if n != first["node_id"]]
+        second = await fleet.wait_converged(rest, within_s=20, leader_among=[ELIGIBLE, OTHER])
+        assert second["node_id"] != first["node_id"]
+        assert second["epoch"] > first["epoch"]
+        for node_id in rest:  # they leave: each revokes its own lease, keys and all
+            fleet.sidecars[node_id].signal(signal.SIGTERM)
+            assert fleet.sidecars[node_id].wait_exit(10) == 0
+    finally:
+        await fleet.close()
+    root = as_root(etcd, secrets)
+    try:
+        left = (await root.get(KEYS.members, prefix=True)).kvs
+        assert [kv.key for kv in left] == []
+    finally:
+        await root.close()
+
+
+@pytest.mark.parametrize(
+    ("args", "text"),
+    [
+        (("show",), "etcd auth is not enabled yet: run `ringside auth init` first"),
+        (("add", "not a node!"), "'not a node!' is not a node id"),
+        (("init", "--eligible=a", "--node=b"), "--eligible names nodes that get no user: a"),
+    ],
+)
+def test_operator_mistakes_are_one_line_and_exit_2(
+    etcd: LocalEtcdCluster, tmp_path: Path, args: tuple[str, ...], text: str
+) -> None:
+    secrets = tmp_path / "secrets"
+    result = ringside_auth(etcd, secrets, *args)  # the shared etcd: auth is off there
+    assert result.returncode == 2, result
+    assert "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert text in result.stderr, result.stderr
+
+
+def test_a_secrets_dir_others_can_read_is_refused(etcd: LocalEtcdCluster, tmp_path: Path) -> None:
+    secrets = tmp_path / "open"
+    secrets.mkdir(mode=0o755)
+    secrets.chmod(0o755)
+    result = ringside_auth(etcd, secrets, "init", "--eligible=a", "--node=a")
+    assert result.returncode == 2, result
+    assert "is readable by others: chmod 700 it first" in result.stderr
+    assert list(secrets.iterdir()) == []  # nothing written there
