@@ -30,6 +30,7 @@ from typing import Final
 from sidecar.addresses import discovered_addresses
 from sidecar.config import LoadedConfig
 from sidecar.errors import ConfigError
+from sidecar.files import read_text
 from sidecar.inventory import Inventory, load_inventory
 from sidecar.settings import DNS_LABEL
 
@@ -213,7 +214,7 @@ def _text(value: object) -> str | None:
 
 def _file_candidate(source: str, path: Path, parse: Callable[[str], str | None]) -> _Candidate:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path, limit=64 * 1024)
     except FileNotFoundError:
         return _Candidate(source, None, explicit=True)
     except (OSError, UnicodeDecodeError) as e:

@@ -28,6 +28,7 @@ Example::
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import secrets
@@ -77,8 +78,14 @@ class InstanceLock:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # O_CLOEXEC: a daemon started by a hook must not inherit, and so keep, our lock.
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            # O_NOFOLLOW: a symlink planted at the path must not make us write to its target.
+            flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+            fd = os.open(self.path, flags, 0o644)
         except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise ConfigError(
+                    f"instance lock {self.path} is a symbolic link; refusing to follow it"
+                ) from e
             raise ConfigError(
                 f"cannot use instance lock {self.path}: {e.strerror or e}"
                 " (set another lock path or fix the directory's permissions)"
@@ -92,6 +99,10 @@ class InstanceLock:
         except OSError as e:
             os.close(fd)
             raise ConfigError(f"cannot lock instance lock {self.path}: {e.strerror or e}") from e
+        unfit = _not_a_lock_file(fd)
+        if unfit is not None:
+            os.close(fd)
+            raise ConfigError(f"instance lock {self.path} {unfit}; refusing to overwrite it")
         self._fd = fd
         self.previous_instance = _read_holder_field(fd, "instance")
         _write_holder_info(fd, self.instance)
@@ -156,6 +167,24 @@ def private_dir(path: Path) -> Path:
             f" (owner uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o}); set lock_file"
         )
     return path
+
+
+def _not_a_lock_file(fd: int) -> str | None:
+    """Why the open file is not ours to overwrite (a lock path pointed at the config file
+    once emptied it): not a regular file, or text that is not a holder note."""
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        return "is not a regular file"
+    try:
+        text = os.pread(fd, _HOLDER_INFO_MAX_BYTES + 1, 0)
+    except OSError:
+        return None
+    if len(text) > _HOLDER_INFO_MAX_BYTES:
+        return "is too large to be a lock file"
+    for line in text.decode(errors="replace").splitlines():
+        key, sep, _ = line.partition("=")
+        if line and (not sep or key not in ("pid", "started", "instance")):
+            return "holds something other than a ringside holder note"
+    return None
 
 
 def _write_holder_info(fd: int, instance: str) -> None:

@@ -12,7 +12,10 @@ Example::
 """
 
 import ipaddress
+import logging
 import re
+import socket
+import ssl
 from pathlib import Path
 from typing import Annotated, Any, Final, Self
 from urllib.parse import urlsplit
@@ -28,6 +31,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import PydanticCustomError
+
+from sidecar.files import UnfitFile, check_readable, read_text
 
 DNS_LABEL: Final = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 
@@ -98,8 +103,9 @@ def _health_url(value: str) -> str:
 
 def _readable_file(path: Path) -> Path:
     try:
-        with path.open("rb"):
-            pass
+        check_readable(path)
+    except UnfitFile as e:
+        raise ValueError(f"cannot read {path}: {e.reason}") from None
     except OSError as e:
         raise ValueError(f"cannot read {path}: {e.strerror or e}") from None
     return path
@@ -129,6 +135,33 @@ class TlsSettings(_Settings):
         if self.key is not None and self.cert is None:
             raise field_error(("cert",), "is required when key is set")
         return self
+
+    @model_validator(mode="after")
+    def _loads(self) -> Self:
+        """Load the material now, as the etcd client will: a CA that is no certificate or a
+        key that does not match its certificate is a configuration error (exit 2 at
+        `config --check`), not a traceback when the sidecar first dials etcd."""
+        context = ssl.create_default_context()
+        if self.ca is not None:
+            try:
+                context.load_verify_locations(cafile=str(self.ca))
+            except (ssl.SSLError, OSError, ValueError) as e:
+                raise field_error(
+                    ("ca",), f"{self.ca} is not a PEM CA certificate ({_ssl_reason(e)})"
+                ) from None
+        if self.cert is not None and self.key is not None:
+            try:
+                context.load_cert_chain(str(self.cert), str(self.key))
+            except (ssl.SSLError, OSError, ValueError) as e:
+                why = f"not a matching PEM certificate and key ({_ssl_reason(e)})"
+                raise field_error(("cert",), f"{self.cert} and {self.key} are {why}") from None
+        return self
+
+
+def _ssl_reason(error: Exception) -> str:
+    """OpenSSL's reason in a few words ("KEY_VALUES_MISMATCH"), not its whole tuple."""
+    reason = getattr(error, "reason", None)
+    return str(reason) if reason else (getattr(error, "strerror", None) or str(error))[:80]
 
 
 class EtcdSettings(_Settings):
@@ -162,10 +195,18 @@ class EtcdSettings(_Settings):
             raise field_error(("password_file",), "set password or password_file, not both")
         if self.password_file is not None:
             try:
-                secret = self.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+                secret = read_text(self.password_file, limit=4096).rstrip("\r\n")
+            except UnfitFile as e:
+                message = f"cannot read {self.password_file}: {e.reason}"
+                raise field_error(("password_file",), message) from None
             except (OSError, UnicodeDecodeError) as e:
                 message = f"cannot read {self.password_file}: {e}"
                 raise field_error(("password_file",), message) from None
+            if self.password_file.stat().st_mode & 0o077:
+                logging.getLogger(__name__).warning(
+                    "etcd password file %s is readable by others: chmod 600 it",
+                    self.password_file,
+                )
             if not secret:
                 raise field_error(("password_file",), f"{self.password_file} is empty")
             self._file_password = secret
@@ -192,7 +233,14 @@ class HttpSettings(_Settings):
     @field_validator("listen")
     @classmethod
     def _is_host_port(cls, listen: str) -> str:
-        split_host_port(listen)
+        host, _ = split_host_port(listen)
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            try:  # a name: it must resolve now, or `run` could only fail later, with exit 1
+                socket.getaddrinfo(host, None)
+            except (OSError, UnicodeError):
+                raise ValueError(f"{host!r} in {listen!r} does not resolve to an address") from None
         return listen
 
     @property

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
 from sidecar.errors import ConfigError
+from sidecar.files import UnfitFile, read_text
 
 _SECRET_FIELDS = frozenset({"password", "token"})
 _SELF_DESCRIBING = frozenset({"ringside", "value_error"})
@@ -47,6 +48,8 @@ _StrictLoader.add_constructor(
     yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _refuse_duplicate_keys
 )
 
+MAX_YAML_BYTES = 1024 * 1024  # the real inventory is a few kB; a config, less
+
 
 def read_yaml_mapping(
     path: Path, what: str, error: type[ConfigError] = ConfigError
@@ -57,7 +60,9 @@ def read_yaml_mapping(
     ``config file /x.yaml line 4: mapping values are not allowed here``.
     """
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path, limit=MAX_YAML_BYTES)
+    except UnfitFile as e:
+        raise error(f"cannot read {what} {path}: {e.reason}") from e
     except OSError as e:
         raise error(f"cannot read {what} {path}: {e.strerror or e}") from e
     except UnicodeDecodeError as e:

@@ -241,3 +241,51 @@ async def test_metrics_and_openapi(client: TestClient[Any, Any], leader_agent: A
     status, body = await get(client, "/openapi.json")
     assert status == 200
     assert body["openapi"].startswith("3.1")
+
+
+async def test_resign_refuses_what_a_web_page_can_send(
+    client: TestClient[Any, Any], leader_agent: Agent
+) -> None:
+    """A page in the operator's browser can post to 127.0.0.1: its request carries an Origin,
+    and without a preflight its body can only be a form or text."""
+    route, token = "/v1/leader/resign", {"Authorization": "Bearer s3cret"}
+    from_page = await client.post(route, headers={**token, "Origin": "https://evil.example"})
+    as_text = await client.post(route, data=b"{}", headers={**token, "Content-Type": "text/plain"})
+    as_form = await client.post(route, data={"a": "b"}, headers=token)
+    assert (from_page.status, as_text.status, as_form.status) == (403, 415, 415)
+    for response in (from_page, as_text, as_form):
+        assert_documented(route, "POST", response.status, await response.json())
+    assert leader_agent.leadership().is_leader  # none of those did anything
+    as_json = await client.post(
+        route, data=b"{}", headers={**token, "Content-Type": "application/json"}
+    )
+    assert as_json.status == 200
+
+
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:8776", "127.0.0.1.nip.io", ""])
+async def test_a_host_header_naming_another_site_is_refused(
+    client: TestClient[Any, Any], host: str
+) -> None:
+    """DNS rebinding: a page whose name now resolves to 127.0.0.1 reads the API under it."""
+    response = await client.get("/v1/status", headers={"Host": host})
+    assert response.status == 421
+    assert "Host" in (await response.json())["error"]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:8776", "localhost:8776", "[::1]:8776", "10.0.0.5"])
+async def test_a_host_header_naming_an_address_or_localhost_is_served(
+    client: TestClient[Any, Any], host: str
+) -> None:
+    response = await client.get("/health", headers={"Host": host})
+    assert response.status == 200
+
+
+@pytest.mark.parametrize("epoch", ["3_1", " 31", "%2031", "\uff13\uff11", "+31", "31.0", "0x1f"])
+async def test_numbers_are_plain_digits(client: TestClient[Any, Any], epoch: str) -> None:
+    """int() would read several of these as 31: a fencing check must not guess."""
+    status, body = await get(client, f"/v1/fence?epoch={epoch}", "/v1/fence")
+    assert status == 400
+    assert body["error"] == "epoch must be an integer"
+    if epoch != "31.0":  # a wait may have decimals
+        status, body = await get(client, f"/ready?wait={epoch}", "/ready")
+        assert (status, body["error"]) == (400, "wait must be a number")

@@ -15,6 +15,7 @@ from sidecar.config import (
     render_with_sources,
 )
 from tests.paths import ROOT
+from tests.pki import make_ca, make_cert
 
 EXAMPLE_CONFIG = ROOT / "config" / "ringside.example.yaml"
 
@@ -447,12 +448,12 @@ def test_username_needs_password() -> None:
 
 
 def test_tls_files_must_exist_and_pair(tmp_path: Path) -> None:
-    cert = write(tmp_path, "cert", "c.pem")
-    key = write(tmp_path, "key", "k.pem")
-    ok = write(tmp_path, f"etcd:\n  tls: {{ca: {cert}, cert: {cert}, key: {key}}}\n", "ok.yaml")
+    ca, _ = make_ca(tmp_path, "ca")
+    cert, key = make_cert(tmp_path, (ca, tmp_path / "ca.key"), "client", "DNS:client")
+    ok = write(tmp_path, f"etcd:\n  tls: {{ca: {ca}, cert: {cert}, key: {key}}}\n", "ok.yaml")
     tls = load_config(ok, {}, {}).config.etcd.tls
     assert tls is not None
-    assert (tls.ca, tls.cert, tls.key) == (cert, cert, key)
+    assert (tls.ca, tls.cert, tls.key) == (ca, cert, key)
 
     unpaired = write(tmp_path, f"etcd:\n  tls: {{cert: {cert}}}\n", "unpaired.yaml")
     assert load_error(unpaired) == "etcd.tls.key (default): is required when cert is set"
@@ -470,7 +471,11 @@ def test_empty_tls_section_enables_tls_without_files(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("listen", "host", "port"),
-    [("127.0.0.1:8776", "127.0.0.1", 8776), ("[::1]:8776", "::1", 8776), ("node:1", "node", 1)],
+    [
+        ("127.0.0.1:8776", "127.0.0.1", 8776),
+        ("[::1]:8776", "::1", 8776),
+        ("localhost:1", "localhost", 1),
+    ],
 )
 def test_http_listen_parses(listen: str, host: str, port: int) -> None:
     http = load_config(None, {"RINGSIDE_HTTP_LISTEN": listen}, {}).config.http

@@ -16,6 +16,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -62,9 +63,25 @@ def error(status: int, message: str, **fields: Any) -> web.Response:
     return web.json_response({"error": message, **fields}, status=status)
 
 
+def _host_allowed(request: web.Request, listen_host: str) -> bool:
+    """A DNS-rebinding page reaches us under its own domain name: answer only requests that
+    name us by an IP address, `localhost`, or the host we listen on."""
+    host = request.headers.get("Host", "")
+    name = host[1 : host.find("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
+    if name.lower() in ("localhost", listen_host.lower()):
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
 @web.middleware
 async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every failure becomes a JSON error; nothing leaks a traceback to the client."""
+    if not _host_allowed(request, request.app[STATE].agent.config.http.host):
+        return error(421, "the Host header must be an IP address, localhost or our listen host")
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         return error(413, f"body larger than {MAX_BODY_BYTES} bytes")
     try:
@@ -84,14 +101,19 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return error(500, "internal error")
 
 
+_DECIMAL = re.compile(r"[0-9]{1,19}(\.[0-9]{1,9})?", re.ASCII)
+_INTEGER = re.compile(r"[0-9]{1,19}", re.ASCII)
+
+
 def _float_param(request: web.Request, name: str, low: float, high: float) -> float | None:
+    """A plain decimal number: Python's float() would also take "1_0", " 10", "1e1", "inf"
+    and fullwidth digits, none of which a caller means."""
     raw = request.query.get(name)
     if raw is None:
         return None
-    try:
-        value = float(raw)
-    except ValueError:
-        raise web.HTTPBadRequest(reason=f"{name} must be a number") from None
+    if not _DECIMAL.fullmatch(raw):
+        raise web.HTTPBadRequest(reason=f"{name} must be a number")
+    value = float(raw)
     if not low <= value <= high:
         raise web.HTTPBadRequest(reason=f"{name} must be between {low:g} and {high:g}")
     return value
@@ -101,11 +123,10 @@ def _int_param(request: web.Request, name: str) -> int | None:
     raw = request.query.get(name)
     if raw is None:
         return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise web.HTTPBadRequest(reason=f"{name} must be an integer") from None
-    if value < 0 or value >= 2**63:
+    if not _INTEGER.fullmatch(raw):  # int() would read "3_1", " 31" and fullwidth 31 as 31
+        raise web.HTTPBadRequest(reason=f"{name} must be an integer")
+    value = int(raw)
+    if value >= 2**63:
         raise web.HTTPBadRequest(reason=f"{name} must be a revision (0 to 2^63-1)")
     return value
 
@@ -179,17 +200,25 @@ async def fence(request: web.Request) -> web.Response:
 
 
 def _refuse_mutation(request: web.Request) -> web.Response | None:
-    """Mutating routes: loopback callers only, and the token when one is configured."""
+    """Mutating routes: loopback callers only, never from a web page (a browser sends
+    `Origin`, and a form can post anything but JSON without asking first), and the token
+    when one is configured."""
     try:
         local = ipaddress.ip_address(request.remote or "").is_loopback
     except ValueError:
         local = False
     if not local:
         return error(403, "mutating routes only answer loopback callers")
+    if "Origin" in request.headers:
+        return error(403, "mutating routes do not answer web pages (the request has an Origin)")
+    if request.can_read_body and request.content_type != "application/json":
+        return error(415, "a body must be application/json")
     token = request.app[STATE].agent.config.http.token
     if token:
         given = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        # A header that is not UTF-8 arrives with surrogate escapes: compare its bytes, as sent.
+        presented = given.encode(errors="surrogateescape")
+        if not hmac.compare_digest(presented, f"Bearer {token}".encode()):
             return error(401, "missing or wrong token (Authorization: Bearer <token>)")
     return None
 

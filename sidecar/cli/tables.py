@@ -8,6 +8,10 @@
 
 A member's state is "alive" while the view it comes from is in sync with an etcd quorum, and
 "stale" otherwise: a sidecar cut off from etcd keeps showing the last members it saw.
+
+Everything shown comes from etcd, where any node can write its own record (rule 14): text for
+a terminal goes through `safe`, so a label or an address cannot move the cursor, recolour the
+screen or forge a line of output.
 """
 
 from __future__ import annotations
@@ -21,6 +25,16 @@ from typing import Any, Final
 from sidecar.cli.reports import LeaderReport, MemberInfo, StatusReport
 
 FORMATS: Final = ("table", "wide", "json", "yaml")
+
+
+def safe(text: str) -> str:
+    r"""`text` fit for a terminal: every character that is not printable (escape sequences,
+    newlines, bidirectional overrides) shown as its escape instead.
+
+    >>> print(safe("gpu=\x1b[2Jh100\nfake line"), safe("hetzner-cpu1"))
+    gpu=\x1b[2Jh100\nfake line hetzner-cpu1
+    """
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 def age(since: str | None, now: float | None = None) -> str:
@@ -79,7 +93,7 @@ def member_rows(
         if wide:
             row.append(_ORCHESTRATOR_STATE[m.orchestrator_healthy])
             row.append(",".join(f"{k}={v}" for k, v in sorted(m.labels.items())) or "-")
-        rows.append(row)
+        rows.append([safe(cell) for cell in row])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     return [
         "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
@@ -98,7 +112,7 @@ def status_text(report: StatusReport, *, wide: bool = False) -> str:
         lines += member_rows(report.members, state=state, wide=wide)
     if report.inventory_missing:
         lines.append(f"missing: {', '.join(report.inventory_missing)}")
-    return "\n".join(lines)
+    return "\n".join(safe(line) for line in lines)
 
 
 def document(value: Mapping[str, Any] | Sequence[Any], output: str) -> str:
@@ -106,7 +120,7 @@ def document(value: Mapping[str, Any] | Sequence[Any], output: str) -> str:
     if output == "yaml":
         import yaml  # noqa: PLC0415  # only `-o yaml` pays for it
 
-        return yaml.safe_dump(_plain(value), sort_keys=False, allow_unicode=True).rstrip("\n")
+        return yaml.safe_dump(_plain(value), sort_keys=False).rstrip("\n")  # non-ASCII escaped
     return json.dumps(value, indent=2)
 
 
@@ -122,18 +136,18 @@ def _plain(value: Any) -> Any:
 def leader_text(report: LeaderReport) -> str:
     if report.leader is None:
         if report.last_known is not None:
-            return f"no leader known ({report.reason}); last known: {report.last_known}"
-        return f"no leader ({report.reason})"
+            return safe(f"no leader known ({report.reason}); last known: {report.last_known}")
+        return safe(f"no leader ({report.reason})")
     text = f"leader {report.leader} (epoch {report.epoch})"
     if report.is_self:
         text += f"; this node, valid for {report.valid_for_s or 0:.1f} s"
-    return text
+    return safe(text)
 
 
 def stamped(sentence: str, at: float | None = None) -> str:
     """`sentence` after the local time `at` (default now), e.g. ``2024-05-01 12:03:07 ...``."""
     when = datetime.fromtimestamp(time.time() if at is None else at)
-    return f"{when:%Y-%m-%d %H:%M:%S} {sentence}"
+    return f"{when:%Y-%m-%d %H:%M:%S} {safe(sentence)}"
 
 
 def _suffix(text: object) -> str:

@@ -6,7 +6,6 @@ The certificates are made here with the `openssl` command (a CA, a server certif
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,35 +14,8 @@ import pytest
 from sidecar.store.errors import StoreUnavailable
 from sidecar.store.gateway import TlsFiles
 from sidecar.testing.localcluster import LocalEtcdCluster, ServerTls
+from tests.pki import make_ca, make_cert
 from tests.reads import get_one
-
-
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def make_ca(directory: Path, name: str) -> tuple[Path, Path]:
-    _openssl(
-        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-        "-subj", f"/CN={name}", "-keyout", f"{name}.key", "-out", f"{name}.pem",
-        cwd=directory,
-    )  # fmt: skip
-    return directory / f"{name}.pem", directory / f"{name}.key"
-
-
-def make_cert(directory: Path, ca: tuple[Path, Path], name: str, san: str) -> tuple[Path, Path]:
-    (directory / f"{name}.ext").write_text(f"subjectAltName={san}\n")
-    _openssl(
-        "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
-        "-keyout", f"{name}.key", "-out", f"{name}.csr",
-        cwd=directory,
-    )  # fmt: skip
-    _openssl(
-        "x509", "-req", "-in", f"{name}.csr", "-CA", str(ca[0]), "-CAkey", str(ca[1]),
-        "-CAcreateserial", "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.pem",
-        cwd=directory,
-    )  # fmt: skip
-    return directory / f"{name}.pem", directory / f"{name}.key"
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,67 @@
+"""Reading the small files ringside is pointed at (config, inventory, password, identity files)
+as untrusted input: regular files only, of bounded size.
+
+`RINGSIDE_CONFIG=/dev/zero` once read without end into a MemoryError, and a FIFO hung the
+start. Each file is opened without blocking (a FIFO with no writer does not hang the open),
+checked to be a regular file, and read up to its limit and no further.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+
+class UnfitFile(OSError):
+    """A path that is not a regular file of at most the allowed size; `reason` says which."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.reason = reason
+        self.strerror = reason  # what callers print for any OSError
+
+
+def _unfit(path: Path, mode: int) -> UnfitFile | None:
+    if stat.S_ISDIR(mode):
+        return UnfitFile(path, "Is a directory")  # worded as the OS says it
+    if not stat.S_ISREG(mode):
+        return UnfitFile(path, "not a regular file")
+    return None
+
+
+def read_text(path: Path, *, limit: int) -> str:
+    """The UTF-8 text of the regular file at `path`, at most `limit` bytes.
+
+    Raises `UnfitFile` for a device, FIFO, directory or a file over the limit, OSError when it
+    cannot be opened, UnicodeDecodeError when it is not UTF-8.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        unfit = _unfit(path, os.fstat(fd).st_mode)
+        if unfit is not None:
+            raise unfit
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:
+            chunk = os.read(fd, min(65536, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:
+            raise UnfitFile(path, f"larger than {limit} bytes")
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode("utf-8")
+
+
+def check_readable(path: Path) -> None:
+    """Raise `UnfitFile` or OSError unless `path` is a regular file this process can open."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        unfit = _unfit(path, os.fstat(fd).st_mode)
+        if unfit is not None:
+            raise unfit
+    finally:
+        os.close(fd)
