@@ -201,6 +201,10 @@ def test_the_api_and_metrics_reach_the_agent_only_through_its_read_model() -> No
 GETATTR_ALLOWED = {"config.py", "settings.py", "store/memory.py", "cli/local_api.py"}
 
 
+# Attribute assignments an API leaves no other way to make, on an object made right there.
+ASSIGNMENT_ALLOWED = {("cli/guard.py", "server_ssl.verify_mode")}  # ssl: require client certs
+
+
 def test_no_module_rewires_or_pokes_into_another_object() -> None:
     """No attribute assignment on another object (metrics once replaced `agent.events.add`
     on the instance), no getattr to reach state outside a contract."""
@@ -217,7 +221,8 @@ def test_no_module_rewires_or_pokes_into_another_object() -> None:
                 for part in ast.walk(target):
                     if isinstance(part, ast.Attribute) and isinstance(part.ctx, ast.Store):
                         owner = part.value
-                        if not (isinstance(owner, ast.Name) and owner.id in ("self", "cls")):
+                        mine = isinstance(owner, ast.Name) and owner.id in ("self", "cls")
+                        if not mine and (name, ast.unparse(part)) not in ASSIGNMENT_ALLOWED:
                             offenders.append(f"{name}:{part.lineno} assigns {ast.unparse(part)}")
             if (
                 isinstance(node, ast.Call)
