@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Make the TLS material for ringside's etcd: one CA, one certificate per voter (used for both
-# the client port and Raft between peers), and client certificates for sidecars and operators.
+# Make the TLS material for ringside's etcd: two CAs, two certificates per voter, and client
+# certificates for sidecars and operators. The client CA signs the voters' client-port
+# certificates and every client certificate; the peer CA signs only the voters' Raft
+# certificates, so no client certificate is ever accepted on the peer port (2380).
 #
 #   etcd/gen-tls.sh [options] OUTDIR
 #
@@ -8,10 +10,12 @@
 # each one's `name` and the hosts in its advertised client and peer URLs become the SANs of its
 # certificate, so the certificates always match what the members advertise.
 #
-# Running it again changes nothing that exists: the CA is kept unless --force, and a certificate
-# is kept while it is there and signed by the CA. What it writes, in OUTDIR:
-#   ca.pem, ca-key.pem                        the CA (keep ca-key.pem off the voters if you can)
-#   <voter>.pem, <voter>-key.pem              e.g. hetzner-cpu1.pem: server and peer certificate
+# Running it again changes nothing that exists: the CAs are kept unless --force, and a
+# certificate is kept while it is there and signed by its CA. What it writes, in OUTDIR:
+#   ca.pem, ca-key.pem                        the client CA (keep the keys off the voters)
+#   peer-ca.pem, peer-ca-key.pem              the peer CA, for Raft between voters only
+#   <voter>.pem, <voter>-key.pem              e.g. hetzner-cpu1.pem: the client port's certificate
+#   <voter>-peer.pem, <voter>-peer-key.pem    the voter's Raft certificate (peer port, both ways)
 #   client-<name>.pem, client-<name>-key.pem  e.g. client-ringside.pem: for etcd.tls in ringside
 # Needs only `openssl` (1.1.1+, 3.x or LibreSSL).
 
@@ -23,13 +27,12 @@ usage: gen-tls.sh [options] OUTDIR
 
   --extra-san SAN   add SAN (DNS:name or IP:address) to every voter certificate; repeatable
                     (e.g. IP:127.0.0.1 to reach a voter's etcd from the voter itself)
-  --client NAME     issue a client certificate with CN=NAME; repeatable (default: ringside).
-                    With etcd auth enabled the CN is the etcd user name.
+  --client NAME     issue client-NAME.pem (SAN DNS:NAME, no CN); repeatable (default: ringside).
   --conf-dir DIR    read the voters from DIR/*.conf.yml (default: this script's directory)
   --days N          validity of voter and client certificates in days (default 825)
   --reissue         issue voter and client certificates again with the existing CA
                     (new SANs, or before they expire)
-  --force           make a new CA, and with it every certificate; existing clients and
+  --force           make new CAs, and with them every certificate; existing clients and
                     members stop trusting each other until all have the new files
   -h, --help        this text
 EOF
@@ -135,35 +138,40 @@ new_key() {
 }
 
 make_ca() {
-    cat >"$work/ca.cnf" <<EOF
-[req]
-distinguished_name = dn
-prompt = no
-[dn]
-CN = ringside etcd CA $(date -u +%Y-%m-%d)
-[v3_ca]
-basicConstraints = critical, CA:TRUE, pathlen:0
-keyUsage = critical, keyCertSign, cRLSign
-subjectKeyIdentifier = hash
-EOF
-    new_key "$work/ca-key.pem"
-    openssl req -new -x509 -sha256 -days "$CA_DAYS" -key "$work/ca-key.pem" \
-        -config "$work/ca.cnf" -extensions v3_ca -out "$work/ca.pem"
-    chmod 644 "$work/ca.pem"
-    mv "$work/ca-key.pem" "$outdir/ca-key.pem"
-    mv "$work/ca.pem" "$outdir/ca.pem"
-}
-
-# issue BASENAME CN USAGES SANS: BASENAME.pem and BASENAME-key.pem in OUTDIR, signed by the CA.
-issue() {
-    local base=$1 cn=$2 usages=$3 sans=$4
-    [ -s "$outdir/ca-key.pem" ] || die "$outdir/ca-key.pem is missing: cannot issue $base.pem"
+    local base=$1 label=$2
     cat >"$work/$base.cnf" <<EOF
 [req]
 distinguished_name = dn
 prompt = no
 [dn]
-CN = $cn
+CN = ringside etcd $label CA $(date -u +%Y-%m-%d)
+[v3_ca]
+basicConstraints = critical, CA:TRUE, pathlen:0
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+EOF
+    new_key "$work/$base-key.pem"
+    openssl req -new -x509 -sha256 -days "$CA_DAYS" -key "$work/$base-key.pem" \
+        -config "$work/$base.cnf" -extensions v3_ca -out "$work/$base.pem"
+    chmod 644 "$work/$base.pem"
+    mv "$work/$base-key.pem" "$outdir/$base-key.pem"
+    mv "$work/$base.pem" "$outdir/$base.pem"
+}
+
+# issue BASENAME CN USAGES SANS CA: BASENAME.pem and BASENAME-key.pem in OUTDIR, signed by CA
+# (ca or peer-ca).
+# An empty CN makes a subject of O=ringside only: etcd's JSON gateway answers HTTP 400 to a
+# client certificate that carries a CN once auth is on (identity is then user and password).
+issue() {
+    local base=$1 cn=$2 usages=$3 sans=$4 ca=$5 subject
+    [ -s "$outdir/$ca-key.pem" ] || die "$outdir/$ca-key.pem is missing: cannot issue $base.pem"
+    if [ -n "$cn" ]; then subject="CN = $cn"; else subject="O = ringside"; fi
+    cat >"$work/$base.cnf" <<EOF
+[req]
+distinguished_name = dn
+prompt = no
+[dn]
+$subject
 [leaf]
 basicConstraints = critical, CA:FALSE
 keyUsage = critical, digitalSignature
@@ -175,7 +183,7 @@ EOF
     new_key "$work/$base-key.pem"
     openssl req -new -key "$work/$base-key.pem" -config "$work/$base.cnf" -out "$work/$base.csr"
     openssl x509 -req -sha256 -days "$days" -in "$work/$base.csr" \
-        -CA "$outdir/ca.pem" -CAkey "$outdir/ca-key.pem" -set_serial "0x$(openssl rand -hex 15)" \
+        -CA "$outdir/$ca.pem" -CAkey "$outdir/$ca-key.pem" -set_serial "0x$(openssl rand -hex 15)" \
         -extfile "$work/$base.cnf" -extensions leaf -out "$work/$base.pem" 2>/dev/null
     chmod 644 "$work/$base.pem"
     mv "$work/$base-key.pem" "$outdir/$base-key.pem"
@@ -189,12 +197,14 @@ cert_sans() {
         sed -e 's/IP Address:/IP:/g' -e 's/[[:space:]]//g' | tr ',' '\n' | sort | paste -sd, -
 }
 
-# ensure BASENAME CN USAGES SANS: keep a good existing certificate, else issue one.
+# ensure BASENAME CN USAGES SANS CA: keep a good existing certificate, else issue one.
 ensure() {
-    local base=$1 cn=$2 usages=$3 sans=$4 wanted have
+    local base=$1 cn=$2 usages=$3 sans=$4 ca=$5 wanted have
     local cert="$outdir/$base.pem" key="$outdir/$base-key.pem"
-    if [ "$reissue" = false ] && [ -s "$cert" ] && [ -s "$key" ]; then
-        if openssl verify -CAfile "$outdir/ca.pem" "$cert" >/dev/null 2>&1; then
+    if [ "$reissue" = false ] && [ "${new_ca[$ca]}" = false ] && [ -s "$cert" ] && [ -s "$key" ]; then
+        if [ -z "$cn" ] && openssl x509 -noout -subject -in "$cert" | grep -q "CN *="; then
+            echo "has a CN:  $cert (refused by etcd's gateway with auth on): issuing again"
+        elif openssl verify -CAfile "$outdir/$ca.pem" "$cert" >/dev/null 2>&1; then
             wanted=$(echo "$sans" | tr ',' '\n' | sort | paste -sd, -)
             have=$(cert_sans "$cert")
             if [ "$have" = "$wanted" ]; then
@@ -203,35 +213,43 @@ ensure() {
                 echo "kept       $cert, but its SANs ($have) differ from $wanted: use --reissue"
             fi
             return
+        else
+            echo "not signed by $outdir/$ca.pem: $cert" >&2
         fi
-        echo "not signed by $outdir/ca.pem: $cert" >&2
     fi
-    issue "$base" "$cn" "$usages" "$sans"
+    issue "$base" "$cn" "$usages" "$sans" "$ca"
     echo "issued     $cert ($sans)"
 }
 
-if [ "$force" = true ] || [ ! -s "$outdir/ca.pem" ]; then
-    make_ca
-    reissue=true # every certificate must come from the new CA
-    echo "new CA     $outdir/ca.pem"
-else
-    echo "kept CA    $outdir/ca.pem"
-fi
+declare -A new_ca=([ca]=false [peer-ca]=false)
+for ca in ca peer-ca; do
+    if [ "$force" = true ] || [ ! -s "$outdir/$ca.pem" ]; then
+        if [ "$ca" = ca ]; then label=client; else label=peer; fi
+        make_ca "$ca" "$label"
+        new_ca[$ca]=true # every certificate it signs must come from the new one
+        echo "new CA     $outdir/$ca.pem"
+    else
+        echo "kept CA    $outdir/$ca.pem"
+    fi
+done
 
 for file in "${voter_files[@]}"; do
     name=$(conf_value name "$file")
     [[ $name =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]] || die "$file: no usable 'name:'"
-    # serverAuth for the client and peer ports, clientAuth for dialing the other peers.
-    ensure "$name" "$name" "serverAuth, clientAuth" "$(voter_sans "$file")"
+    # serverAuth for the client port, clientAuth for the voter's own health check on it.
+    ensure "$name" "$name" "serverAuth, clientAuth" "$(voter_sans "$file")" ca
+    # serverAuth for its own peer port, clientAuth for dialing the other voters'.
+    ensure "$name-peer" "$name" "serverAuth, clientAuth" "$(voter_sans "$file")" peer-ca
 done
 
 for client in "${clients[@]}"; do
-    ensure "client-$client" "$client" "clientAuth" "DNS:$client"
+    ensure "client-$client" "" "clientAuth" "DNS:$client" ca
 done
 
 cat <<EOF
 
-On each voter, /etc/etcd/pki/ needs ca.pem, <voter>.pem and <voter>-key.pem (key readable by
-the etcd user only). On each node, ringside's etcd.tls needs ca.pem and a client pair.
+On each voter, /etc/etcd/pki/ needs ca.pem, peer-ca.pem, <voter>.pem, <voter>-key.pem,
+<voter>-peer.pem and <voter>-peer-key.pem (keys readable by the etcd user only).
+On each node, ringside's etcd.tls needs ca.pem and a client pair.
 See etcd/OPERATIONS.md, "TLS".
 EOF

@@ -19,10 +19,14 @@ def make_ca(directory: Path, name: str) -> tuple[Path, Path]:
     return directory / f"{name}.pem", directory / f"{name}.key"
 
 
-def make_cert(directory: Path, ca: tuple[Path, Path], name: str, san: str) -> tuple[Path, Path]:
+def make_cert(
+    directory: Path, ca: tuple[Path, Path], name: str, san: str, *, subject: str | None = None
+) -> tuple[Path, Path]:
+    """A certificate for `san` signed by `ca`; its subject is ``/CN=<name>`` unless given (a
+    client certificate for etcd's gateway with auth on must carry no CN: ``/O=ringside``)."""
     (directory / f"{name}.ext").write_text(f"subjectAltName={san}\n")
     _openssl(
-        "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
+        "req", "-newkey", "rsa:2048", "-nodes", "-subj", subject or f"/CN={name}",
         "-keyout", f"{name}.key", "-out", f"{name}.csr",
         cwd=directory,
     )  # fmt: skip

@@ -18,14 +18,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from sidecar.keys import Keys
 from sidecar.store.errors import AuthFailed, StoreError
 from sidecar.store.etcd import EtcdStore
+from sidecar.store.gateway import TlsFiles
 from sidecar.store.model import KeyValue
-from sidecar.testing.localcluster import LocalEtcdCluster
+from sidecar.testing.localcluster import LocalEtcdCluster, ServerTls
 from tests.cli_support import clean_env
 from tests.fleet import Fleet
+from tests.pki import make_ca, make_cert
 from tests.reads import get_one
 
 CLUSTER = "secured"
@@ -33,12 +36,13 @@ ELIGIBLE, OTHER, OBSERVER = "node-a", "node-b", "node-c"
 
 
 def ringside_auth(
-    etcd: LocalEtcdCluster, secrets: Path, *args: str
+    etcd: LocalEtcdCluster, secrets: Path, *args: str, config: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     env = clean_env(
         RINGSIDE_CLUSTER=CLUSTER,
         RINGSIDE_ETCD_ENDPOINTS=",".join(etcd.client_urls),
         RINGSIDE_SECRETS_DIR=str(secrets),
+        **({"RINGSIDE_CONFIG": str(config)} if config else {}),
     )
     return subprocess.run(
         [sys.executable, "-m", "sidecar", "auth", *args],
@@ -352,3 +356,67 @@ def test_a_secrets_dir_others_can_read_is_refused(etcd: LocalEtcdCluster, tmp_pa
     assert result.returncode == 2, result
     assert "is readable by others: chmod 700 it first" in result.stderr
     assert list(secrets.iterdir()) == []  # nothing written there
+
+
+@pytest.fixture(scope="module")
+def secured_tls(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[LocalEtcdCluster, Path, TlsFiles]]:
+    """Three members over TLS with client certificates required, and auth on: the production
+    setup. The client certificate has no CN (etcd's gateway refuses one that has, with auth)."""
+    pki = tmp_path_factory.mktemp("pki-rbac")
+    ca = make_ca(pki, "ca")
+    server = make_cert(pki, ca, "server", "IP:127.0.0.1")
+    client = make_cert(pki, ca, "client", "DNS:ringside", subject="/O=ringside")
+    tls = ServerTls(ca[0], server[0], server[1], client[0], client[1])
+    cluster = LocalEtcdCluster(Path(tmp_path_factory.mktemp("etcd-tls-rbac")), size=3, tls=tls)
+    secrets = tmp_path_factory.mktemp("tls-secrets") / "ringside"
+    try:
+        cluster.start()
+        config = pki / "operator.yaml"
+        files = {"ca": str(ca[0]), "cert": str(client[0]), "key": str(client[1])}
+        config.write_text(yaml.safe_dump({"etcd": {"tls": files}}))
+        nodes = [f"--node={n}" for n in (ELIGIBLE, OTHER, OBSERVER)]
+        done = ringside_auth(
+            cluster, secrets, "init", f"--eligible={ELIGIBLE},{OTHER}", *nodes, config=config
+        )
+        assert done.returncode == 0, done.stderr
+        yield cluster, secrets, tls.client_files
+    finally:
+        cluster.close()
+
+
+async def test_over_tls_with_auth_sidecars_elect_and_another_node_is_refused(
+    secured_tls: tuple[LocalEtcdCluster, Path, TlsFiles], tmp_path: Path
+) -> None:
+    etcd, secrets, tls = secured_tls
+    assert etcd.client_urls[0].startswith("https://")
+    attacker = login(etcd, secrets, OBSERVER)  # over TLS (the cluster's client files)
+    try:
+        with pytest.raises(AuthFailed, match="permission denied"):
+            await attacker.put(KEYS.member(ELIGIBLE), b"{}")
+    finally:
+        await attacker.close()
+    fleet = Fleet(etcd, tmp_path, lease_ttl=3)
+    fleet.cluster = CLUSTER
+    try:
+        for node_id in (ELIGIBLE, OTHER, OBSERVER):
+            settings: dict[str, object] = {
+                "etcd": {
+                    "username": f"ringside-{CLUSTER}-{node_id}",
+                    "password_file": str(secrets / f"{node_id}.password"),
+                    "tls": {"ca": str(tls.ca), "cert": str(tls.cert), "key": str(tls.key)},
+                }
+            }
+            fleet.add(node_id, eligible=node_id != OBSERVER, settings=settings)
+        first = await fleet.wait_converged(
+            [ELIGIBLE, OTHER, OBSERVER], within_s=20, leader_among=[ELIGIBLE, OTHER]
+        )
+        leader = fleet.sidecars[first["node_id"]]
+        leader.signal(signal.SIGTERM)
+        assert leader.wait_exit(10) == 0
+        rest = [n for n in (ELIGIBLE, OTHER, OBSERVER) if n != first["node_id"]]
+        second = await fleet.wait_converged(rest, within_s=20, leader_among=[ELIGIBLE, OTHER])
+        assert second["epoch"] > first["epoch"]
+    finally:
+        await fleet.close()
