@@ -162,7 +162,9 @@ async def leader_change(
 async def _resign(leader: Sidecar) -> None:
     import urllib.request  # noqa: PLC0415
 
-    request = urllib.request.Request(leader.url + "/v1/leader/resign", method="POST", data=b"")
+    request = urllib.request.Request(
+        leader.url + "/v1/leader/resign", method="POST", data=b"", headers=leader.auth_header()
+    )
     await asyncio.to_thread(urllib.request.urlopen, request, timeout=2)
 
 

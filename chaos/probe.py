@@ -52,7 +52,10 @@ class Prober:
         sent = time.monotonic()
         try:
             timeout = aiohttp.ClientTimeout(total=timeout_s)
-            async with self._session.request(method, sidecar.url + path, timeout=timeout) as r:
+            headers = sidecar.auth_header() if method != "GET" else {}
+            async with self._session.request(
+                method, sidecar.url + path, timeout=timeout, headers=headers
+            ) as r:
                 text = await r.text(errors="replace")
                 status = r.status
         except (aiohttp.ClientError, TimeoutError, OSError):

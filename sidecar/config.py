@@ -59,6 +59,7 @@ ENV_FIELDS: Final[Mapping[str, str]] = {
     "RINGSIDE_LEASE_TTL": "lease_ttl",
     "RINGSIDE_HTTP_LISTEN": "http.listen",
     "RINGSIDE_HTTP_TOKEN": "http.token",
+    "RINGSIDE_HTTP_TOKEN_FILE": "http.token_file",
     "RINGSIDE_LEADER_ELIGIBLE": "leader.eligible",
     "RINGSIDE_INVENTORY": "inventory",
     "RINGSIDE_ADVERTISE_ADDRESSES": "advertise_addresses",

@@ -17,6 +17,7 @@ from aiohttp import web
 from sidecar.addresses import discovered_addresses
 from sidecar.agent import Agent, Parts
 from sidecar.api.server import create_app
+from sidecar.api_token import ensure_token, token_path
 from sidecar.config import LoadedConfig
 from sidecar.errors import ConfigError, RingsideError
 from sidecar.etcd_connection import open_store
@@ -121,7 +122,8 @@ async def _serve(
         instance=lock.instance,
     )
     agent = build_agent(config, node_id, store, record, previous_instance=lock.previous_instance)
-    app = create_app(agent, inventory=inventory, render_metrics=Metrics(agent).render)
+    token = config.http.token or ensure_token(token_path(config.http.token_file, lock.path))
+    app = create_app(agent, inventory=inventory, render_metrics=Metrics(agent).render, token=token)
     # In-flight requests get half a second at shutdown: SIGTERM must end the process in 2 s.
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
     await runner.setup()

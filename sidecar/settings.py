@@ -229,6 +229,7 @@ class HttpSettings(_Settings):
 
     listen: str = "127.0.0.1:8776"
     token: str | None = None
+    token_file: Path | None = None  # where a generated token lives (default: beside the lock)
 
     @field_validator("listen")
     @classmethod

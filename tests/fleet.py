@@ -30,6 +30,7 @@ import aiohttp
 import pytest
 import yaml
 
+from sidecar.api_token import read_token, token_path
 from sidecar.testing.localcluster import LocalEtcdCluster, die_with_parent, free_port
 from tests.waiting import wait_for
 
@@ -138,6 +139,14 @@ class Sidecar:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def auth_header(self) -> dict[str, str]:
+        """`Authorization` for this sidecar's mutating routes: its configured token, else the
+        one it generated beside its lock file (empty before it started)."""
+        token = self.env.get("RINGSIDE_HTTP_TOKEN") or read_token(
+            token_path(None, Path(self.env["RINGSIDE_LOCK_FILE"]))
+        )
+        return {"Authorization": f"Bearer {token}"} if token else {}
 
     def start(self) -> None:
         """Start the process; when `detached`, call it from the thread that will outlive it

@@ -159,6 +159,7 @@ def test_env_names_are_the_documented_ones() -> None:
         "RINGSIDE_ETCD_PASSWORD_FILE",
         "RINGSIDE_INVENTORY",
         "RINGSIDE_HTTP_TOKEN",
+        "RINGSIDE_HTTP_TOKEN_FILE",
         "RINGSIDE_ADVERTISE_ADDRESSES",
         "RINGSIDE_LOCK_FILE",
         "RINGSIDE_ORCHESTRATOR_HEALTH_URL",
@@ -178,6 +179,7 @@ def test_every_env_variable_sets_its_field(tmp_path: Path) -> None:
         "RINGSIDE_ETCD_PASSWORD_FILE": str(secret),
         "RINGSIDE_INVENTORY": "/etc/ringrift/distributed_hosts.yaml",
         "RINGSIDE_HTTP_TOKEN": "t0ken",
+        "RINGSIDE_HTTP_TOKEN_FILE": "/run/ringside/blue.token",
         "RINGSIDE_ADVERTISE_ADDRESSES": "203.0.113.21, 100.64.0.21",
         "RINGSIDE_LOCK_FILE": "/run/ringside/blue.lock",
         "RINGSIDE_ORCHESTRATOR_HEALTH_URL": "http://127.0.0.1:8770/health",
@@ -195,6 +197,7 @@ def test_every_env_variable_sets_its_field(tmp_path: Path) -> None:
     assert config.etcd.effective_password == "s3cret"
     assert config.inventory == Path("/etc/ringrift/distributed_hosts.yaml")
     assert config.http.token == "t0ken"
+    assert config.http.token_file == Path("/run/ringside/blue.token")
     assert config.advertise_addresses == ("203.0.113.21", "100.64.0.21")
     assert config.lock_file == Path("/run/ringside/blue.lock")
     assert config.orchestrator.health_url == "http://127.0.0.1:8770/health"

@@ -48,6 +48,7 @@ class ApiState:
     agent: Agent
     inventory: Inventory | None = None
     render_metrics: Callable[[], tuple[bytes, str]] | None = None
+    token: str | None = None  # required by mutations when set
     started: float = field(default_factory=time.monotonic)
 
 
@@ -213,7 +214,7 @@ def _refuse_mutation(request: web.Request) -> web.Response | None:
         return error(403, "mutating routes do not answer web pages (the request has an Origin)")
     if request.can_read_body and request.content_type != "application/json":
         return error(415, "a body must be application/json")
-    token = request.app[STATE].agent.config.http.token
+    token = request.app[STATE].token
     if token:
         given = request.headers.get("Authorization", "")
         # A header that is not UTF-8 arrives with surrogate escapes: compare its bytes, as sent.
@@ -301,9 +302,13 @@ def create_app(
     *,
     inventory: Inventory | None = None,
     render_metrics: Callable[[], tuple[bytes, str]] | None = None,
+    token: str | None = None,
 ) -> web.Application:
+    """The API of `agent`. `token` defaults to `http.token`; the daemon passes the generated
+    one when none is configured (`sidecar.api_token`)."""
     app = web.Application(middlewares=[json_errors], client_max_size=MAX_BODY_BYTES)
-    app[STATE] = ApiState(agent, inventory, render_metrics)
+    token = token if token is not None else agent.config.http.token
+    app[STATE] = ApiState(agent, inventory, render_metrics, token)
 
     async def stop_streams(app: web.Application) -> None:
         app[STATE].agent.events.end_subscriptions()

@@ -79,8 +79,18 @@ def _client(
     if sidecar is not None and not with_token:
         return SidecarClient(sidecar)
     config = config_request.load().config
-    token = config.http.token if with_token else None
+    token = (config.http.token or _generated_token(config)) if with_token else None
     return SidecarClient(sidecar or sidecar_url(config.http.listen), token=token)
+
+
+def _generated_token(config: RingsideConfig) -> str | None:
+    """The token the sidecar generated (no `http.token` configured), when this user can read
+    its file: the sidecar's own user can, nobody else."""
+    from sidecar.api_token import read_token, token_path  # noqa: PLC0415
+    from sidecar.lock import default_lock_path  # noqa: PLC0415
+
+    lock = config.lock_file or default_lock_path(config.cluster)
+    return read_token(token_path(config.http.token_file, lock))
 
 
 @ringside.command()
@@ -253,8 +263,10 @@ def leader(config_request: ConfigRequest, sidecar: str | None, as_json: bool) ->
 def resign(config_request: ConfigRequest, sidecar: str | None, as_json: bool) -> None:
     """Make this node hand leadership over now; the next candidate leads with a higher epoch.
 
-    Sends `http.token` from the configuration when one is set. Exits 1 when this node is not
-    the leader, 2 when the sidecar refuses the request (token missing or wrong, not loopback).
+    Sends `http.token` from the configuration, else the token the sidecar generated (its
+    file, beside the lock file, is readable by the sidecar's user only). Exits 1 when this
+    node is not the leader, 2 when the sidecar refuses the request (token missing or wrong,
+    not loopback).
     """
     answer = _client(config_request, sidecar, with_token=True).resign()
     if as_json:
@@ -266,7 +278,11 @@ def resign(config_request: ConfigRequest, sidecar: str | None, as_json: bool) ->
     if answer.status == 409:
         click.echo(f"ringside: not resigned: {answer.error}", err=True)
         raise SystemExit(EXIT_DEGRADED)
+    hint = ""
+    if answer.status == 401:
+        hint = " (run as the sidecar's user, which can read its token file, or set http.token)"
     click.echo(
-        f"ringside: error: the sidecar refused (HTTP {answer.status}): {answer.error}", err=True
+        f"ringside: error: the sidecar refused (HTTP {answer.status}): {answer.error}{hint}",
+        err=True,
     )
     raise SystemExit(EXIT_CONFIG_ERROR)

@@ -1,0 +1,67 @@
+"""The local API's token: configured (`http.token`), or generated at first start into a file
+only the sidecar's user can read, which `ringside resign` and the orchestrator read too.
+
+Without a token, any process on the node could make the leader resign. The file lives beside
+the instance lock (`/run/ringside/<cluster>.token` by default; `http.token_file` moves it), is
+created with mode 0600 before it holds anything, and is kept across restarts while it stays
+private: a file others can read or write, or that is not a regular file, is replaced.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+from pathlib import Path
+
+from sidecar.errors import ConfigError
+from sidecar.files import UnfitFile, read_text
+
+MAX_TOKEN_BYTES = 256
+
+
+def token_path(token_file: Path | None, lock_file: Path) -> Path:
+    """Where the generated token lives: `http.token_file`, else beside the lock file."""
+    return token_file if token_file is not None else lock_file.with_suffix(".token")
+
+
+def read_token(path: Path) -> str | None:
+    """The token in `path`, or None when there is no usable one (missing, unreadable, empty)."""
+    try:
+        token = read_text(path, limit=MAX_TOKEN_BYTES).strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return token or None
+
+
+def ensure_token(path: Path) -> str:
+    """The token in `path` when the file is private and ours; else a new one, written there."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as e:
+        raise ConfigError(f"cannot use the API token file {path}: {e.strerror or e}") from e
+    if (
+        st is not None
+        and stat.S_ISREG(st.st_mode)
+        and st.st_uid == os.geteuid()
+        and not st.st_mode & 0o077
+    ):
+        try:
+            existing = read_token(path)
+        except UnfitFile:
+            existing = None
+        if existing:
+            return existing
+    token = secrets.token_urlsafe(32)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(token + "\n")
+        os.replace(temporary, path)
+    except OSError as e:
+        raise ConfigError(f"cannot write the API token file {path}: {e.strerror or e}") from e
+    return token
