@@ -11,15 +11,14 @@ import asyncio
 import signal
 import tarfile
 import time
-from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.fleet import Fleet, Sidecar
+from tests.trouble_support import LeaderLog
 
 FIXTURE = Path(__file__).parent / "fixtures" / "ringside-0.1.0-sidecar.tar.gz"
 
@@ -32,61 +31,6 @@ def release_0_1(tmp_path_factory: pytest.TempPathFactory) -> Path:
         archive.extractall(where, filter="data")
     assert (where / "sidecar" / "__init__.py").read_text().count('"0.1.0"') == 1
     return where
-
-
-@dataclass
-class Claims:
-    """Polls `/v1/leader` on every running sidecar and keeps (when, who, is_self, epoch)."""
-
-    fleet: Fleet
-    answers: list[tuple[float, str, bool, object]] = field(default_factory=list)
-    _task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> Claims:
-        self._task = asyncio.create_task(self._poll_forever())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
-
-    async def _poll_forever(self) -> None:
-        while True:
-            await asyncio.gather(*(self._poll(s) for s in self.fleet.running()))
-            await asyncio.sleep(0.02)
-
-    async def _poll(self, sidecar: Sidecar) -> None:
-        answer = await self.fleet.get(sidecar, "/v1/leader")
-        if answer is not None:
-            self.answers.append(
-                (time.monotonic(), sidecar.node_id, answer.get("is_self") is True, answer["epoch"])
-            )
-
-    def overlapping(self) -> list[str]:
-        """Two sidecars that each said "I am the leader" over spans of time that overlap."""
-        spans = [(who, s) for who, mine in self._spans().items() for s in mine]
-        return [
-            f"{a} claimed {sa[0]:.2f}..{sa[1]:.2f} while {b} claimed {sb[0]:.2f}..{sb[1]:.2f}"
-            for i, (a, sa) in enumerate(spans)
-            for b, sb in spans[i + 1 :]
-            if a != b and sa[0] <= sb[1] and sb[0] <= sa[1]
-        ]
-
-    def _spans(self) -> dict[str, list[tuple[float, float]]]:
-        """Per sidecar, the spans during which its answers said is_self (a span ends at the
-        last such answer before one that did not)."""
-        spans: dict[str, list[tuple[float, float]]] = defaultdict(list)
-        open_since: dict[str, tuple[float, float]] = {}
-        for when, who, is_self, _ in sorted(self.answers):
-            if is_self:
-                start = open_since.get(who, (when, when))[0]
-                open_since[who] = (start, when)
-            elif who in open_since:
-                spans[who].append(open_since.pop(who))
-        for who, span in open_since.items():
-            spans[who].append(span)
-        return spans
 
 
 async def until_status(
@@ -115,7 +59,7 @@ async def test_a_rolling_upgrade_never_has_two_leaders(fleet: Fleet, release_0_1
     old_a = fleet.add("old-a", code=release_0_1)
     await fleet.wait_converged(["old-a"], within_s=20)
     everyone = ["old-a", "old-b", "new-c", "new-d"]
-    async with Claims(fleet) as seen:
+    async with LeaderLog(fleet, interval_s=0.02) as seen:
         old_b = fleet.add("old-b", code=release_0_1)
         fleet.add("new-c")
         new_d = fleet.add("new-d", eligible=False)
@@ -125,18 +69,16 @@ async def test_a_rolling_upgrade_never_has_two_leaders(fleet: Fleet, release_0_1
         assert status["leader"] == "old-a"
 
         await stop(old_a)  # the 0.1 leader goes: the other 0.1 node leads, as 0.1 would
-        await fleet.wait_converged(everyone[1:], within_s=20, leader_among=["old-b"])
+        old_leader = await fleet.wait_converged(everyone[1:], within_s=20, leader_among=["old-b"])
         await stop(old_b)  # the last 0.1 eligible node goes: this version campaigns
         leader = await fleet.wait_converged(["new-c", "new-d"], within_s=20)
         assert leader["node_id"] == "new-c"
-        old_epochs = [a[3] for a in seen.answers if a[1] == "old-b" and a[2]]
-        assert old_epochs
-        assert leader["epoch"] > max(e for e in old_epochs if isinstance(e, int))
+        assert leader["epoch"] > old_leader["epoch"]
         check = await fleet.get(new_d, "/v1/leader")
         assert check is not None
         assert check["leader"] == "new-c"
     assert seen.answers
-    assert seen.overlapping() == []
+    assert seen.overlapping_claims() == []
 
 
 async def test_an_older_sidecar_started_beside_a_leader_of_this_version_takes_over_alone(
@@ -150,9 +92,9 @@ async def test_an_older_sidecar_started_beside_a_leader_of_this_version_takes_ov
     fleet.add("new-a")
     fleet.add("new-b", eligible=False)
     await fleet.wait_converged(["new-a", "new-b"], within_s=20, leader_among=["new-a"])
-    async with Claims(fleet) as seen:
+    async with LeaderLog(fleet, interval_s=0.02) as seen:
         fleet.add("old-c", code=release_0_1)
         await fleet.wait_converged(["new-a", "new-b", "old-c"], within_s=20, leader_among=["old-c"])
-    assert any(who == "new-a" and is_self for _, who, is_self, _ in seen.answers)
-    assert any(who == "old-c" and is_self for _, who, is_self, _ in seen.answers)
-    assert seen.overlapping() == []
+    assert any(who == "new-a" and is_self for _, who, is_self in seen.claims)
+    assert any(who == "old-c" and is_self for _, who, is_self in seen.claims)
+    assert seen.overlapping_claims() == []

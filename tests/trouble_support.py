@@ -287,11 +287,13 @@ class EventStream:
 @dataclass
 class LeaderLog:
     """Polls `/v1/leader` on every running sidecar until stopped and keeps every answer:
-    (when received, which sidecar answered, the leader it named, the epoch)."""
+    (when received, which sidecar answered, the leader it named, the epoch), and in
+    `claims` (when, who) each answer in which a sidecar said it leads (`is_self`)."""
 
     fleet: Fleet
     interval_s: float = 0.05
     answers: list[Answer] = field(default_factory=list)
+    claims: list[tuple[float, str, bool]] = field(default_factory=list)
     _task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> LeaderLog:
@@ -311,9 +313,27 @@ class LeaderLog:
     async def _poll(self, sidecar: Sidecar) -> None:
         answer = await self.fleet.get(sidecar, "/v1/leader")
         if answer is not None:
-            self.answers.append(
-                (time.monotonic(), sidecar.node_id, answer.get("leader"), answer.get("epoch"))
-            )
+            now = time.monotonic()
+            self.answers.append((now, sidecar.node_id, answer.get("leader"), answer.get("epoch")))
+            self.claims.append((now, sidecar.node_id, answer.get("is_self") is True))
+
+    def overlapping_claims(self) -> list[str]:
+        """Two sidecars that each said "I am the leader" over spans of time that overlap (a
+        span: from a sidecar's first such answer to its last before one that was not)."""
+        spans: list[tuple[str, float, float]] = []
+        open_since: dict[str, tuple[float, float]] = {}
+        for when, who, is_self in sorted(self.claims):
+            if is_self:
+                open_since[who] = (open_since.get(who, (when, when))[0], when)
+            elif who in open_since:
+                spans.append((who, *open_since.pop(who)))
+        spans += [(who, *span) for who, span in open_since.items()]
+        return [
+            f"{a} claimed {a0:.2f}..{a1:.2f} while {b} claimed {b0:.2f}..{b1:.2f}"
+            for i, (a, a0, a1) in enumerate(spans)
+            for b, b0, b1 in spans[i + 1 :]
+            if a != b and a0 <= b1 and b0 <= a1
+        ]
 
     def naming_others(self, allowed: Iterable[str | None]) -> list[Answer]:
         """The answers that named a leader outside `allowed`."""
