@@ -18,6 +18,7 @@ from sidecar.addresses import discovered_addresses
 from sidecar.agent import Agent, Parts
 from sidecar.api.server import create_app
 from sidecar.api_token import ensure_token, token_path
+from sidecar.certificates import expiries
 from sidecar.config import LoadedConfig
 from sidecar.errors import ConfigError, RingsideError
 from sidecar.etcd_connection import open_store
@@ -123,7 +124,10 @@ async def _serve(
     )
     agent = build_agent(config, node_id, store, record, previous_instance=lock.previous_instance)
     token = config.http.token or ensure_token(token_path(config.http.token_file, lock.path))
-    app = create_app(agent, inventory=inventory, render_metrics=Metrics(agent).render, token=token)
+    tls = config.etcd.tls
+    certificates = expiries({"ca": tls.ca, "client": tls.cert} if tls is not None else {})
+    metrics = Metrics(agent, certificates=certificates)
+    app = create_app(agent, inventory=inventory, render_metrics=metrics.render, token=token)
     # In-flight requests get half a second at shutdown: SIGTERM must end the process in 2 s.
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
     await runner.setup()

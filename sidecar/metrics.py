@@ -15,12 +15,14 @@ handler), not from a separate exporter thread.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
@@ -45,9 +47,17 @@ class Metrics:
     later ones as they are added. Keepalives are observed from the next one on.
     """
 
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: Agent, *, certificates: Mapping[str, datetime] | None = None) -> None:
         self.agent = agent
         self.registry = CollectorRegistry()
+        expiry = Gauge(
+            "ringside_tls_expiry_timestamp_seconds",
+            "When each configured etcd TLS certificate expires (unix time); alert weeks ahead.",
+            ["certificate"],
+            registry=self.registry,
+        )
+        for role, date in (certificates or {}).items():
+            expiry.labels(certificate=role).set(date.timestamp())
         self.keepalive_latency = Histogram(
             "ringside_keepalive_latency_seconds",
             "Round trip of each successful lease keepalive.",

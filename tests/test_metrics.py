@@ -3,6 +3,8 @@ Prometheus text parser exactly as a scraper would see them."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar import __version__
@@ -180,3 +182,11 @@ async def test_orchestrator_gauges(store: MemoryStore, cluster: str) -> None:
     async with running(agent):
         await until(lambda: value(metrics, "ringside_members_orchestrator_down") == 1)
         assert value(metrics, "ringside_orchestrator_healthy") == 0
+
+
+async def test_certificate_expiry_is_exported(store: MemoryStore, cluster: str) -> None:
+    when = datetime(2029, 3, 5, 14, 9, 44, tzinfo=UTC)
+    metrics = Metrics(make_agent(store, "n1", cluster), certificates={"client": when})
+    name = "ringside_tls_expiry_timestamp_seconds"
+    assert value(metrics, name, certificate="client") == when.timestamp()
+    assert value(Metrics(make_agent(store, "n2", cluster)), name, certificate="client") is None

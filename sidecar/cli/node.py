@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -75,12 +76,27 @@ def etcd_check(config_request: ConfigRequest, as_json: bool) -> None:
     """
     import asyncio  # noqa: PLC0415  # ~30 ms that `ringside status` does not need
 
+    from sidecar.certificates import expiries  # noqa: PLC0415
+
     config = config_request.load().config
     health = asyncio.run(_check_etcd(config))
+    tls = config.etcd.tls
+    certificates = expiries({"ca": tls.ca, "client": tls.cert} if tls is not None else {})
     if as_json:
-        click.echo(json.dumps(_health_document(health)))
+        document = _health_document(health)
+        document["certificates"] = [
+            {"certificate": role, "not_after": date.isoformat(), "days_left": _days(date)}
+            for role, date in certificates.items()
+        ]
+        click.echo(json.dumps(document))
     else:
         click.echo(_health_text(health))
+        for role, date in certificates.items():
+            days = _days(date)
+            warning = "  WARNING: renew it (etcd/gen-tls.sh --reissue)" if days < 30 else ""
+            click.echo(
+                f"tls: {role} certificate expires {date:%Y-%m-%d} ({days:.0f} days){warning}"
+            )
     if not health.quorum_ok:
         raise SystemExit(EXIT_DEGRADED)
 
@@ -95,6 +111,11 @@ async def _check_etcd(config: RingsideConfig) -> EtcdHealth:
         return await check_etcd(store, config.etcd.endpoints, Keys(config.cluster).prefix)
     finally:
         await store.close()
+
+
+def _days(date: datetime) -> float:
+    """Days from now until `date`, to one decimal (negative once past)."""
+    return round((date - datetime.now(UTC)).total_seconds() / 86400, 1)
 
 
 def _health_text(health: EtcdHealth) -> str:

@@ -6,14 +6,17 @@ The certificates are made here with the `openssl` command (a CA, a server certif
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from sidecar.store.errors import StoreUnavailable
 from sidecar.store.gateway import TlsFiles
 from sidecar.testing.localcluster import LocalEtcdCluster, ServerTls
+from tests.cli_support import ringside
 from tests.pki import make_ca, make_cert
 from tests.reads import get_one
 
@@ -79,3 +82,21 @@ async def test_wrong_tls_material_is_refused(
             await store.get("/tls/k")
     finally:
         await store.close()
+
+
+async def test_ringside_etcd_shows_when_the_certificates_expire(
+    tls_etcd: LocalEtcdCluster, pki: dict[str, Path], tmp_path: Path
+) -> None:
+    """The test certificates live two days: `ringside etcd` says so, and warns."""
+    config = tmp_path / "ringside.yaml"
+    tls = {"ca": str(pki["ca"]), "cert": str(pki["client_cert"]), "key": str(pki["client_key"])}
+    config.write_text(yaml.safe_dump({"etcd": {"tls": tls}}))
+    env = {"RINGSIDE_CONFIG": str(config), "RINGSIDE_ETCD_ENDPOINTS": tls_etcd.client_urls[0]}
+    shown = await ringside("etcd", "--json", **env)
+    assert shown.returncode == 0, shown.stderr
+    found = {c["certificate"]: c for c in json.loads(shown.stdout)["certificates"]}
+    assert set(found) == {"ca", "client"}
+    assert all(1.9 < c["days_left"] <= 2.0 for c in found.values()), found
+    text = await ringside("etcd", **env)
+    assert "tls: client certificate expires" in text.stdout
+    assert "WARNING: renew it" in text.stdout
