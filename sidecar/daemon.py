@@ -17,6 +17,7 @@ from aiohttp import web
 from sidecar.addresses import discovered_addresses
 from sidecar.agent import Agent, Parts
 from sidecar.api.server import create_app
+from sidecar.api.serving import AcceptErrors, Limits, guarded
 from sidecar.api_token import ensure_token, token_path
 from sidecar.certificates import expiries
 from sidecar.config import LoadedConfig
@@ -131,16 +132,20 @@ async def _serve(
     # In-flight requests get half a second at shutdown: SIGTERM must end the process in 2 s.
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
     await runner.setup()
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(AcceptErrors())
+    listener: asyncio.Server | None = None
     try:
-        site = web.TCPSite(runner, config.http.host, config.http.port)
-        try:
-            await site.start()
+        assert runner.server is not None  # set up above
+        try:  # slow or too many clients cannot starve the API (sidecar.api.serving)
+            listener = await loop.create_server(
+                guarded(runner.server, Limits()), config.http.host, config.http.port
+            )
         except OSError as e:
             raise ListenFailed(
                 f"cannot serve the local API on {config.http.listen}: {e.strerror}"
             ) from None
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
 
         def on_signal() -> None:
             agent.stop_claiming()  # before the loop answers anything else (rule 13)
@@ -152,5 +157,7 @@ async def _serve(
         log.info("ringside stopped: %s", agent.farewell, extra={"event": "stopped"})
         return EXIT_OK
     finally:
+        if listener is not None:
+            listener.close()  # no new connections; runner.cleanup() ends the open ones
         await runner.cleanup()
         await store.close()

@@ -135,6 +135,7 @@ class Sidecar:
     paused: bool = False
     detached: bool = False  # own session, killed with its parent: see `Fleet`
     code: Path | None = None  # run the `sidecar` package found here (another release)
+    wrapper: tuple[str, ...] = ()  # a command to run it under, e.g. prlimit
 
     @property
     def url(self) -> str:
@@ -156,7 +157,7 @@ class Sidecar:
             detach = {"start_new_session": True, "preexec_fn": die_with_parent}
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "sidecar", "run", *self.args],
+                [*self.wrapper, sys.executable, "-m", "sidecar", "run", *self.args],
                 env=self.env,
                 cwd=self.code,  # `-m` looks in the working directory first
                 stdout=log,
@@ -219,6 +220,7 @@ class Fleet:
         args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
         code: Path | None = None,
+        wrapper: tuple[str, ...] = (),
     ) -> Sidecar:
         """Start a sidecar; `name` keys its files and its entry here, `node_id` defaults to it
         (give two sidecars one node id to play two machines that claim the same name). `code`
@@ -247,6 +249,7 @@ class Fleet:
             args,
             detached=self.detached,
             code=code,
+            wrapper=wrapper,
         )
         self.sidecars[name] = sidecar
         sidecar.start()
