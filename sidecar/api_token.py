@@ -15,7 +15,7 @@ import stat
 from pathlib import Path
 
 from sidecar.errors import ConfigError
-from sidecar.files import UnfitFile, read_text
+from sidecar.files import read_text, write_private
 
 MAX_TOKEN_BYTES = 256
 
@@ -42,26 +42,19 @@ def ensure_token(path: Path) -> str:
         st = None
     except OSError as e:
         raise ConfigError(f"cannot use the API token file {path}: {e.strerror or e}") from e
-    if (
+    private = (
         st is not None
         and stat.S_ISREG(st.st_mode)
         and st.st_uid == os.geteuid()
         and not st.st_mode & 0o077
-    ):
-        try:
-            existing = read_token(path)
-        except UnfitFile:
-            existing = None
-        if existing:
-            return existing
+    )
+    existing = read_token(path) if private else None
+    if existing:
+        return existing
     token = secrets.token_urlsafe(32)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(token + "\n")
-        os.replace(temporary, path)
+        write_private(path, token)
     except OSError as e:
         raise ConfigError(f"cannot write the API token file {path}: {e.strerror or e}") from e
     return token

@@ -65,3 +65,14 @@ def check_readable(path: Path) -> None:
             raise unfit
     finally:
         os.close(fd)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write `text` (and a newline) to `path`, readable by this user only from the first byte,
+    replacing any old file in one rename; a symlink planted at the temporary name is refused."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.unlink(missing_ok=True)
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(text + "\n")
+    os.replace(temporary, path)

@@ -79,10 +79,16 @@ def _host_allowed(request: web.Request, listen_host: str) -> bool:
 
 
 @web.middleware
-async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every failure becomes a JSON error; nothing leaks a traceback to the client."""
+async def named_as_ourselves(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse (421) a request whose Host names another site: DNS rebinding (`_host_allowed`)."""
     if not _host_allowed(request, request.app[STATE].agent.config.http.host):
         return error(421, "the Host header must be an IP address, localhost or our listen host")
+    return await handler(request)
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure becomes a JSON error; nothing leaks a traceback to the client."""
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         return error(413, f"body larger than {MAX_BODY_BYTES} bytes")
     try:
@@ -306,7 +312,9 @@ def create_app(
 ) -> web.Application:
     """The API of `agent`. `token` defaults to `http.token`; the daemon passes the generated
     one when none is configured (`sidecar.api_token`)."""
-    app = web.Application(middlewares=[json_errors], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(
+        middlewares=[json_errors, named_as_ourselves], client_max_size=MAX_BODY_BYTES
+    )
     token = token if token is not None else agent.config.http.token
     app[STATE] = ApiState(agent, inventory, render_metrics, token)
 

@@ -17,7 +17,6 @@ configuration, 3 etcd did not answer.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -325,11 +324,9 @@ def _read_or_create(path: Path) -> str:
 
 
 def _write_private(path: Path, secret: str) -> None:
-    """Write `secret` to `path` with mode 0600 from the start (never world-readable, even
-    for an instant), replacing any old file in one rename."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.unlink(missing_ok=True)
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        out.write(secret + "\n")
-    os.replace(temporary, path)
+    from sidecar.files import write_private  # noqa: PLC0415
+
+    try:
+        write_private(path, secret)
+    except OSError as e:
+        raise ConfigError(f"cannot write {path}: {e.strerror or e}") from None
