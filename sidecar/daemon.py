@@ -17,7 +17,7 @@ from aiohttp import web
 from sidecar.addresses import discovered_addresses
 from sidecar.agent import Agent, Parts
 from sidecar.api.server import create_app
-from sidecar.api.serving import AcceptErrors, Limits, guarded
+from sidecar.api.serving import AcceptErrors, Limits, guarded, json_errors_factory
 from sidecar.api_token import ensure_token, token_path
 from sidecar.certificates import expiries
 from sidecar.config import LoadedConfig
@@ -139,7 +139,9 @@ async def _serve(
         assert runner.server is not None  # set up above
         try:  # slow or too many clients cannot starve the API (sidecar.api.serving)
             listener = await loop.create_server(
-                guarded(runner.server, Limits()), config.http.host, config.http.port
+                guarded(json_errors_factory(runner.server), Limits()),
+                config.http.host,
+                config.http.port,
             )
         except OSError as e:
             raise ListenFailed(

@@ -8,15 +8,24 @@ once, well under the descriptor limit, so etcd's connections always find one: a 
 the cap takes the place of the oldest connection still waiting for its head (a slow client),
 and is refused only when every open one is busy with a complete request. Accept errors are
 logged at most once a second, with a count.
+
+Requests aiohttp cannot parse (a head over 8 KB, a malformed request line) never reach the
+application's middlewares: aiohttp answers them itself, in plain text, and logs a traceback for
+each. `JsonErrorsHandler` answers them in JSON like every other error, with one log line.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import Any
+
+from aiohttp import web
+from aiohttp.web_request import BaseRequest
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +143,39 @@ class GuardedProtocol(asyncio.Protocol):
             self.timer.cancel()
             self.timer = None
         self.head = b""
+
+
+class JsonErrorsHandler(web.RequestHandler):
+    """aiohttp's connection handler, answering the requests it cannot parse in JSON."""
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if request.writer.output_size > 0:  # as aiohttp's own: too late for another answer
+            raise ConnectionError("the response was already sent, cannot send an error")
+        try:
+            phrase = HTTPStatus(status).phrase.lower()
+        except ValueError:
+            phrase = "error"
+        reason = f"{phrase}: {exc}" if status < 500 and exc is not None else phrase
+        log.info("local API: refused a request from %s (%d %s)", request.remote, status, phrase)
+        response = web.Response(
+            status=status, text=json.dumps({"error": reason}), content_type="application/json"
+        )
+        response.force_close()
+        return response
+
+
+def json_errors_factory(server: web.Server) -> Callable[[], JsonErrorsHandler]:
+    """A protocol factory like `server` itself, whose connections answer errors in JSON.
+    No access log, as the daemon's runner has none (aiohttp documents None for that, though
+    its annotation says Logger)."""
+    options: dict[str, Any] = {"access_log": None}
+    return lambda: JsonErrorsHandler(server, loop=asyncio.get_running_loop(), **options)
 
 
 def guarded(

@@ -11,8 +11,10 @@ reach it and nothing about what the calls mean (that is `sidecar.store.etcd`):
   the number of endpoints never stretches a call past the lease;
 - every endpoint's reachability is recorded as a side effect, so health reporting needs no
   extra requests;
-- with a username, an auth token is fetched on first use and again when etcd says it is no
-  longer valid (etcd's simple tokens expire after five idle minutes);
+- with a username, an auth token is fetched on first use, renewed every `token_renew_s`
+  (before etcd's default token TTL of five minutes, so no request has to fail for it), and
+  fetched again at once when etcd says it is no longer valid (a member restarted: simple
+  tokens live in its memory);
 - etcd's errors become `sidecar.store.errors` exceptions here; no aiohttp exception leaves.
 """
 
@@ -49,6 +51,7 @@ _RETRY_ELSEWHERE = {1, 2, 4, 13, 14}  # cancelled, unknown, deadline exceeded, i
 _UNAUTHENTICATED = 16
 _PERMISSION_DENIED = 7
 _NOT_FOUND = 5
+TOKEN_RENEW_S = 240.0  # etcd's --auth-token-ttl defaults to 300 s
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,7 @@ class EtcdGateway:
         tls: TlsFiles | None = None,
         username: str | None = None,
         password: str | None = None,
+        token_renew_s: float = TOKEN_RENEW_S,
     ) -> None:
         if not endpoints:
             raise ValueError("at least one etcd endpoint is needed")
@@ -124,6 +128,9 @@ class EtcdGateway:
         self._ssl: ssl.SSLContext | bool = tls.context() if tls else True
         self._credentials = (username, password or "") if username else None
         self._token: str | None = None
+        self._token_at = 0.0  # time.monotonic() of the last login
+        self.token_renew_s = token_renew_s
+        self.logins = 0  # tokens fetched so far (tests and diagnostics)
         self._preferred = 0
         self._states = {url: EndpointState(url) for url in self.endpoints}
         self._session: aiohttp.ClientSession | None = None
@@ -214,6 +221,15 @@ class EtcdGateway:
             self._session = aiohttp.ClientSession(connector=connector)
         return self._session
 
+    def _login_due(self) -> bool:
+        """Whether to log in before the next request: no token yet, or one due for renewal.
+        The empty token (auth was off) is not renewed: the first refusal logs in."""
+        if not self._credentials:
+            return False
+        if self._token is None:
+            return True
+        return bool(self._token) and time.monotonic() - self._token_at >= self.token_renew_s
+
     def _headers(self) -> dict[str, str]:
         return {"Authorization": self._token} if self._token else {}
 
@@ -222,7 +238,7 @@ class EtcdGateway:
     ) -> JsonObject:
         retried_auth = False
         while True:
-            if self._credentials and self._token is None:
+            if self._login_due():
                 await self._authenticate(endpoint, deadline)
             try:
                 return await self._post_once(endpoint, path, body, deadline)
@@ -250,7 +266,8 @@ class EtcdGateway:
         token = answer.get("token")
         if not isinstance(token, str) or not token:
             raise ProtocolError(f"{endpoint} answered authenticate without a token")
-        self._token = token
+        self._token, self._token_at = token, time.monotonic()
+        self.logins += 1
 
     async def _post_once(
         self, endpoint: str, path: str, body: JsonObject, deadline: Deadline
@@ -305,7 +322,7 @@ class EtcdGateway:
 
     async def _open(self, endpoint: str, path: str, body: JsonObject) -> aiohttp.ClientResponse:
         """Start a streamed POST; only connecting and the response head are time-limited."""
-        if self._credentials and self._token is None:
+        if self._login_due():
             await self._authenticate(endpoint, Deadline(self.request_timeout))
         timeout = aiohttp.ClientTimeout(
             total=None, connect=self.request_timeout, sock_connect=self.request_timeout

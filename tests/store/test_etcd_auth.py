@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from sidecar.deadline import Deadline
 from sidecar.store.codec import b64
 from sidecar.store.errors import AuthFailed
 from sidecar.store.etcd import EtcdStore
+from sidecar.store.gateway import EtcdGateway
 from sidecar.store.model import EventType, prefix_end
 from sidecar.testing.localcluster import LocalEtcdCluster
 from tests.waiting import next_batch
@@ -97,6 +99,22 @@ async def test_token_lost_by_a_restarted_member_is_renewed(secured: LocalEtcdClu
             await store.put(key, b"after")
             # The watch's stream broke with the member and resumed with a fresh token too.
             assert (await next_batch(batches, within_s=10)).events[0].kv.value == b"after"
+    finally:
+        await store.close()
+
+
+async def test_the_token_is_renewed_before_it_can_expire(secured: LocalEtcdCluster) -> None:
+    """Renewal comes before etcd's token TTL, from the requests the client makes anyway: no
+    request has to be refused first (a refused one would show as an AuthFailed or a retry)."""
+    gateway = EtcdGateway(secured.client_urls, username=USER, password=PASSWORD, token_renew_s=0.3)
+    store = EtcdStore(gateway)
+    try:
+        await store.put("/ringside/auth/renew", b"0")
+        assert gateway.logins == 1
+        deadline = Deadline(10)
+        while gateway.logins < 3 and not deadline.expired:
+            await store.get("/ringside/auth/renew")  # each a success, with the token of the day
+        assert gateway.logins >= 3
     finally:
         await store.close()
 
