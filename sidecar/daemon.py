@@ -112,7 +112,11 @@ def run_sidecar(loaded: LoadedConfig) -> int:
 async def _serve(
     config: RingsideConfig, node_id: str, inventory: Inventory | None, lock: InstanceLock
 ) -> int:
-    store = open_store(config.etcd, call_timeout=config.etcd_call_timeout)
+    store = open_store(
+        config.etcd,
+        call_timeout=config.etcd_call_timeout,
+        default_user=Keys(config.cluster).etcd_user(node_id),
+    )
     record = MemberRecord.for_this_process(
         node_id,
         advertise=config.advertise_addresses,

@@ -46,6 +46,11 @@ class Keys:
     def candidate(self, node_id: str) -> str:
         return self.election + node_id
 
+    def etcd_user(self, node_id: str) -> str:
+        """The etcd user (and role) of a node (rule 15), named by cluster so that clusters can
+        share one etcd: `ringside auth` creates it, a sidecar logs in as it by default."""
+        return f"ringside-{self.cluster}-{node_id}"
+
     def lease_named_candidate(self, lease_id: int) -> str:
         """The candidate key of a ringside 0.1 sidecar (layout 1), named by its lease."""
         return self.election + f"{lease_id:x}"

@@ -210,8 +210,6 @@ class EtcdSettings(_Settings):
             if not secret:
                 raise field_error(("password_file",), f"{self.password_file} is empty")
             self._file_password = secret
-        if self.effective_password is not None and not self.username:
-            raise field_error(("username",), "is required when a password is set")
         if self.username and self.effective_password is None:
             raise field_error(("password",), "is required when username is set (or password_file)")
         return self

@@ -306,7 +306,9 @@ async def test_sidecars_with_their_own_credentials_elect_and_fail_over(
     try:
         for node_id in (ELIGIBLE, OTHER):
             fleet.add(node_id, settings=credentials(node_id))
-        fleet.add(OBSERVER, eligible=False, settings=credentials(OBSERVER))
+        # Only its password file: the sidecar logs in as its own user, ringside-<cluster>-<id>.
+        password_only = {"etcd": {"password_file": str(secrets / f"{OBSERVER}.password")}}
+        fleet.add(OBSERVER, eligible=False, settings=password_only)
         everyone = [ELIGIBLE, OTHER, OBSERVER]
         first = await fleet.wait_converged(everyone, within_s=20, leader_among=[ELIGIBLE, OTHER])
         leader = fleet.sidecars[first["node_id"]]
@@ -327,6 +329,41 @@ async def test_sidecars_with_their_own_credentials_elect_and_fail_over(
         assert [kv.key for kv in left] == []
     finally:
         await root.close()
+
+
+@pytest.mark.parametrize(("node_id", "exit_code"), [(OBSERVER, 0), (None, 2)])
+def test_commands_with_a_password_file_log_in_as_the_node(
+    secured: tuple[LocalEtcdCluster, Path], node_id: str | None, exit_code: int
+) -> None:
+    """`ringside etcd` and `status --etcd` with a node's settings: its own user by default;
+    without a node id there is no user to pick, and that is one line, exit 2."""
+    etcd, secrets = secured
+    env = clean_env(
+        RINGSIDE_CLUSTER=CLUSTER,
+        RINGSIDE_ETCD_ENDPOINTS=",".join(etcd.client_urls),
+        RINGSIDE_ETCD_PASSWORD_FILE=str(secrets / f"{OBSERVER}.password"),
+        **({"RINGSIDE_NODE_ID": node_id} if node_id else {"RINGSIDE_NODE_ID": "Not A Node!"}),
+    )
+
+    def ringside(*command: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "sidecar", *command],
+            capture_output=True, text=True, env=env, timeout=60, check=False,
+        )  # fmt: skip
+
+    checked = ringside("etcd")
+    status = ringside("status", "--etcd", ",".join(etcd.client_urls), "-o", "json")
+    assert checked.returncode == exit_code, checked
+    if exit_code == 0:
+        assert "quorum: ok (read at revision" in checked.stdout, checked.stdout
+        assert json.loads(status.stdout)["quorum_ok"] is True  # it read the prefix
+        return
+    for done in (checked, status):
+        assert done.returncode == 2, done
+        assert done.stderr.startswith("ringside: error: no etcd.username, and no node id"), (
+            done.stderr
+        )
+        assert done.stderr.count("\n") == 1, done.stderr
 
 
 @pytest.mark.parametrize(

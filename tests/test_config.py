@@ -440,11 +440,6 @@ def test_password_and_password_file_are_exclusive(tmp_path: Path) -> None:
     assert "not both" in message
 
 
-def test_password_needs_username(tmp_path: Path) -> None:
-    path = write(tmp_path, "etcd: {password: p}\n")
-    assert load_error(path) == "etcd.username (default): is required when a password is set"
-
-
 def test_username_needs_password() -> None:
     message = load_error(env={"RINGSIDE_ETCD_USERNAME": "u"})
     assert message.startswith("etcd.password (default): is required when username is set")

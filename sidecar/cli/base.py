@@ -95,6 +95,23 @@ class ConfigRequest:
         return load_config(self.path, os.environ if env is None else env, self.flags)
 
 
+def node_etcd_user(loaded: LoadedConfig) -> str | None:
+    """This node's own etcd user, for a password configured without `etcd.username`: commands
+    that read etcd with a node's settings log in as its sidecar does (`open_store`). None
+    when a username is set, there is no password, or the node id cannot be resolved."""
+    etcd = loaded.config.etcd
+    if etcd.username is not None or etcd.effective_password is None:
+        return None
+    from sidecar.identity import HostFacts, IdentityError, resolve_identity  # noqa: PLC0415
+    from sidecar.keys import Keys  # noqa: PLC0415
+
+    try:
+        node_id = resolve_identity(loaded, os.environ, HostFacts.gather()).node_id
+    except IdentityError:
+        return None
+    return Keys(loaded.config.cluster).etcd_user(node_id)
+
+
 def config_options(command: Callable[..., Result]) -> Callable[..., Result]:
     """Add the shared configuration options; the command receives them as `config_request`.
 

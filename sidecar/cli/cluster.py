@@ -18,6 +18,7 @@ from sidecar.cli.base import (
     ConfigRequest,
     Result,
     config_options,
+    node_etcd_user,
     ringside,
 )
 from sidecar.cli.local_api import SidecarClient, sidecar_url
@@ -133,12 +134,16 @@ def status(
         request = ConfigRequest(
             config_request.path, {**config_request.flags, "--etcd-endpoints": etcd_direct}
         )
-        config = request.load().config
+        loaded = request.load()
+        user = node_etcd_user(loaded)
         if watch:
             _until_interrupted(
-                lambda: asyncio.run(_status_from_etcd(config, output, True, wait_ready))
+                lambda: asyncio.run(
+                    _status_from_etcd(loaded.config, user, output, True, wait_ready)
+                )
             )
-        raise SystemExit(asyncio.run(_status_from_etcd(config, output, False, wait_ready)))
+        status = _status_from_etcd(loaded.config, user, output, False, wait_ready)
+        raise SystemExit(asyncio.run(status))
     client = _client(config_request, sidecar)
     ready = True
     if wait_ready is not None:
@@ -155,7 +160,11 @@ def status(
 
 
 async def _status_from_etcd(
-    config: RingsideConfig, output: str, watch: bool, wait_ready: float | None
+    config: RingsideConfig,
+    default_user: str | None,
+    output: str,
+    watch: bool,
+    wait_ready: float | None,
 ) -> int:
     """`status --etcd`: read (until healthy, with --wait-ready), show, then poll (--watch)."""
     import asyncio  # noqa: PLC0415
@@ -164,7 +173,7 @@ async def _status_from_etcd(
     from sidecar.cli.watch import follow_etcd  # noqa: PLC0415
     from sidecar.deadline import Deadline  # noqa: PLC0415
 
-    async with EtcdStatusReader(config) as reader:
+    async with EtcdStatusReader(config, default_user=default_user) as reader:
         report = await reader.read()
         deadline = Deadline(wait_ready or 0.0)
         while not report.healthy and not deadline.expired:

@@ -78,7 +78,7 @@ class Access:
     def user_of(self, node_id: str) -> str:
         """The etcd user (and role) name of a node: named by cluster, so clusters can share
         one etcd."""
-        return f"ringside-{self.keys.cluster}-{node_id}"
+        return self.keys.etcd_user(node_id)
 
     def permissions_of(self, node_id: str, *, eligible: bool) -> tuple[Permission, ...]:
         prefix = self.keys.prefix

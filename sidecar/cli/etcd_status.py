@@ -38,13 +38,13 @@ class EtcdUnreachable(NoAnswer):
 class EtcdStatusReader:
     """Reads status documents from the etcd of `config` (its endpoints, TLS, credentials)."""
 
-    def __init__(self, config: RingsideConfig) -> None:
+    def __init__(self, config: RingsideConfig, *, default_user: str | None = None) -> None:
         self.keys = Keys(config.cluster)
         self.endpoints = config.etcd.endpoints
         self.inventory_hosts: Collection[str] | None = None
         if config.inventory is not None:
             self.inventory_hosts = tuple(load_inventory(config.inventory).hosts)
-        self.store: Store = open_store(config.etcd)
+        self.store: Store = open_store(config.etcd, default_user=default_user)
 
     async def __aenter__(self) -> EtcdStatusReader:
         return self

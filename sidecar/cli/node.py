@@ -12,7 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from sidecar.cli.base import EXIT_DEGRADED, ConfigRequest, config_options, ringside
+from sidecar.cli.base import (
+    EXIT_DEGRADED,
+    ConfigRequest,
+    config_options,
+    node_etcd_user,
+    ringside,
+)
 
 if TYPE_CHECKING:
     from sidecar.cli.etcd_check import EtcdHealth
@@ -78,8 +84,9 @@ def etcd_check(config_request: ConfigRequest, as_json: bool) -> None:
 
     from sidecar.certificates import expiries  # noqa: PLC0415
 
-    config = config_request.load().config
-    health = asyncio.run(_check_etcd(config))
+    loaded = config_request.load()
+    config = loaded.config
+    health = asyncio.run(_check_etcd(config, node_etcd_user(loaded)))
     tls = config.etcd.tls
     certificates = expiries({"ca": tls.ca, "client": tls.cert} if tls is not None else {})
     if as_json:
@@ -101,12 +108,12 @@ def etcd_check(config_request: ConfigRequest, as_json: bool) -> None:
         raise SystemExit(EXIT_DEGRADED)
 
 
-async def _check_etcd(config: RingsideConfig) -> EtcdHealth:
+async def _check_etcd(config: RingsideConfig, default_user: str | None) -> EtcdHealth:
     from sidecar.cli.etcd_check import check_etcd  # noqa: PLC0415
     from sidecar.etcd_connection import open_store  # noqa: PLC0415
     from sidecar.keys import Keys  # noqa: PLC0415
 
-    store = open_store(config.etcd)
+    store = open_store(config.etcd, default_user=default_user)
     try:
         return await check_etcd(store, config.etcd.endpoints, Keys(config.cluster).prefix)
     finally:
