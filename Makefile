@@ -53,7 +53,7 @@ chaos: $(STAMP) etcd
 # compose/local-cluster.yml end to end in real containers (tests/compose), apart from `make test`:
 # starts dockerd if none answers, installs what is missing, builds the stand-in images and
 # ringside's (scripts/build-images.sh; no registry needed). Needs root.
-test-compose: $(STAMP)
+test-compose: $(STAMP) etcd
 	@scripts/docker-up.sh
 	@scripts/build-images.sh
 	$(BIN)/pytest -s -m compose tests/compose $(PYTEST_ARGS)

@@ -56,5 +56,10 @@ def ensure_token(path: Path) -> str:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_private(path, token)
     except OSError as e:
+        if st is not None and not private:  # e.g. a read-only secret with the wrong owner
+            raise ConfigError(
+                f"the API token file {path} must be a regular file owned by uid {os.geteuid()} "
+                f"with mode 0600, and cannot be replaced: {e.strerror or e}"
+            ) from e
         raise ConfigError(f"cannot write the API token file {path}: {e.strerror or e}") from e
     return token

@@ -29,7 +29,7 @@ def services(name: str) -> dict[str, dict[str, Any]]:
 
 
 def is_sidecar(service: dict[str, Any]) -> bool:
-    return "RINGSIDE_IMAGE" in service["image"]
+    return "RINGSIDE_IMAGE" in service["image"] and service["command"] == ["run"]
 
 
 @pytest.mark.parametrize("name", FILES)
@@ -51,8 +51,9 @@ def test_real_hosts_use_the_host_network_and_restart(name: str) -> None:
 
 @pytest.mark.parametrize("name", FILES)
 def test_sidecars_get_only_variables_ringside_reads(name: str) -> None:
-    for service in filter(is_sidecar, services(name).values()):
-        assert service["command"] == ["run"]
+    sidecars = list(filter(is_sidecar, services(name).values()))
+    assert sidecars
+    for service in sidecars:
         names = set(service["environment"])
         assert names <= set(ENV_FIELDS) | {CONFIG_ENV}, names - set(ENV_FIELDS)
 
@@ -78,3 +79,33 @@ def test_every_compose_variable_is_documented() -> None:
         )
         missing = {variable for variable in used if f"`{variable}`" not in readme}
         assert not missing, f"{name}: not in compose/README.md: {sorted(missing)}"
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_every_container_is_unprivileged_on_a_read_only_root(name: str) -> None:
+    for service_name, service in services(name).items():
+        assert service["read_only"] is True, service_name
+        assert service["cap_drop"] == ["ALL"], service_name
+        assert service["security_opt"] == ["no-new-privileges:true"], service_name
+        assert "user" not in service, service_name  # the image's: uid 10001, or etcd's root
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_sidecars_get_their_own_password_as_a_file_never_in_the_environment(name: str) -> None:
+    document = yaml.safe_load((COMPOSE / name).read_text())
+    for service in filter(is_sidecar, document["services"].values()):
+        environment = service["environment"]
+        assert environment["RINGSIDE_ETCD_PASSWORD_FILE"] == "/run/secrets/etcd.password"
+        assert "RINGSIDE_ETCD_PASSWORD" not in environment
+        assert "RINGSIDE_HTTP_TOKEN" not in environment
+        targets = {secret["target"]: secret["source"] for secret in service["secrets"]}
+        assert "etcd.password" in targets
+        assert document["secrets"][targets["etcd.password"]]["file"].endswith(".password")
+        assert any(path.startswith("/run/ringside:") for path in service["tmpfs"])
+
+
+@pytest.mark.parametrize("name", ["voter.yml", "node.yml"])
+def test_real_hosts_pass_the_api_token_as_a_file(name: str) -> None:
+    for service in filter(is_sidecar, services(name).values()):
+        assert service["environment"]["RINGSIDE_HTTP_TOKEN_FILE"] == "/run/secrets/http.token"
+        assert {"source": "http-token", "target": "http.token"} in service["secrets"]

@@ -423,6 +423,9 @@ def test_systemd_unit_has_what_ringside_needs() -> None:
     assert service["Type"] == "simple"
     assert service["ExecStart"] == "/opt/ringside/bin/ringside run"
     assert service["EnvironmentFile"] == "-/etc/default/ringside"
+    # The node's etcd password: a credential file, not a variable holding it.
+    assert service["LoadCredential"] == "etcd.password:/etc/ringside/secrets/etcd.password"
+    assert service["Environment"] == "RINGSIDE_ETCD_PASSWORD_FILE=%d/etcd.password"
     assert service["Restart"] == "on-failure"
     assert service["RestartPreventExitStatus"] == "2"
     assert service["KillSignal"] == "SIGTERM"

@@ -1,8 +1,10 @@
 """compose/local-cluster.yml under test: the project, and its sidecars seen as a `Fleet`.
 
-`ComposeProject` brings the project up and down with the `docker-compose` command (1.29; the
-file is valid for `docker compose` v2 too) under a project name of its own, and finds its
-containers, network and volumes with the Docker SDK by compose's labels.
+`ComposeProject` makes the project's files (`compose/local/setup.sh`: TLS material and the
+secrets folder, in a state directory of its own), brings the project up and down with the
+`docker-compose` command (1.29; the file is valid for `docker compose` v2 too) under a project
+name of its own, and finds its containers, network and volumes with the Docker SDK by compose's
+labels.
 
 `ComposeFleet` gives `tests.fleet.InvariantChecker` and `wait_until_converged` what they use
 (the `Observed` protocol): `sidecars` (objects with `node_id` and `running`), `running()` and
@@ -17,10 +19,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import ssl
 import subprocess
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -33,6 +37,7 @@ from tests.fleet import POLL_TIMEOUT_S, fetch_json, wait_until_converged
 from tests.paths import ROOT
 
 COMPOSE_FILE = ROOT / "compose" / "local-cluster.yml"
+SETUP = ROOT / "compose" / "local" / "setup.sh"
 ELIGIBLE = ("hetzner-cpu1", "hetzner-cpu2", "hetzner-cpu3")
 NODES = (*ELIGIBLE, "lambda-gh200-3", "vast-29118471")
 ETCD_MEMBERS = ("etcd1", "etcd2", "etcd3")
@@ -55,10 +60,29 @@ sys.stdout.write(answer.read().decode())
 class ComposeProject:
     """One `docker-compose -p NAME -f compose/local-cluster.yml` project."""
 
-    def __init__(self, name: str, variables: Mapping[str, str]) -> None:
+    def __init__(self, name: str, variables: Mapping[str, str], state: Path) -> None:
         self.name = name
-        self.env = {**os.environ, **variables}
+        self.state = state
+        self.env = {**os.environ, **variables, "RINGSIDE_LOCAL_STATE": str(state)}
         self.client = docker.from_env()
+
+    def setup(self) -> None:
+        """compose/local/setup.sh: the files `up` needs, as a person trying ringside makes them."""
+        done = subprocess.run(
+            [str(SETUP)], env=self.env, capture_output=True, text=True, timeout=120, check=False
+        )
+        if done.returncode != 0:
+            pytest.fail(f"{SETUP} exited {done.returncode}:\n{done.stderr}")
+
+    def etcd_client_tls(self) -> ssl.SSLContext:
+        """TLS to the members from this host, with the sidecars' client certificate. Asked on
+        their container addresses, which their certificates do not name: the CA is checked,
+        the name is not."""
+        files = self.state / "sidecar"
+        context = ssl.create_default_context(cafile=files / "ca.pem")
+        context.check_hostname = False
+        context.load_cert_chain(files / "client-ringside.pem", files / "client-ringside-key.pem")
+        return context
 
     def compose(self, *args: str) -> None:
         command = ["docker-compose", "-p", self.name, "-f", str(COMPOSE_FILE), *args]
@@ -256,8 +280,10 @@ class ComposeFleet:
         for member in ETCD_MEMBERS:
             container = await asyncio.to_thread(self.project.container, member)
             address = container.attrs["NetworkSettings"]["Networks"][self.network.name]
-            url = f"http://{address['IPAddress']}:2379/v3/maintenance/status"
-            async with self._session.post(url, json={}, timeout=aiohttp.ClientTimeout(2)) as r:
+            url = f"https://{address['IPAddress']}:2379/v3/maintenance/status"
+            async with self._session.post(
+                url, json={}, ssl=self.project.etcd_client_tls(), timeout=aiohttp.ClientTimeout(2)
+            ) as r:
                 status = await r.json()
             names[status["header"]["member_id"]] = member
             leaders.add(status["leader"])

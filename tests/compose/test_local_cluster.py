@@ -1,6 +1,7 @@
 """compose/local-cluster.yml end to end: real containers, a real bridge network, real failures.
 
-One project (three etcd members, five sidecars, lease TTL 5 s) serves the module; each test
+One project (three etcd members over TLS with auth on, one etcd user per sidecar, five
+sidecars, lease TTL 5 s) serves the module; each test
 starts from it healed and converged, and runs under `tests.fleet.InvariantChecker` (at most one
 leader per epoch, epochs only increase, no claim without validity). The last test takes the
 project down and checks that nothing of it is left. Run by `make test-compose` (which starts
@@ -10,14 +11,16 @@ dockerd and builds the images); `make test` deselects the `compose` marker.
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import time
 from collections.abc import AsyncIterator, Iterator
 
+import aiohttp
 import pytest
 
 from sidecar import __version__
-from tests.compose.cluster import ELIGIBLE, NODES, ComposeFleet, ComposeProject
+from tests.compose.cluster import ELIGIBLE, ETCD_MEMBERS, NODES, ComposeFleet, ComposeProject
 from tests.fleet import InvariantChecker
 
 pytestmark = [pytest.mark.compose, pytest.mark.timeout(300)]
@@ -31,14 +34,17 @@ def phase(name: str, started: float) -> None:
 
 
 @pytest.fixture(scope="module")
-def project() -> Iterator[ComposeProject]:
+def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeProject]:
     variables = {
         "RINGSIDE_LEASE_TTL": str(TTL),
         "RINGSIDE_IMAGE": os.environ.get("RINGSIDE_IMAGE", f"ringside:{__version__}"),
     }
-    compose = ComposeProject(f"ringsidetest{os.getpid()}", variables)
+    state = tmp_path_factory.mktemp("compose-state")
+    compose = ComposeProject(f"ringsidetest{os.getpid()}", variables, state)
     started = time.monotonic()
     try:
+        compose.setup()
+        phase("setup.sh", started)
         compose.up()
         phase("up", started)
         yield compose
@@ -198,6 +204,40 @@ async def test_etcd_losing_one_member_changes_nothing_and_losing_two_stops_leadi
             check=lambda st: st["quorum_ok"] is True and st["voters"]["healthy"] == 3,
         )  # fmt: skip
         phase("etcd members back: quorum reported by every sidecar", back_at)
+
+
+async def test_etcd_wants_a_user_and_each_sidecar_runs_unprivileged_with_its_own_secret(
+    fleet: ComposeFleet,
+) -> None:
+    """What the tests above ran on is the secure setup, not a relaxed one: etcd refuses a
+    request that carries a valid client certificate but no user, and every sidecar runs as
+    uid 10001 on a read-only root, without capabilities, holding only its own password."""
+    project = fleet.project
+    async with aiohttp.ClientSession() as session:
+        for member in ETCD_MEMBERS:
+            container = await asyncio.to_thread(project.container, member)
+            address = container.attrs["NetworkSettings"]["Networks"][fleet.network.name]
+            url = f"https://{address['IPAddress']}:2379/v3/kv/range"
+            body = {"key": base64.b64encode(b"/ringside/").decode()}
+            async with session.post(url, json=body, ssl=project.etcd_client_tls()) as answer:
+                refusal = await answer.json()
+            assert "user name is empty" in str(refusal.get("error")), (member, refusal)
+
+    for sidecar in fleet.sidecars.values():
+        container = sidecar.container
+        host = container.attrs["HostConfig"]
+        assert host["ReadonlyRootfs"] is True, sidecar.node_id
+        assert host["CapDrop"] == ["ALL"], sidecar.node_id
+        assert "no-new-privileges:true" in host["SecurityOpt"], sidecar.node_id
+        script = "import os; print(os.getuid(), sorted(os.listdir('/run/secrets')))"
+        exit_code, output = container.exec_run(["python3", "-c", script])
+        assert exit_code == 0, output
+        assert isinstance(output, bytes)
+        assert output.decode().split(None, 1) == ["10001", "['etcd.password']\n"]
+        written = project.state / "secrets" / f"{sidecar.node_id}.password"
+        exit_code, secret = container.exec_run(["cat", "/run/secrets/etcd.password"])
+        assert isinstance(secret, bytes)
+        assert secret.strip() == written.read_bytes().strip(), sidecar.node_id
 
 
 def test_down_removes_every_container_network_and_volume(project: ComposeProject) -> None:
