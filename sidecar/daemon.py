@@ -79,7 +79,7 @@ def build_agent(
         keys=keys,
         member=member,
         view=ViewKeeper(store, keys),
-        quorum=QuorumMonitor(store, interval_s=quorum_interval_s),
+        quorum=QuorumMonitor(store, interval_s=quorum_interval_s, probe_key=keys.prefix),
         hooks=RoleHooks(leader.on_elected, leader.on_demoted, leader.hook_timeout, node_id),
         events=EventLog(),
         guard=HistoryGuard(),

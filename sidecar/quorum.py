@@ -119,11 +119,12 @@ class EndpointAnswer:
         return self.status is not None
 
 
-async def ask_status(store: Store, url: str) -> EndpointAnswer:
-    """Ask exactly `url` (no failing over) for its status; never raises a store error."""
+async def ask_status(store: Store, url: str, probe_key: str | None = None) -> EndpointAnswer:
+    """Ask exactly `url` (no failing over) for its status; never raises a store error.
+    `probe_key`: what to read instead where etcd serves the status call to root only."""
     started = time.monotonic()
     try:
-        status = await store.endpoint_status(url)
+        status = await store.endpoint_status(url, probe_key=probe_key)
     except StoreError as e:
         return EndpointAnswer(
             url, None, str(e).removeprefix(f"{url}: "), time.monotonic() - started
@@ -131,7 +132,7 @@ async def ask_status(store: Store, url: str) -> EndpointAnswer:
     return EndpointAnswer(url, status, None, time.monotonic() - started)
 
 
-async def check_quorum(store: Store) -> QuorumHealth:
+async def check_quorum(store: Store, *, probe_key: str | None = None) -> QuorumHealth:
     """Ask every voter for its status, in parallel, and count those that follow a leader.
 
     Configured endpoints are asked while the member list is fetched (etcd 3.4 serves it
@@ -142,12 +143,16 @@ async def check_quorum(store: Store) -> QuorumHealth:
 
     A voter that lost its peers keeps believing in its leader for up to one election timeout
     (measured: 1.3-1.4 s on loopback), so `quorum_ok` can lag a failure by that much.
+
+    etcd 3.5.28 and later answer the status call to root only: with `probe_key` (a key this
+    node may read) a voter then counts when a linearizable read through it succeeds, and the
+    Raft leader is named only if some voter still told its status.
     """
     answers: dict[str, asyncio.Task[EndpointAnswer]] = {}
 
     def ask(url: str) -> None:
         if _same(url) not in answers:
-            answers[_same(url)] = asyncio.ensure_future(ask_status(store, url))
+            answers[_same(url)] = asyncio.ensure_future(ask_status(store, url, probe_key))
 
     try:
         for state in store.endpoint_states():
@@ -207,10 +212,12 @@ def _judge(
         # followers wins, then the newer term.
         followers: dict[int, list[int]] = collections.defaultdict(list)
         for voter in healthy:
-            followers[by_member[voter.member_id].leader].append(
-                by_member[voter.member_id].raft_term
-            )
-        leader = names[max(followers, key=lambda lid: (len(followers[lid]), max(followers[lid])))]
+            told = by_member[voter.member_id]
+            if told.leader is not None:  # None: a read stood in for a refused status call
+                followers[told.leader].append(told.raft_term)
+        if followers:
+            best = max(followers, key=lambda lid: (len(followers[lid]), max(followers[lid])))
+            leader = names.get(best, f"{best:x}")
     terms = [s.raft_term for s in by_member.values()]
     clusters = collections.Counter(s.header.cluster_id for s in by_member.values())
     return QuorumHealth(
@@ -247,6 +254,8 @@ def _voter(
         if not member.client_urls:
             why = ["it has no client URL"]
         error = "does not answer: " + ("; ".join(why) or "its URLs answered as another member")
+    elif status.leader is None:
+        error = None  # its linearizable read went through: it is part of a quorum
     elif status.leader == 0:
         error = "answers but has no Raft leader (no quorum on its side)"
     elif status.leader not in member_ids:
@@ -275,9 +284,12 @@ class QuorumMonitor:
     starts as `QuorumHealth.unknown()`).
     """
 
-    def __init__(self, store: Store, interval_s: float = 2.0) -> None:
+    def __init__(
+        self, store: Store, interval_s: float = 2.0, *, probe_key: str | None = None
+    ) -> None:
         self.store = store
         self.interval_s = interval_s
+        self.probe_key = probe_key
         self._listeners: list[ChangeHandler] = []
         self.current = QuorumHealth.unknown()
         self.checks = 0
@@ -288,7 +300,7 @@ class QuorumMonitor:
 
     async def check(self) -> QuorumHealth:
         """One check: update `current`, and tell the listeners if something that matters moved."""
-        new = await check_quorum(self.store)
+        new = await check_quorum(self.store, probe_key=self.probe_key)
         self.checks += 1
         if self._set(new):
             log.info("etcd %s", new.summary)

@@ -19,7 +19,7 @@ import pytest
 
 from sidecar.history import HistoryGuard
 from sidecar.quorum import QuorumHealth, QuorumMonitor, check_quorum
-from sidecar.store.errors import StoreUnavailable
+from sidecar.store.errors import AuthFailed, StoreUnavailable
 from sidecar.store.etcd import EtcdStore
 from sidecar.store.memory import MemoryStore
 from sidecar.store.model import EndpointState, EndpointStatus, Header, StoreMember
@@ -48,14 +48,19 @@ def status(member_id: int, leader: int, term: int = 5) -> EndpointStatus:
 
 
 class ScriptedStore(MemoryStore):
-    """A cluster whose member list and status answers a test writes down; None: no answer."""
+    """A cluster whose member list and status answers a test writes down; None: no answer.
+    With `root_only_status`, the status call is refused as etcd >= 3.5.28 refuses a non-root
+    user, and only a read of a probe key answers (with the member's header)."""
 
     def __init__(
         self,
         voters: int,
         answers: dict[str, EndpointStatus | None],
         endpoints: tuple[str, ...] | None = None,
+        *,
+        root_only_status: bool = False,
     ) -> None:
+        self.root_only_status = root_only_status
         super().__init__()
         self.voters = tuple(voter(i) for i in range(1, voters + 1))
         self.answers = answers
@@ -65,11 +70,17 @@ class ScriptedStore(MemoryStore):
     async def members(self) -> tuple[StoreMember, ...]:
         return self.voters
 
-    async def endpoint_status(self, endpoint: str) -> EndpointStatus:
+    async def endpoint_status(
+        self, endpoint: str, *, probe_key: str | None = None
+    ) -> EndpointStatus:
         self.asked.append(endpoint)
         answer = self.answers.get(endpoint)
         if answer is None:
             raise StoreUnavailable(f"{endpoint}: connection refused")
+        if self.root_only_status:
+            if probe_key is None:
+                raise AuthFailed("etcdserver: permission denied")
+            answer = dataclasses.replace(answer, version="", leader=None, raft_index=0, db_size=0)
         return dataclasses.replace(answer, endpoint=endpoint)  # as etcd's: the URL asked
 
     def endpoint_states(self) -> tuple[EndpointState, ...]:
@@ -92,6 +103,21 @@ async def test_memory_store_is_one_healthy_voter_that_leads() -> None:
     assert health.voters[0].is_raft_leader
     assert health.cluster_id == store.cluster_id
     assert health.error is None
+
+
+async def test_where_etcd_tells_its_status_to_root_only_a_read_through_each_voter_counts() -> None:
+    """etcd >= 3.5.28 refuses maintenance status to a node's user: without a probe key every
+    voter would look down, and every sidecar would report a quorum loss that is not there."""
+    answers = following(1, 1, 2)  # voter 3 does not answer at all
+    store = ScriptedStore(3, answers, root_only_status=True)
+    blind = await check_quorum(store)
+    assert (blind.voters_healthy, blind.quorum_ok) == (0, False)
+    assert "permission denied" in str(blind.error)
+    health = await check_quorum(store, probe_key="/ringside/c/")
+    assert (health.voters_total, health.voters_healthy, health.quorum_ok) == (3, 2, True)
+    assert health.etcd_leader is None  # nobody told who leads Raft: not guessed
+    assert [v.healthy for v in health.voters] == [True, True, False]
+    assert health.raft_term == 5
 
 
 async def test_a_voter_counts_only_while_it_follows_a_member() -> None:

@@ -58,9 +58,9 @@ async def check_etcd(store: Store, endpoints: Sequence[str], probe_key: str) -> 
             return None, str(e)
 
     reports, found, (revision, error), voters = await asyncio.gather(
-        asyncio.gather(*(ask_status(store, url) for url in endpoints)),
+        asyncio.gather(*(ask_status(store, url, probe_key) for url in endpoints)),
         members(),
         read(),
-        check_quorum(store),
+        check_quorum(store, probe_key=probe_key),
     )
     return EtcdHealth(tuple(reports), error is None, revision, found, error, voters)

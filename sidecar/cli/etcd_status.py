@@ -60,7 +60,8 @@ class EtcdStatusReader:
     async def read(self) -> StatusReport:
         """The cluster now, as a status report; `EtcdUnreachable` when no endpoint answers."""
         loaded, health = await asyncio.gather(
-            _read_prefix(self.store, self.keys), check_quorum(self.store)
+            _read_prefix(self.store, self.keys),
+            check_quorum(self.store, probe_key=self.keys.prefix),
         )
         if isinstance(loaded, StoreError):
             if health.connection == "partitioned":

@@ -133,6 +133,12 @@ def _health_text(health: EtcdHealth) -> str:
             lines.append(f"  {e.url:<{width}}  down  {e.error}")
             continue
         name = health.member_name(e.status.header.member_id)
+        if e.status.leader is None:  # etcd >= 3.5.28 tells its status to root only
+            lines.append(
+                f"  {e.url:<{width}}  up    {name} (read ok; status for root only)  "
+                f"raft term {e.status.raft_term}  {e.latency_s * 1000:.1f} ms"
+            )
+            continue
         role = "leader" if e.status.leader == e.status.header.member_id else "follower"
         lines.append(
             f"  {e.url:<{width}}  up    etcd {e.status.version}  {name} ({role})  "

@@ -155,11 +155,19 @@ class Store(abc.ABC):
         """The store's cluster members (etcd: cluster member list)."""
 
     @abc.abstractmethod
-    async def endpoint_status(self, endpoint: str) -> EndpointStatus:
+    async def endpoint_status(
+        self, endpoint: str, *, probe_key: str | None = None
+    ) -> EndpointStatus:
         """Ask one endpoint, and only that one, for its status (etcd: maintenance status).
 
         `endpoint` is a client URL (a configured endpoint or a member's client URL). This
         does not fail over: it is how health checks learn which voters answer.
+
+        etcd 3.5.28 and later serve the status call to root only (the fix for CVE-2026-33413).
+        When it is refused and `probe_key` is given, a linearizable read of `probe_key`
+        through `endpoint` answers instead: etcd serves one only from a member that reaches
+        a quorum, and its header names the member and the Raft term. The status then has
+        `leader` None, `version` "" and no index or size.
         """
 
     @abc.abstractmethod

@@ -26,7 +26,7 @@ from sidecar.store.codec import (
     parse_range,
     unb64,
 )
-from sidecar.store.errors import LeaseNotFound
+from sidecar.store.errors import AuthFailed, LeaseNotFound
 from sidecar.store.gateway import EtcdApiError, EtcdGateway, TlsFiles
 from sidecar.store.model import (
     Compare,
@@ -197,8 +197,17 @@ class EtcdStore(Store):
             for m in as_list(answer, "members")
         )
 
-    async def endpoint_status(self, endpoint: str) -> EndpointStatus:
-        answer = await self.gateway.call_endpoint(endpoint, "/v3/maintenance/status", {})
+    async def endpoint_status(
+        self, endpoint: str, *, probe_key: str | None = None
+    ) -> EndpointStatus:
+        try:
+            answer = await self.gateway.call_endpoint(endpoint, "/v3/maintenance/status", {})
+        except AuthFailed:
+            if probe_key is None:
+                raise
+            read = {**key_range(probe_key, False), "limit": "1", "keys_only": True}
+            header = parse_header(await self.gateway.call_endpoint(endpoint, "/v3/kv/range", read))
+            return EndpointStatus(endpoint, header, "", None, header.raft_term, 0, 0)
         return EndpointStatus(
             endpoint=endpoint,
             header=parse_header(answer),

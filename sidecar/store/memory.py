@@ -279,7 +279,9 @@ class MemoryStore(Store):
     async def members(self) -> tuple[StoreMember, ...]:
         return (StoreMember(self.member_id, "memory", (), (ENDPOINT,)),)
 
-    async def endpoint_status(self, endpoint: str) -> EndpointStatus:
+    async def endpoint_status(
+        self, endpoint: str, *, probe_key: str | None = None
+    ) -> EndpointStatus:
         if endpoint != ENDPOINT:
             raise StoreUnavailable(f"{endpoint}: not this memory store")
         size = sum(len(kv.key) + len(kv.value) for kv in self._kvs.values())

@@ -238,7 +238,9 @@ class EndpointStatus:
     endpoint: str
     header: Header
     version: str
-    leader: int  # member id of the Raft leader this member follows; 0 when it knows none
+    # Member id of the Raft leader this member follows; 0 when it knows none; None when it was
+    # not told: etcd refused the status call and a linearizable read answered instead.
+    leader: int | None
     raft_term: int
     raft_index: int
     db_size: int
