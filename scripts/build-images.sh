@@ -6,8 +6,8 @@
 # 1. A stand-in base image: Debian bookworm (minbase) with python3, python3-venv, etcd-server
 #    and etcd-client, made by debootstrap and `docker import`, then given /usr/local/bin/etcd,
 #    /usr/local/bin/etcdctl and `python`. It is tagged as BOTH `python:3.11-slim` and
-#    `quay.io/coreos/etcd:v3.5.17`, the names compose/ asks for (bookworm's python3 is 3.11; its
-#    etcd is 3.4.23, not 3.5.17). A tag that already exists is kept, so a real image pulled
+#    `quay.io/coreos/etcd:v3.5.33`, the names compose/ asks for (bookworm's python3 is 3.11; its
+#    etcd is 3.4.23, not 3.5.33). A tag that already exists is kept, so a real image pulled
 #    from a registry is never replaced; --rebuild replaces only tags that are stand-ins.
 #    The debootstrapped root filesystem is cached as a tarball in $RINGSIDE_IMAGE_CACHE
 #    (default /var/cache/ringside-images), so only the first run pays for debootstrap.
@@ -32,7 +32,7 @@ cache=${RINGSIDE_IMAGE_CACHE:-/var/cache/ringside-images}
 mirror=${RINGSIDE_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 suite=bookworm
 packages=python3,python3-venv,etcd-server,etcd-client,ca-certificates
-standin_tags=(python:3.11-slim quay.io/coreos/etcd:v3.5.17)
+standin_tags=(python:3.11-slim quay.io/coreos/etcd:v3.5.33)
 standin_label=org.ringside.standin
 version=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' sidecar/__init__.py)
 ringside_tag=${RINGSIDE_IMAGE:-ringside:$version}

@@ -258,15 +258,16 @@ async def test_rotate_replaces_the_password(secured: tuple[LocalEtcdCluster, Pat
     etcd, secrets = secured
     assert ringside_auth(etcd, secrets, "add", "node-rot").returncode == 0
     old = (secrets / "node-rot.password").read_text().strip()
+    stale = etcd.client(username=f"ringside-{CLUSTER}-node-rot", password=old)
+    await stale.get(KEYS.prefix, prefix=True)  # logged in: holds a token from before
     rotated = ringside_auth(etcd, secrets, "rotate", "node-rot")
     assert rotated.returncode == 0, rotated.stderr
     new = (secrets / "node-rot.password").read_text().strip()
     assert new != old
     assert stat.S_IMODE((secrets / "node-rot.password").stat().st_mode) == 0o600
-    stale = etcd.client(username=f"ringside-{CLUSTER}-node-rot", password=old)
     fresh = login(etcd, secrets, "node-rot")
     try:
-        with pytest.raises(AuthFailed):
+        with pytest.raises(AuthFailed):  # its token died with the old password
             await stale.get(KEYS.prefix, prefix=True)
         await fresh.get(KEYS.prefix, prefix=True)
     finally:

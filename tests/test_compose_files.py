@@ -37,7 +37,7 @@ def test_images_are_pinned_and_ringside_is_this_version(name: str) -> None:
     for service in services(name).values():
         image = service["image"]
         assert image in (
-            "${ETCD_IMAGE:-quay.io/coreos/etcd:v3.5.17}",
+            "${ETCD_IMAGE:-quay.io/coreos/etcd:v3.5.33}",
             f"${{RINGSIDE_IMAGE:-ringside:{__version__}}}",
         ), image
 
