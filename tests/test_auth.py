@@ -1,5 +1,6 @@
-"""Per-node etcd identities (rule 15), against a real three-member etcd with auth turned on by
-the operator's own command, `ringside auth init`.
+"""Per-node etcd identities (rule 15), against a real three-member etcd set up as production is:
+TLS on the client port with client certificates required (which carry no CN), and auth turned
+on by the operator's own command, `ringside auth init`.
 
 Each attack is what a stranger holding one node's files could try: the node's password, for an
 eligible node and for an observer. Each must be refused by etcd ("permission denied") and leave
@@ -23,7 +24,6 @@ import yaml
 from sidecar.keys import Keys
 from sidecar.store.errors import AuthFailed, StoreError
 from sidecar.store.etcd import EtcdStore
-from sidecar.store.gateway import TlsFiles
 from sidecar.store.model import KeyValue
 from sidecar.testing.localcluster import LocalEtcdCluster, ServerTls
 from tests.cli_support import clean_env
@@ -35,14 +35,29 @@ CLUSTER = "secured"
 ELIGIBLE, OTHER, OBSERVER = "node-a", "node-b", "node-c"
 
 
+def tls_settings(etcd: LocalEtcdCluster) -> dict[str, object]:
+    """The `etcd.tls` settings for the cluster's client files; none without TLS."""
+    if etcd.tls is None:
+        return {}
+    files = etcd.tls.client_files
+    return {"tls": {"ca": str(files.ca), "cert": str(files.cert), "key": str(files.key)}}
+
+
+def operator_config(etcd: LocalEtcdCluster) -> Path:
+    """A ringside config file with the cluster's TLS client files (the operator's, or a node's)."""
+    path = etcd.base_dir / "client.yaml"
+    path.write_text(yaml.safe_dump({"etcd": tls_settings(etcd)}))
+    return path
+
+
 def ringside_auth(
-    etcd: LocalEtcdCluster, secrets: Path, *args: str, config: Path | None = None
+    etcd: LocalEtcdCluster, secrets: Path, *args: str
 ) -> subprocess.CompletedProcess[str]:
     env = clean_env(
         RINGSIDE_CLUSTER=CLUSTER,
         RINGSIDE_ETCD_ENDPOINTS=",".join(etcd.client_urls),
         RINGSIDE_SECRETS_DIR=str(secrets),
-        **({"RINGSIDE_CONFIG": str(config)} if config else {}),
+        RINGSIDE_CONFIG=str(operator_config(etcd)),
     )
     return subprocess.run(
         [sys.executable, "-m", "sidecar", "auth", *args],
@@ -56,8 +71,15 @@ def ringside_auth(
 
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalEtcdCluster, Path]]:
-    """Three etcd members with auth enabled by `ringside auth init`, and the secrets dir."""
-    cluster = LocalEtcdCluster(Path(tmp_path_factory.mktemp("etcd-rbac")), size=3)
+    """Three etcd members over TLS with client certificates required, auth enabled by
+    `ringside auth init`, and the secrets dir. The client certificate has no CN: etcd's
+    gateway refuses one that has, once auth is on."""
+    pki = tmp_path_factory.mktemp("pki-rbac")
+    ca = make_ca(pki, "ca")
+    server = make_cert(pki, ca, "server", "IP:127.0.0.1")
+    client = make_cert(pki, ca, "client", "DNS:ringside", subject="/O=ringside")
+    tls = ServerTls(ca[0], server[0], server[1], client[0], client[1])
+    cluster = LocalEtcdCluster(Path(tmp_path_factory.mktemp("etcd-rbac")), size=3, tls=tls)
     secrets = tmp_path_factory.mktemp("secrets") / "ringside"
     try:
         cluster.start()
@@ -301,6 +323,7 @@ async def test_sidecars_with_their_own_credentials_elect_and_fail_over(
             "etcd": {
                 "username": f"ringside-{CLUSTER}-{node_id}",
                 "password_file": str(secrets / f"{node_id}.password"),
+                **tls_settings(etcd),
             }
         }
 
@@ -308,7 +331,9 @@ async def test_sidecars_with_their_own_credentials_elect_and_fail_over(
         for node_id in (ELIGIBLE, OTHER):
             fleet.add(node_id, settings=credentials(node_id))
         # Only its password file: the sidecar logs in as its own user, ringside-<cluster>-<id>.
-        password_only = {"etcd": {"password_file": str(secrets / f"{OBSERVER}.password")}}
+        password_only = {
+            "etcd": {"password_file": str(secrets / f"{OBSERVER}.password"), **tls_settings(etcd)}
+        }
         fleet.add(OBSERVER, eligible=False, settings=password_only)
         everyone = [ELIGIBLE, OTHER, OBSERVER]
         first = await fleet.wait_converged(everyone, within_s=20, leader_among=[ELIGIBLE, OTHER])
@@ -343,6 +368,7 @@ def test_commands_with_a_password_file_log_in_as_the_node(
         RINGSIDE_CLUSTER=CLUSTER,
         RINGSIDE_ETCD_ENDPOINTS=",".join(etcd.client_urls),
         RINGSIDE_ETCD_PASSWORD_FILE=str(secrets / f"{OBSERVER}.password"),
+        RINGSIDE_CONFIG=str(operator_config(etcd)),
         **({"RINGSIDE_NODE_ID": node_id} if node_id else {"RINGSIDE_NODE_ID": "Not A Node!"}),
     )
 
@@ -396,38 +422,10 @@ def test_a_secrets_dir_others_can_read_is_refused(etcd: LocalEtcdCluster, tmp_pa
     assert list(secrets.iterdir()) == []  # nothing written there
 
 
-@pytest.fixture(scope="module")
-def secured_tls(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[tuple[LocalEtcdCluster, Path, TlsFiles]]:
-    """Three members over TLS with client certificates required, and auth on: the production
-    setup. The client certificate has no CN (etcd's gateway refuses one that has, with auth)."""
-    pki = tmp_path_factory.mktemp("pki-rbac")
-    ca = make_ca(pki, "ca")
-    server = make_cert(pki, ca, "server", "IP:127.0.0.1")
-    client = make_cert(pki, ca, "client", "DNS:ringside", subject="/O=ringside")
-    tls = ServerTls(ca[0], server[0], server[1], client[0], client[1])
-    cluster = LocalEtcdCluster(Path(tmp_path_factory.mktemp("etcd-tls-rbac")), size=3, tls=tls)
-    secrets = tmp_path_factory.mktemp("tls-secrets") / "ringside"
-    try:
-        cluster.start()
-        config = pki / "operator.yaml"
-        files = {"ca": str(ca[0]), "cert": str(client[0]), "key": str(client[1])}
-        config.write_text(yaml.safe_dump({"etcd": {"tls": files}}))
-        nodes = [f"--node={n}" for n in (ELIGIBLE, OTHER, OBSERVER)]
-        done = ringside_auth(
-            cluster, secrets, "init", f"--eligible={ELIGIBLE},{OTHER}", *nodes, config=config
-        )
-        assert done.returncode == 0, done.stderr
-        yield cluster, secrets, tls.client_files
-    finally:
-        cluster.close()
-
-
 async def test_over_tls_with_auth_sidecars_elect_and_another_node_is_refused(
-    secured_tls: tuple[LocalEtcdCluster, Path, TlsFiles], tmp_path: Path
+    secured: tuple[LocalEtcdCluster, Path], tmp_path: Path
 ) -> None:
-    etcd, secrets, tls = secured_tls
+    etcd, secrets = secured
     assert etcd.client_urls[0].startswith("https://")
     attacker = login(etcd, secrets, OBSERVER)  # over TLS (the cluster's client files)
     try:
@@ -443,7 +441,7 @@ async def test_over_tls_with_auth_sidecars_elect_and_another_node_is_refused(
                 "etcd": {
                     "username": f"ringside-{CLUSTER}-{node_id}",
                     "password_file": str(secrets / f"{node_id}.password"),
-                    "tls": {"ca": str(tls.ca), "cert": str(tls.cert), "key": str(tls.key)},
+                    **tls_settings(etcd),
                 }
             }
             fleet.add(node_id, eligible=node_id != OBSERVER, settings=settings)
