@@ -420,7 +420,7 @@ class Agent:
         if not view.synced or view.revision < self.member.revision:
             return None
         mine = view.members.get(self.node_id)
-        if mine is not None and mine.lease not in (0, session.lease_id):
+        if mine is not None and mine.lease != session.lease_id:  # the view has no lease-0 keys
             return await self._held_by_another(mine.lease)
         if self.conflict is not None:
             log.warning("node id %s is free again", self.node_id, extra={"event": "conflict_over"})
@@ -428,10 +428,11 @@ class Agent:
         member = self.member
         if mine is not None and mine.lease == session.lease_id and mine.record == member.written:
             return await self._check_candidate()
-        what = "deleted" if mine is None else "on no lease" if mine.lease == 0 else "overwritten"
+        unleased = self.node_id in view.unleased
+        what = "on no lease" if unleased else "deleted" if mine is None else "overwritten"
         revision = await member.restore(
             session,
-            held_by=0 if mine is None or mine.lease == 0 else session.lease_id,
+            held_by=0 if mine is None else session.lease_id,
             # the candidacy ends with the old record, in the same transaction
             also=[Delete(self.candidacy.key)] if self.candidacy is not None else [],
         )

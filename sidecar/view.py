@@ -82,6 +82,9 @@ class ClusterView:
     header: Header | None = None
     electable: tuple[Candidate, ...] = ()
     ignored: tuple[Ignored, ...] = ()
+    # Node ids whose member key sits on no lease: no lease can expire it, so it says nothing
+    # about a live node (rule 12). Not members; their owner replaces such a key when it runs.
+    unleased: frozenset[str] = frozenset()
 
     @property
     def leader(self) -> Candidate | None:
@@ -121,7 +124,11 @@ MAX_CANDIDATE_BYTES = 256
 
 
 def _apply_put(
-    keys: Keys, kv: KeyValue, members: dict[str, Member], candidates: list[Candidate]
+    keys: Keys,
+    kv: KeyValue,
+    members: dict[str, Member],
+    candidates: list[Candidate],
+    unleased: set[str],
 ) -> None:
     if kv.key.startswith(keys.members):
         node_id = kv.key.removeprefix(keys.members)
@@ -129,6 +136,12 @@ def _apply_put(
             members.pop(node_id, None)
             log.warning("ignoring member key %r: not a node id", printable(kv.key, 120))
             return
+        if kv.lease == 0:
+            members.pop(node_id, None)
+            unleased.add(node_id)
+            log.warning("ignoring member key %s: on no lease, so no live node holds it", kv.key)
+            return
+        unleased.discard(node_id)
         members[node_id] = Member(node_id, parse_record(kv, node_id), kv.lease, kv.create_revision)
     elif kv.key.startswith(keys.election):
         candidates[:] = [c for c in candidates if c.key != kv.key]
@@ -183,11 +196,13 @@ def apply_batch(
     """The view after one batch of events (pure: the old view is not touched)."""
     members = dict(view.members)
     candidates = list(view.candidates)
+    unleased = set(view.unleased)
     for kind, kv in events:
         if kind is EventType.PUT:
-            _apply_put(keys, kv, members, candidates)
+            _apply_put(keys, kv, members, candidates, unleased)
         elif kv.key.startswith(keys.members):
             members.pop(kv.key.removeprefix(keys.members), None)
+            unleased.discard(kv.key.removeprefix(keys.members))
         else:
             candidates = [c for c in candidates if c.key != kv.key]
     candidates.sort(key=lambda c: c.create_revision)
@@ -201,6 +216,7 @@ def apply_batch(
         header=header,
         electable=electable,
         ignored=ignored,
+        unleased=frozenset(unleased),
     )
 
 
