@@ -8,15 +8,15 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 
 from sidecar.guard import Guard
 from sidecar.keys import Keys
 from sidecar.store.errors import AuthFailed, InvalidRequest
 from sidecar.store.etcd import EtcdStore
 from sidecar.store.model import EventType
-from sidecar.testing.localcluster import LocalEtcdCluster, free_port
+from sidecar.testing.localcluster import LocalEtcdCluster
 from tests.fleet import Fleet
+from tests.served import served
 from tests.test_auth import CLUSTER, ringside_auth
 from tests.waiting import next_batch
 
@@ -43,14 +43,8 @@ def guarded_etcd(
 async def guard_url(guarded_etcd: tuple[LocalEtcdCluster, Path]) -> AsyncIterator[str]:
     """The guard, served from the test's own event loop, in front of the member."""
     etcd, _ = guarded_etcd
-    runner = web.AppRunner(Guard(etcd.client_urls[0]).app())
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with served(Guard(etcd.client_urls[0]).app()) as url:
+        yield url
 
 
 def node(url: str, secrets: Path, node_id: str) -> EtcdStore:

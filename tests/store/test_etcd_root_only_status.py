@@ -14,7 +14,8 @@ from aiohttp import web
 
 from sidecar.store.errors import AuthFailed
 from sidecar.store.etcd import EtcdStore
-from sidecar.testing.localcluster import LocalEtcdCluster, free_port
+from sidecar.testing.localcluster import LocalEtcdCluster
+from tests.served import served
 
 DENIED = {"error": "etcdserver: permission denied", "code": 7}
 
@@ -39,14 +40,10 @@ async def refusing(etcd: LocalEtcdCluster) -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_post("/{path:.*}", forward)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
-        yield f"http://127.0.0.1:{port}"
+        async with served(app) as url:
+            yield url
     finally:
-        await runner.cleanup()
         await session.close()
 
 
