@@ -128,7 +128,8 @@ async def test_reload_after_a_broken_watch_misses_no_deletion(store: Store, clus
     """Rule 9: a key deleted while the watch was down (and its event compacted away) is gone
     from the reloaded view, and reported as a departure."""
     keys = Keys(cluster)
-    await store.put(keys.member("gone"), MemberRecord(node_id="gone").encode())
+    lease = await store.lease_grant(60)  # a live member's key is on a lease (rule 12)
+    await store.put(keys.member("gone"), MemberRecord(node_id="gone").encode(), lease=lease.id)
     seen: list[str] = []
     loaded = await store.get(keys.prefix, prefix=True)
     stale = build_view(keys, loaded.kvs, loaded.header)
