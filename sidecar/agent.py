@@ -426,7 +426,9 @@ class Agent:
             log.warning("node id %s is free again", self.node_id, extra={"event": "conflict_over"})
             self.conflict = None
         member = self.member
-        if mine is not None and mine.lease == session.lease_id and mine.record == member.written:
+        # Ours: what we last wrote, or what we are writing now (the watch can show a health
+        # update before its answer reaches us; that is no stranger's overwrite).
+        if mine is not None and mine.lease == session.lease_id and mine.record in member.ours:
             return await self._check_candidate()
         unleased = self.node_id in view.unleased
         what = "on no lease" if unleased else "deleted" if mine is None else "overwritten"

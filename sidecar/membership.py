@@ -209,6 +209,12 @@ class MemberKey:
         self.revision = 0  # the revision of that write
         self._session: Session | None = None  # the session our key was last registered on
 
+    @property
+    def ours(self) -> tuple[MemberRecord | None, ...]:
+        """The records etcd may hold from us: the last one written, and the one being written
+        (`record`, ahead of `written` while `publish_health` waits for etcd's answer)."""
+        return (self.written, self.record)
+
     async def register(self, session: Session, previous_instances: Sequence[str | None]) -> int:
         """Create the key on `session`'s lease (see `register`); DuplicateNode as there."""
         record = self.record

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -17,10 +18,10 @@ import pytest
 from sidecar.agent import SHUTDOWN_BUDGET_S, Agent
 from sidecar.api.bodies import readiness
 from sidecar.keys import Keys
-from sidecar.records import MemberRecord
+from sidecar.records import MemberRecord, OrchestratorHealth
 from sidecar.store.base import Store
 from sidecar.store.memory import MemoryStore
-from sidecar.store.model import Header
+from sidecar.store.model import Compare, Header, TxnOp, TxnResult
 from tests.agents import make_agent, running, running_agent, until
 from tests.reads import get_one
 from tests.waiting import wait_for
@@ -330,3 +331,59 @@ async def test_a_follower_whose_node_id_is_taken_stands_aside(store: Store, clus
         held = await get_one(store, keys.member("n2"))
         assert held is not None
         assert held.lease == other.id
+
+
+class HeldAnswers(MemoryStore):
+    """Applies every transaction at once, but while `held` answers it only once `release` is
+    set: the moment in which etcd holds a write that its writer has not heard back about."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held = False
+        self.release = asyncio.Event()
+
+    async def txn(
+        self,
+        compare: Sequence[Compare],
+        success: Sequence[TxnOp],
+        failure: Sequence[TxnOp] = (),
+    ) -> TxnResult:
+        result = await super().txn(compare, success, failure)
+        if self.held:
+            await self.release.wait()
+        return result
+
+
+async def test_our_health_update_in_flight_is_not_taken_for_an_overwrite(cluster: str) -> None:
+    """The watch can show our own new record before the write's answer arrives. Taken for a
+    stranger's overwrite, it used to be 'restored', ending the candidacy: the leader stepped
+    down because its orchestrator's health changed (seen once under load in CI)."""
+    store = HeldAnswers()
+    keepalives: list[float] = []
+    async with running_agent(store, "n1", cluster) as agent:
+        agent.listen_keepalives(keepalives.append)
+        await until(lambda: agent.leadership().is_leader)
+        epoch = agent.leadership().epoch
+        health = OrchestratorHealth(healthy=False, detail="HTTP 503", since="2026-12-01T16:00:00Z")
+        store.held = True
+        publishing = asyncio.create_task(agent.member.publish_health(health))
+
+        def seen() -> bool:
+            member = agent.view.members.get("n1")
+            return (
+                member is not None
+                and member.record is not None
+                and (member.record.orchestrator == health)
+            )
+
+        await until(seen)  # etcd and the view have it; the writer is still waiting
+        ticks = len(keepalives)
+        await until(lambda: len(keepalives) >= ticks + 2)  # the control loop ran meanwhile
+        store.held = False
+        store.release.set()
+        assert await asyncio.wait_for(publishing, 5) is True
+        ticks = len(keepalives)
+        await until(lambda: len(keepalives) >= ticks + 2)
+        assert [e for e in agent.events if e.kind == "key_restored"] == []
+        now = agent.leadership()
+        assert (now.is_leader, now.epoch) == (True, epoch)
