@@ -24,7 +24,7 @@ from typing import Any
 
 import psutil
 
-from bench import node, sidecars, trouble
+from bench import node, security, sidecars, trouble
 from bench.floors import measure_floors
 from bench.netem import bad_network
 from bench.report import render_markdown
@@ -52,7 +52,7 @@ def _machine() -> dict[str, Any]:
 # asked, as the handover and convergence figures are compared with them).
 SECTIONS = (
     "floors", "detection", "failover", "handover", "convergence", "scale", "api", "footprint",
-    "bad_network", "trouble",
+    "bad_network", "trouble", "security",
 )  # fmt: skip
 
 
@@ -146,6 +146,11 @@ class Bench:
     async def trouble(self) -> None:
         path = self.step("trouble")
         self.sections["trouble"] = await trouble.measure(self.etcd, path, quick=self.quick)
+
+    async def security(self) -> None:
+        """TLS + auth against plain, on two clusters of its own (not `self.etcd`)."""
+        path = self.step("security")
+        self.sections["security"] = await security.measure(path, self.step, quick=self.quick)
 
 
 async def run(args: argparse.Namespace, workdir: Path, only: list[str]) -> dict[str, Any]:

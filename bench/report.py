@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bench import report_security
+
 NOTES = Path(__file__).with_name("notes.md")  # hand-kept commentary, appended to the report
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 # `make chaos` writes its own section between these markers; a new report keeps it as it is.
@@ -153,6 +155,8 @@ def _shortfalls(sections: dict[str, Any]) -> list[str]:
         )
     if "trouble" in sections:
         found += _trouble_shortfalls(sections["trouble"])
+    if "security" in sections:
+        found += report_security.shortfalls(sections["security"])
     return found or ["- Nothing: every figure met the design's expectation in this run."]
 
 
@@ -288,6 +292,9 @@ def render_markdown(results: dict[str, Any], previous: str | None = None) -> str
     if "trouble" in s:
         out += ["## Getting out of trouble", "", EXPLAIN["trouble"], "", *_trouble(s["trouble"])]
         out.append("")
+    if "security" in s:
+        security = report_security.table(s["security"])
+        out += ["## Cost of TLS + auth", "", report_security.EXPLAIN, "", *security, ""]
     out += ["## Short of the design's expectations", "", *_shortfalls(s), ""]
     if NOTES.exists():
         out += ["## Reading these figures", "", NOTES.read_text().strip(), ""]

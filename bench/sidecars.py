@@ -11,6 +11,7 @@ import asyncio
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,11 +70,29 @@ async def leader_of(fleet: Fleet, within_s: float = 0.0) -> tuple[Sidecar, int]:
         await asyncio.sleep(0.05)
 
 
-async def _fleet(etcd: LocalEtcdCluster, workdir: Path, ttl: int, count: int = 3) -> Fleet:
+@dataclass(frozen=True)
+class FleetAccess:
+    """How a fleet reaches an etcd that is not plain (TLS, auth): the ringside cluster name
+    its etcd users were made for, and each node's settings (`etcd.username`, ...)."""
+
+    cluster: str
+    settings: Callable[[str], dict[str, Any]]
+
+
+async def _fleet(
+    etcd: LocalEtcdCluster,
+    workdir: Path,
+    ttl: int,
+    count: int = 3,
+    access: FleetAccess | None = None,
+) -> Fleet:
     fleet = Fleet(etcd, workdir, lease_ttl=ttl)
+    if access is not None:
+        fleet.cluster = access.cluster
     names = [*EligibleNodes, "lambda-gh200-3", "vast-29118471"][:count]
     for name in names:
-        fleet.add(name, eligible=name in EligibleNodes)
+        settings = access.settings(name) if access is not None else None
+        fleet.add(name, eligible=name in EligibleNodes, settings=settings)
     await fleet.wait_converged(names, within_s=30)
     return fleet
 
@@ -102,10 +121,17 @@ async def crash_detection(etcd: LocalEtcdCluster, workdir: Path, ttl: int, trial
 
 
 async def leader_change(
-    etcd: LocalEtcdCluster, workdir: Path, ttl: int, trials: int, how: str
+    etcd: LocalEtcdCluster,
+    workdir: Path,
+    ttl: int,
+    trials: int,
+    how: str,
+    *,
+    access: FleetAccess | None = None,
 ) -> Figure:
     """Replace the leader (`how`: kill, sigterm or resign); time until every remaining
-    sidecar reports the same new leader with a higher epoch."""
+    sidecar reports the same new leader with a higher epoch. `access`: how the sidecars
+    reach `etcd` when it wants TLS or credentials."""
     titles = {
         "kill": "crash failover (kill -9 the leader)",
         "kill-with-etcd-leader": "crash failover, etcd Raft leader killed at the same moment",
@@ -116,7 +142,7 @@ async def leader_change(
     if how == "kill-with-etcd-leader":
         # etcd's new leader renews every lease to its full TTL: the design's worst case.
         figure.against, figure.reference = "design worst case 2 x TTL + 2.5 s", 2 * ttl + 2.5
-    fleet = await _fleet(etcd, workdir, ttl)
+    fleet = await _fleet(etcd, workdir, ttl, access=access)
     try:
         async with InvariantChecker(fleet):
             for _ in range(trials):
