@@ -50,12 +50,14 @@ from sidecar.election import (
 )
 from sidecar.event_log import EventLog
 from sidecar.events import ClusterEvent
+from sidecar.health_rule import healthy_alternative, seconds_in_state, why_down
 from sidecar.history import HistoryGuard
 from sidecar.hooks import RoleHooks
 from sidecar.keys import Keys
 from sidecar.membership import DuplicateNode, MemberKey
 from sidecar.orchestrator import OrchestratorWatch
 from sidecar.quorum import QuorumHealth, QuorumMonitor
+from sidecar.records import OrchestratorHealth
 from sidecar.session import Session
 from sidecar.settings import RingsideConfig
 from sidecar.state import LeaseState, NodeState
@@ -134,6 +136,10 @@ class Agent:
         self._quorum_changes = QuorumChanges()
         self._restoring_candidate = False
         self._reminded_at = 0.0
+        self.health_handovers = 0  # times we handed over for our orchestrator (decision 0015)
+        self._health_hold = False  # handed over for it: stand again once healthy long enough
+        self._alone_since: float | None = None  # down, and no healthy candidate seen since
+        self.leadership_note: str | None = None  # leading with our orchestrator down, and why
 
     # --- reading -------------------------------------------------------------------------
 
@@ -236,6 +242,8 @@ class Agent:
             orchestrator=checked,
             store=self.store.stats(),
             last_cycle=self.last_cycle,
+            health_handovers=self.health_handovers,
+            leadership_note=self.leadership_note if now.is_leader else None,
         )
 
     def leadership(self) -> Leadership:
@@ -331,6 +339,9 @@ class Agent:
             await self._withdraw()
             self._remind(blocked)
             return f"not a candidate: {blocked}"
+        aside = await self._orchestrator_rule(now)
+        if aside is not None:
+            return aside
         if self.config.leader.eligible and self.candidacy is None:
             self.candidacy = await enter_election(self.store, self.keys, self.session, self.node_id)
             if self._restoring_candidate:
@@ -349,6 +360,113 @@ class Agent:
             )
         await self._revoke_stale_leases()
         return f"{'leader' if now.is_leader else 'follower'}: {now.reason}"
+
+    # --- health-aware leadership (decision 0015, sidecar.health_rule) ---------------------
+
+    def _health_aware(self) -> bool:
+        """Whether our orchestrator's health may move leadership: a health URL, rule on."""
+        return self.orchestrator is not None and self.config.orchestrator.leadership
+
+    def _own_orchestrator(self) -> OrchestratorHealth | None:
+        """Our orchestrator's state when it may move leadership; None when it may not (no
+        health URL, the rule turned off, or no check yet)."""
+        if self.orchestrator is None or not self._health_aware():
+            return None
+        return self.orchestrator.current
+
+    async def _orchestrator_rule(self, now: Leadership) -> str | None:
+        """Stand aside for our orchestrator's sake: a sentence when we do, else None.
+
+        Down: hand over if we lead, else do not campaign, but only while another candidate
+        with a healthy orchestrator stands; without one we lead anyway and say so. After a
+        handover we stand again only once healthy for `rejoin_after` seconds.
+        """
+        own = self._own_orchestrator()
+        if own is None and self._health_aware() and self.candidacy is None:
+            return "not a candidate yet: waiting for the first orchestrator check"
+        rejoin = self.config.orchestrator.rejoin_after
+        if (
+            own is not None
+            and own.healthy
+            and self._health_hold
+            and (seconds_in_state(own) >= rejoin)
+        ):
+            self._health_hold = False
+        down = own is not None and not own.healthy
+        if not down and not (self._health_hold and own is not None):
+            self.leadership_note = None
+            return None
+        assert own is not None
+        alternative = healthy_alternative(
+            self.view, self.node_id, starting_counts=not now.is_leader
+        )
+        if alternative is None:
+            waiting = self._alone(now, down)
+            if waiting is not None:
+                return waiting
+            self._note_sole_leader(now, own if down else None)
+            return None
+        self._alone_since = None
+        self.leadership_note = None
+        if now.is_leader:
+            return await self._hand_over_for_health(own, alternative) if down else None
+        await self._withdraw()
+        if down:
+            why = f"our orchestrator is down ({own.detail})"
+        else:
+            healthy_s = seconds_in_state(own)
+            why = f"our orchestrator is healthy for {healthy_s:.0f} s of the {rejoin:g} s needed"
+        return f"not a candidate: {why}; {alternative} can lead"
+
+    def _alone(self, now: Leadership, down: bool) -> str | None:
+        """Down and no healthy candidate in view: stand anyway, but only after one lease TTL
+        of that, so nodes starting together (whose keys we may not see yet) stand first."""
+        if now.is_leader or not down or self.candidacy is not None:
+            self._alone_since = None
+            return None
+        started = self._alone_since = self._alone_since or time.monotonic()
+        left = self.config.lease_ttl - (time.monotonic() - started)
+        if left <= 0:
+            return None
+        return (
+            "not a candidate yet: our orchestrator is down and no healthy candidate is in "
+            f"view; standing anyway in {left:.0f} s"
+        )
+
+    def _note_sole_leader(self, now: Leadership, down: OrchestratorHealth | None) -> None:
+        """No healthy candidate to hand over to: keep leading, and say so once."""
+        if not (now.is_leader and down is not None):
+            self.leadership_note = None
+            return
+        if self.leadership_note is None:
+            reason = why_down(self.node_id, down)
+            self._record(
+                ClusterEvent(
+                    "leading_unhealthy",
+                    self.view.revision,
+                    {"node_id": self.node_id, "reason": reason},
+                )
+            )
+        self.leadership_note = (
+            f"leading with our orchestrator down ({down.detail}): no other candidate has a "
+            "healthy one"
+        )
+
+    async def _hand_over_for_health(self, own: OrchestratorHealth, successor: str) -> str:
+        """Resign for `successor`: the same path as `resign` (step down, then delete our
+        candidate key), counted, and held until our orchestrator has been healthy a while."""
+        reason = why_down(self.node_id, own)
+        self.health_handovers += 1
+        self._health_hold = True
+        self._record(
+            ClusterEvent(
+                "health_handover",
+                self.view.revision,
+                {"node_id": self.node_id, "reason": reason, "to": successor},
+            )
+        )
+        await self.resign(reason=f"orchestrator-unhealthy: {reason}")
+        return f"handed over to {successor}: {reason}"
 
     def _end_epoch(self, reason: str) -> str:
         """We no longer lead: say so, then give up the session, now or once our word runs out.
@@ -577,7 +695,7 @@ class Agent:
                 await self.store.lease_revoke(self._stale_leases[0])
             self._stale_leases.pop(0)
 
-    async def resign(self) -> bool:
+    async def resign(self, reason: str = "resigned") -> bool:
         """Hand leadership over now: delete our election key so the next candidate leads at
         once, then campaign again at the back of the queue (a new key: a new, higher epoch).
 
@@ -587,7 +705,7 @@ class Agent:
         ours = self.candidacy
         if ours is None or not self.leadership().is_leader:
             return False
-        self._step_down("resigned")  # nothing says leader from here on: campaign is None
+        self._step_down(reason)  # nothing says leader from here on: campaign is None
         self.candidacy = None
         self._promised_until = 0.0  # the caller asked to hand over: the promise is released
         try:

@@ -6,7 +6,10 @@ are `sidecar.events`, shared with `ringside status --watch`.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from sidecar.events import ClusterEvent, membership_changes
+from sidecar.health_rule import orchestrator_ok, why_down
 from sidecar.quorum import QuorumHealth
 from sidecar.view import ClusterView
 
@@ -19,13 +22,30 @@ def view_changes(old: ClusterView, new: ClusterView) -> list[ClusterEvent]:
     """
     if not new.synced:
         return []
-    return membership_changes(
+    events = membership_changes(
         new.revision,
         old.members.keys(),
         new.members.keys(),
         (old.leader.node_id if old.leader else None, old.epoch),
         (new.leader.node_id if new.leader else None, new.epoch),
     )
+    return [_with_reason(event, old, new) for event in events]
+
+
+def _with_reason(event: ClusterEvent, old: ClusterView, new: ClusterView) -> ClusterEvent:
+    """A leader change gets the reason every node can read from etcd: the old leader's record
+    saying its orchestrator is down (decision 0015)."""
+    if event.kind != "leader_changed" or old.leader is None:
+        return event
+    before = old.leader.node_id
+    member = new.members.get(before) or old.members.get(before)
+    if before == event.detail.get("leader") or orchestrator_ok(member):
+        return event
+    health = member.record.orchestrator if member and member.record else None
+    if health is None:
+        return event
+    reason = why_down(before, health)
+    return replace(event, detail={**event.detail, "reason": reason})
 
 
 class QuorumChanges:

@@ -22,6 +22,8 @@ EventKind = Literal[
     "quorum_lost",
     "quorum_regained",
     "key_restored",
+    "health_handover",
+    "leading_unhealthy",
 ]
 EVENT_KINDS: frozenset[str] = frozenset(get_args(EventKind))
 
@@ -59,7 +61,8 @@ class ClusterEvent:
         if self.kind == "leader_changed":
             if detail.get("leader") is None:
                 return "leader changed: no leader"
-            return f"leader changed: {detail.get('leader')} (epoch {detail.get('epoch')})"
+            why = f": {detail['reason']}" if detail.get("reason") else ""
+            return f"leader changed: {detail.get('leader')} (epoch {detail.get('epoch')}){why}"
         if self.kind == "quorum_lost":
             reason = detail.get("reason")
             return "quorum lost" + (f": {reason}" if reason else "")
@@ -67,6 +70,15 @@ class ClusterEvent:
             return f"{detail.get('what')} key {detail.get('key')} was gone; written again"
         if self.kind == "quorum_regained":
             return "quorum regained"
+        if self.kind == "health_handover":
+            return (
+                f"{detail.get('node_id')} handed over to {detail.get('to')}: {detail.get('reason')}"
+            )
+        if self.kind == "leading_unhealthy":
+            return (
+                f"{detail.get('node_id')} keeps leading: {detail.get('reason')}, and no other "
+                "candidate has a healthy orchestrator"
+            )
         return f"{self.kind} {dict(detail)}"
 
 

@@ -85,6 +85,11 @@ class Metrics:
         )
         for key in ("member", "candidate"):
             self.keys_restored.labels(key=key)
+        self.health_handovers = Counter(
+            "ringside_health_handovers",
+            "Times this node handed leadership over because its orchestrator was down.",
+            registry=self.registry,
+        )
         self.registry.register(_StateCollector(agent.state))
         agent.listen_keepalives(self.keepalive_latency.observe)
         for event in agent.events:
@@ -102,6 +107,8 @@ class Metrics:
             self.member_changes.labels(kind="joined").inc()
         elif event.kind == "member_left":
             self.member_changes.labels(kind="left").inc()
+        elif event.kind == "health_handover":
+            self.health_handovers.inc()
         elif event.kind == "key_restored" and event.detail.get("what") in ("member", "candidate"):
             self.keys_restored.labels(key=str(event.detail["what"])).inc()
 
@@ -150,6 +157,11 @@ def state_metrics(state: NodeState) -> Iterable[Metric]:
         "ringside_orchestrator_healthy",
         "1 while this node's orchestrator passes its health check; absent when not checked.",
         checked.healthy if checked is not None else None,
+    )
+    yield _gauge(
+        "ringside_leading_with_orchestrator_down",
+        "1 while this node leads with its orchestrator down, no other candidate being healthy.",
+        now.is_leader and state.leadership_note is not None,
     )
     yield _gauge(
         "ringside_members_orchestrator_down",

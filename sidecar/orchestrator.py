@@ -64,6 +64,7 @@ class OrchestratorWatch:
         self.publish = publish
         self.current: OrchestratorHealth | None = None
         self._failures = 0
+        self._failing_since: datetime | None = None  # the first failed probe of this run
         self._unpublished = False
 
     async def run(self) -> None:
@@ -96,16 +97,21 @@ class OrchestratorWatch:
         >>> watch.observe(False, "HTTP 503").detail
         'HTTP 503'
         """
+        now = datetime.now(UTC)
         self._failures = 0 if healthy else self._failures + 1
+        if self._failures == 1:
+            self._failing_since = now
         was = self.current.healthy if self.current is not None else None
         if healthy == was:
             return None
         if was is True and self._failures < self.failures_before_unhealthy:
             return None
+        # Down since its first failed probe: "down for 15 s" counts the checks it failed.
+        began = now if healthy or self._failing_since is None else self._failing_since
         self.current = OrchestratorHealth(
             healthy=healthy,
             detail=detail,
-            since=datetime.now(UTC).isoformat(timespec="seconds"),
+            since=began.isoformat(timespec="seconds"),
         )
         log.log(
             logging.INFO if healthy else logging.WARNING,

@@ -269,7 +269,11 @@ class OrchestratorSettings(_Settings):
 
     health_url: HealthUrl | None = None
     check_interval: float = Field(default=5.0, ge=1, le=600)
-    failures_before_unhealthy: int = Field(default=2, ge=1, le=100)
+    failures_before_unhealthy: int = Field(default=3, ge=1, le=100)
+    # Health-aware leadership (decision 0015): an unhealthy orchestrator's node stands aside
+    # for a healthy one, and stands again after `rejoin_after` seconds healthy.
+    leadership: bool = True
+    rejoin_after: float = Field(default=30.0, ge=0, le=3600)
 
 
 class IdentitySettings(_Settings):

@@ -38,7 +38,9 @@ class NodeState:
     SIGTERM arrived. `confirmed_age_s` is the time since etcd last answered through a quorum
     (None before the first answer). `orchestrator` is this node's own check of its
     orchestrator (None when no health URL is configured); `last_cycle` is the control loop's
-    last sentence.
+    last sentence. `health_handovers` counts the times this node handed over for its
+    orchestrator's sake; `leadership_note` says why it leads with its orchestrator down
+    (decision 0015).
     """
 
     cluster: str
@@ -56,3 +58,5 @@ class NodeState:
     orchestrator: OrchestratorHealth | None
     store: StoreStats
     last_cycle: str
+    health_handovers: int = 0
+    leadership_note: str | None = None

@@ -159,7 +159,7 @@ def cluster_document(
 
 def status_document(state: NodeState, inventory: Inventory | None = None) -> Json:
     """The whole picture from this node, for `/v1/status` and `ringside status`."""
-    return cluster_document(
+    document = cluster_document(
         cluster=state.cluster,
         node_id=state.node_id,
         now=state.leadership,
@@ -173,6 +173,9 @@ def status_document(state: NodeState, inventory: Inventory | None = None) -> Jso
         last_cycle=state.last_cycle,
         confirmed_age_s=_rounded(state.confirmed_age_s),
     )
+    document["health_handovers"] = state.health_handovers
+    document["leadership_note"] = state.leadership_note
+    return document
 
 
 def _rounded(seconds: float | None) -> float | None:

@@ -129,6 +129,8 @@ class StatusReport:
     revision: int
     inventory_missing: tuple[str, ...] | None
     document: Mapping[str, Any] = field(repr=False)
+    leadership_note: str | None = None  # why this node leads with its orchestrator down
+    health_handovers: int = 0
 
     @property
     def healthy(self) -> bool:
@@ -139,7 +141,8 @@ class StatusReport:
 def parse_status(value: object) -> StatusReport:
     """Check a `/v1/status` document and type it; raise `ShapeError` naming what is wrong.
 
-    `inventory_missing` may be absent (sidecars older than the field): read as "no inventory".
+    `inventory_missing` may be absent (sidecars older than the field): read as "no inventory";
+    so may `leadership_note` and `health_handovers` (older sidecars, `status --etcd`).
     """
     where = "status"
     document = _mapping(value, where)
@@ -165,6 +168,12 @@ def parse_status(value: object) -> StatusReport:
         revision=_take(document, "revision", int, where=where),
         inventory_missing=None if missing is None else _strings(missing, "inventory_missing"),
         document=document,
+        leadership_note=_take(document, "leadership_note", str, type(None), where=where)
+        if "leadership_note" in document
+        else None,
+        health_handovers=_take(document, "health_handovers", int, where=where)
+        if "health_handovers" in document
+        else 0,
     )
 
 

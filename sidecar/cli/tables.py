@@ -73,6 +73,10 @@ def summary(report: StatusReport) -> str:
     down = sorted(m.node_id for m in report.members if m.orchestrator_healthy is False)
     if down:  # a live sidecar whose orchestrator fails its check: say so where it is read first
         line += f"; orchestrator DOWN on {', '.join(down)}"
+    if report.leadership_note:
+        line += f"; {safe(report.leadership_note)}"
+    if report.health_handovers:
+        line += f"; handed over {report.health_handovers}x for its orchestrator"
     return line
 
 
