@@ -364,8 +364,13 @@ class Agent:
     # --- health-aware leadership (decision 0015, sidecar.health_rule) ---------------------
 
     def _health_aware(self) -> bool:
-        """Whether our orchestrator's health may move leadership: a health URL, rule on."""
-        return self.orchestrator is not None and self.config.orchestrator.leadership
+        """Whether our orchestrator's health may move leadership: an eligible node with a
+        health URL and the rule on."""
+        return (
+            self.config.leader.eligible
+            and self.orchestrator is not None
+            and self.config.orchestrator.leadership
+        )
 
     def _own_orchestrator(self) -> OrchestratorHealth | None:
         """Our orchestrator's state when it may move leadership; None when it may not (no
