@@ -24,7 +24,7 @@ from typing import Any
 
 import psutil
 
-from bench import node, security, sidecars, trouble
+from bench import health, node, security, sidecars, trouble
 from bench.floors import measure_floors
 from bench.netem import bad_network
 from bench.report import render_markdown
@@ -52,7 +52,7 @@ def _machine() -> dict[str, Any]:
 # asked, as the handover and convergence figures are compared with them).
 SECTIONS = (
     "floors", "detection", "failover", "handover", "convergence", "scale", "api", "footprint",
-    "bad_network", "trouble", "security",
+    "bad_network", "trouble", "security", "orchestrator",
 )  # fmt: skip
 
 
@@ -146,6 +146,12 @@ class Bench:
     async def trouble(self) -> None:
         path = self.step("trouble")
         self.sections["trouble"] = await trouble.measure(self.etcd, path, quick=self.quick)
+
+    async def orchestrator(self) -> None:
+        trials = 2 if self.quick else 5
+        path = self.step("orchestrator failover")
+        figure = await health.orchestrator_failover(self.etcd, path, trials)
+        self.sections["orchestrator_failover"] = [figure]
 
     async def security(self) -> None:
         """TLS + auth against plain, on two clusters of its own (not `self.etcd`)."""
