@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -21,7 +20,7 @@ from sidecar.keys import Keys
 from sidecar.records import MemberRecord, OrchestratorHealth
 from sidecar.store.base import Store
 from sidecar.store.memory import MemoryStore
-from sidecar.store.model import Compare, Header, TxnOp, TxnResult
+from sidecar.store.model import Header, TxnResult
 from tests.agents import make_agent, running, running_agent, until
 from tests.reads import get_one
 from tests.waiting import wait_for
@@ -342,13 +341,8 @@ class HeldAnswers(MemoryStore):
         self.held = False
         self.release = asyncio.Event()
 
-    async def txn(
-        self,
-        compare: Sequence[Compare],
-        success: Sequence[TxnOp],
-        failure: Sequence[TxnOp] = (),
-    ) -> TxnResult:
-        result = await super().txn(compare, success, failure)
+    async def txn(self, *args: Any, **kwargs: Any) -> TxnResult:
+        result = await super().txn(*args, **kwargs)
         if self.held:
             await self.release.wait()
         return result
