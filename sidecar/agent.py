@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -50,7 +51,12 @@ from sidecar.election import (
 )
 from sidecar.event_log import EventLog
 from sidecar.events import ClusterEvent
-from sidecar.health_rule import healthy_alternative, seconds_in_state, why_down
+from sidecar.health_rule import (
+    healthy_alternative,
+    orchestrator_ok,
+    seconds_in_state,
+    why_down,
+)
 from sidecar.history import HistoryGuard
 from sidecar.hooks import RoleHooks
 from sidecar.keys import Keys
@@ -87,6 +93,10 @@ class Parts:
     events: EventLog
     guard: HistoryGuard
     orchestrator: OrchestratorWatch | None
+
+
+class SwitchoverRefused(Exception):
+    """A switchover that cannot happen, and why (one sentence for the caller)."""
 
 
 class Agent:
@@ -339,6 +349,9 @@ class Agent:
             await self._withdraw()
             self._remind(blocked)
             return f"not a candidate: {blocked}"
+        moved = await self._switchover_rule(now)
+        if moved is not None:
+            return moved
         aside = await self._orchestrator_rule(now)
         if aside is not None:
             return aside
@@ -360,6 +373,67 @@ class Agent:
             )
         await self._revoke_stale_leases()
         return f"{'leader' if now.is_leader else 'follower'}: {now.reason}"
+
+    # --- switchover (decision 0016) ------------------------------------------------------
+
+    async def request_switchover(self, to: str | None) -> int:
+        """Ask the current leader, wherever it runs, to hand over (to `to`, else to the next
+        candidate): a request key of ours, fenced by the current epoch. The epoch asked of;
+        `SwitchoverRefused` (a sentence) when it cannot happen."""
+        view, session = self.view, self.session
+        leader = view.leader
+        if leader is None or view.epoch is None:
+            raise SwitchoverRefused("there is no leader to hand over")
+        if session is None or session.lost.is_set():
+            raise SwitchoverRefused("this node is not registered: it cannot ask")
+        if to is not None:
+            target = next((c for c in view.electable if c.node_id == to), None)
+            if target is None or not orchestrator_ok(view.members.get(to)):
+                raise SwitchoverRefused(f"{to} is not a live, eligible, healthy candidate")
+            if to == leader.node_id:
+                raise SwitchoverRefused(f"{to} leads already (epoch {view.epoch})")
+        elif len(view.electable) < 2:
+            raise SwitchoverRefused("there is no other candidate to hand over to")
+        request = json.dumps({"to": to, "epoch": view.epoch, "by": self.node_id})
+        await self.store.put(
+            self.keys.switchover(self.node_id), request.encode(), lease=session.lease_id
+        )
+        self._wake.set()
+        return view.epoch
+
+    async def _switchover_rule(self, now: Leadership) -> str | None:
+        """Act on a switchover asked for the current epoch (decision 0016): the leader hands
+        over, and with a target every candidate older than it queues again behind it."""
+        await self._drop_stale_request()
+        request, session = self.view.switchover, self.session
+        if request is None or self.candidacy is None or session is None:
+            return None
+        if request.to is None:
+            if not now.is_leader:
+                return None
+            await self.resign(reason=f"switchover asked by {request.by}")
+            return f"handed over: switchover asked by {request.by}"
+        target = next((c for c in self.view.electable if c.node_id == request.to), None)
+        if target is None or request.to == self.node_id:
+            return None
+        if self.candidacy.epoch > target.create_revision:
+            return None  # behind the target already
+        if now.is_leader:
+            queue = self.view.electable
+            if len(queue) > 1 and queue[1].node_id == request.to:
+                await self.resign(reason=f"switchover to {request.to} asked by {request.by}")
+                return f"handed over to {request.to}: switchover asked by {request.by}"
+            return f"leader: switchover to {request.to} once the candidates ahead of it requeue"
+        await self._withdraw()
+        self.candidacy = await enter_election(self.store, self.keys, session, self.node_id)
+        return f"queued again behind {request.to} (switchover asked by {request.by})"
+
+    async def _drop_stale_request(self) -> None:
+        """Our own request, once its epoch is over (done, or overtaken): delete it."""
+        ours = self.view.switchovers.get(self.node_id)
+        if ours is not None and ours.epoch != self.view.epoch:
+            with contextlib.suppress(StoreError):
+                await self.store.delete(self.keys.switchover(self.node_id))
 
     # --- health-aware leadership (decision 0015, sidecar.health_rule) ---------------------
 

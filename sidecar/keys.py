@@ -4,6 +4,7 @@
 |----------------------|--------------------|-------------------|
 | `members/<node_id>`  | JSON member record | the sidecar's     |
 | `election/<node_id>` | node id            | the same lease    |
+| `switchover/<node_id>` | a switchover this node asked for: `{to, epoch}` | the same lease |
 
 Both keys are named by the node, so etcd's RBAC can let each node write its own two keys and
 nothing else (rule 15). ringside 0.1 named the candidate key by its lease
@@ -40,8 +41,16 @@ class Keys:
     def election(self) -> str:
         return self.prefix + "election/"
 
+    @property
+    def switchovers(self) -> str:
+        return self.prefix + "switchover/"
+
     def member(self, node_id: str) -> str:
         return self.members + node_id
+
+    def switchover(self, node_id: str) -> str:
+        """Where `node_id` asks the leader to hand over (decision 0016)."""
+        return self.switchovers + node_id
 
     def candidate(self, node_id: str) -> str:
         return self.election + node_id

@@ -20,6 +20,7 @@ candidate. All sidecars see the same keys at the same revision, so they all agre
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Mapping
@@ -45,6 +46,38 @@ class Member:
     record: MemberRecord | None  # None when the value is not a record ringside can read
     lease: int
     create_revision: int
+
+
+@dataclass(frozen=True)
+class Switchover:
+    """A request, written by node `by`, that the leader of `epoch` hand over: to `to`, or to
+    the next candidate when `to` is None (decision 0016). Stale once the epoch moved on."""
+
+    by: str
+    to: str | None
+    epoch: int
+    revision: int
+
+
+MAX_SWITCHOVER_BYTES = 1024
+
+
+def parse_switchover(by: str, kv: KeyValue) -> Switchover | None:
+    """The request in `kv`, or None when it is not one (hostile input: rule 14)."""
+    if len(kv.value) > MAX_SWITCHOVER_BYTES or kv.lease == 0:
+        return None
+    try:
+        document = json.loads(kv.value)
+    except ValueError:
+        return None
+    if not isinstance(document, dict):
+        return None
+    to, epoch = document.get("to"), document.get("epoch")
+    if to is not None and not (isinstance(to, str) and DNS_LABEL.fullmatch(to)):
+        return None
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch <= 0:
+        return None
+    return Switchover(by, to, epoch, kv.mod_revision)
 
 
 @dataclass(frozen=True)
@@ -85,6 +118,13 @@ class ClusterView:
     # Node ids whose member key sits on no lease: no lease can expire it, so it says nothing
     # about a live node (rule 12). Not members; their owner replaces such a key when it runs.
     unleased: frozenset[str] = frozenset()
+    switchovers: Mapping[str, Switchover] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def switchover(self) -> Switchover | None:
+        """The newest request for the current epoch; None when there is none (or no leader)."""
+        current = [s for s in self.switchovers.values() if s.epoch == self.epoch]
+        return max(current, key=lambda s: s.revision) if current else None
 
     @property
     def leader(self) -> Candidate | None:
@@ -123,31 +163,45 @@ def build_view(keys: Keys, kvs: tuple[KeyValue, ...], header: Header) -> Cluster
 MAX_CANDIDATE_BYTES = 256
 
 
-def _apply_put(
-    keys: Keys,
-    kv: KeyValue,
-    members: dict[str, Member],
-    candidates: list[Candidate],
-    unleased: set[str],
-) -> None:
+@dataclass
+class _Draft:
+    """The view's contents while a batch is applied to them."""
+
+    members: dict[str, Member]
+    candidates: list[Candidate]
+    unleased: set[str]
+    switchovers: dict[str, Switchover]
+
+
+def _apply_put(keys: Keys, kv: KeyValue, draft: _Draft) -> None:
+    if kv.key.startswith(keys.switchovers):
+        by = kv.key.removeprefix(keys.switchovers)
+        request = parse_switchover(by, kv) if DNS_LABEL.fullmatch(by) else None
+        if request is None:
+            draft.switchovers.pop(by, None)
+            log.warning("ignoring switchover key %s: not a request", printable(kv.key, 120))
+        else:
+            draft.switchovers[by] = request
+        return
     if kv.key.startswith(keys.members):
         node_id = kv.key.removeprefix(keys.members)
         if not DNS_LABEL.fullmatch(node_id):
-            members.pop(node_id, None)
+            draft.members.pop(node_id, None)
             log.warning("ignoring member key %r: not a node id", printable(kv.key, 120))
             return
         if kv.lease == 0:
-            members.pop(node_id, None)
-            unleased.add(node_id)
+            draft.members.pop(node_id, None)
+            draft.unleased.add(node_id)
             log.warning("ignoring member key %s: on no lease, so no live node holds it", kv.key)
             return
-        unleased.discard(node_id)
-        members[node_id] = Member(node_id, parse_record(kv, node_id), kv.lease, kv.create_revision)
+        draft.unleased.discard(node_id)
+        record = parse_record(kv, node_id)
+        draft.members[node_id] = Member(node_id, record, kv.lease, kv.create_revision)
     elif kv.key.startswith(keys.election):
-        candidates[:] = [c for c in candidates if c.key != kv.key]
+        draft.candidates[:] = [c for c in draft.candidates if c.key != kv.key]
         small = len(kv.value) <= MAX_CANDIDATE_BYTES  # a node id is at most 63 bytes
         node_id = kv.value.decode(errors="replace") if small else ""
-        candidates.append(Candidate(kv.key, node_id, kv.lease, kv.create_revision))
+        draft.candidates.append(Candidate(kv.key, node_id, kv.lease, kv.create_revision))
 
 
 def why_not_electable(
@@ -194,29 +248,32 @@ def apply_batch(
     keys: Keys, view: ClusterView, events: tuple[tuple[EventType, KeyValue], ...], header: Header
 ) -> ClusterView:
     """The view after one batch of events (pure: the old view is not touched)."""
-    members = dict(view.members)
-    candidates = list(view.candidates)
-    unleased = set(view.unleased)
+    draft = _Draft(
+        dict(view.members), list(view.candidates), set(view.unleased), dict(view.switchovers)
+    )
     for kind, kv in events:
         if kind is EventType.PUT:
-            _apply_put(keys, kv, members, candidates, unleased)
+            _apply_put(keys, kv, draft)
+        elif kv.key.startswith(keys.switchovers):
+            draft.switchovers.pop(kv.key.removeprefix(keys.switchovers), None)
         elif kv.key.startswith(keys.members):
-            members.pop(kv.key.removeprefix(keys.members), None)
-            unleased.discard(kv.key.removeprefix(keys.members))
+            draft.members.pop(kv.key.removeprefix(keys.members), None)
+            draft.unleased.discard(kv.key.removeprefix(keys.members))
         else:
-            candidates = [c for c in candidates if c.key != kv.key]
-    candidates.sort(key=lambda c: c.create_revision)
-    electable, ignored = _judge(keys, candidates, members)
+            draft.candidates[:] = [c for c in draft.candidates if c.key != kv.key]
+    candidates = sorted(draft.candidates, key=lambda c: c.create_revision)
+    electable, ignored = _judge(keys, candidates, draft.members)
     return replace(
         view,
         revision=header.revision,
-        members=MappingProxyType(dict(sorted(members.items()))),
+        members=MappingProxyType(dict(sorted(draft.members.items()))),
         candidates=tuple(candidates),
         changed_at=time.time(),
         header=header,
         electable=electable,
         ignored=ignored,
-        unleased=frozenset(unleased),
+        unleased=frozenset(draft.unleased),
+        switchovers=MappingProxyType(draft.switchovers),
     )
 
 

@@ -163,10 +163,11 @@ def test_show_says_who_can_write_what(secured: tuple[LocalEtcdCluster, Path]) ->
     prefix = KEYS.prefix
     assert users[f"ringside-{CLUSTER}-{ELIGIBLE}"]["permissions"] == [
         f"read {prefix}*", f"readwrite {prefix}election/{ELIGIBLE}",
-        f"readwrite {prefix}members/{ELIGIBLE}",
+        f"readwrite {prefix}members/{ELIGIBLE}", f"readwrite {prefix}switchover/{ELIGIBLE}",
     ]  # fmt: skip
     assert users[f"ringside-{CLUSTER}-{OBSERVER}"]["permissions"] == [
         f"read {prefix}*", f"readwrite {prefix}members/{OBSERVER}",
+        f"readwrite {prefix}switchover/{OBSERVER}",
     ]  # fmt: skip
     assert users["root"]["roles"] == ["root"]
 
@@ -181,6 +182,7 @@ ATTACKERS = [OTHER, OBSERVER]  # an eligible node and an observer, each with onl
         "overwrite another node's member record",
         "delete the leader's candidate key",
         "write a candidate key in another node's name",
+        "ask for a switchover in another node's name",
         "revoke the leader's lease",
         "write outside the cluster prefix",
         "delete the whole prefix",
@@ -210,6 +212,11 @@ async def test_a_node_cannot(
         "delete the leader's candidate key": lambda: store.delete(KEYS.candidate(ELIGIBLE)),
         "write a candidate key in another node's name": lambda: store.put(
             KEYS.election + "zz-forged", attacker.encode(), lease=own_lease
+        ),
+        "ask for a switchover in another node's name": lambda: store.put(
+            KEYS.switchover(ELIGIBLE if attacker != ELIGIBLE else OTHER),
+            b'{"to": null, "epoch": 1}',
+            lease=own_lease,
         ),
         "revoke the leader's lease": lambda: store.lease_revoke(lease),
         "write outside the cluster prefix": lambda: store.put("/elsewhere", b"x"),

@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from sidecar.agent import Agent
+from sidecar.agent import Agent, SwitchoverRefused
 from sidecar.api.bodies import (
     leader_document,
     member_document,
@@ -37,6 +37,8 @@ from sidecar.api.bodies import (
 )
 from sidecar.election import reported_validity
 from sidecar.inventory import Inventory
+from sidecar.settings import DNS_LABEL
+from sidecar.store.errors import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -242,6 +244,27 @@ async def resign(request: web.Request) -> web.Response:
     return web.json_response({"resigned": True, "epoch": epoch})
 
 
+async def switchover(request: web.Request) -> web.Response:
+    """Ask the leader, wherever it runs, to hand over (`?to=NODE`: to that node), through a
+    request key in etcd (decision 0016); 202 with the epoch asked of, 409 with why not."""
+    refusal = _refuse_mutation(request)
+    if refusal is not None:
+        return refusal
+    await request.read()
+    to = request.query.get("to") or None
+    if to is not None and not DNS_LABEL.fullmatch(to):
+        return error(400, "to must be a node id")
+    agent = request.app[STATE].agent
+    try:
+        epoch = await agent.request_switchover(to)
+    except SwitchoverRefused as e:
+        now = agent.leadership()
+        return error(409, str(e), leader=now.leader, epoch=now.epoch)
+    except StoreError as e:
+        return error(503, f"etcd did not take the request: {e}")
+    return web.json_response({"requested": True, "to": to, "epoch": epoch}, status=202)
+
+
 async def events(request: web.Request) -> web.StreamResponse:
     """Server-sent events; `?since=REV` first replays what is still remembered after REV."""
     since = _int_param(request, "since")
@@ -333,6 +356,7 @@ def create_app(
         ("GET", "/v1/fence", fence),
         ("GET", "/v1/events", events),
         ("POST", "/v1/leader/resign", resign),
+        ("POST", "/v1/leader/switchover", switchover),
         ("GET", "/metrics", metrics),
         ("GET", "/openapi.json", openapi),
     ]

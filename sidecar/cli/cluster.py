@@ -295,3 +295,53 @@ def resign(config_request: ConfigRequest, sidecar: str | None, as_json: bool) ->
         err=True,
     )
     raise SystemExit(EXIT_CONFIG_ERROR)
+
+
+@ringside.command()
+@_SIDECAR_OPTION
+@click.option("--to", "to", metavar="NODE", help="The node that should lead (default: the next).")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(1, 600),
+    default=15.0,
+    show_default=True,
+    help="Seconds to wait for the new leader.",
+)
+@config_options
+def switchover(
+    config_request: ConfigRequest, sidecar: str | None, to: str | None, timeout: float
+) -> None:
+    """Ask the current leader, on whichever node, to hand over: to NODE, or to the next
+    candidate. Goes through etcd (decision 0016), so it works from any node.
+
+    Prints who leads afterwards and at which epoch. Exits 0 once the handover happened, 1 when
+    it was refused (NODE is not a live, eligible, healthy candidate; no leader) or nothing
+    changed in time, 2 when the sidecar refuses the request (token, not loopback).
+    """
+    import time  # noqa: PLC0415
+
+    client = _client(config_request, sidecar, with_token=True)
+    answer = client.switchover(to)
+    if answer.status in (409, 503):
+        click.echo(f"ringside: no switchover: {answer.error}", err=True)
+        raise SystemExit(EXIT_DEGRADED)
+    if answer.status != 202:
+        click.echo(
+            f"ringside: error: the sidecar refused (HTTP {answer.status}): {answer.error}",
+            err=True,
+        )
+        raise SystemExit(EXIT_CONFIG_ERROR)
+    epoch = answer.document.get("epoch")
+    asked = epoch if isinstance(epoch, int) else 0
+    deadline = time.monotonic() + timeout
+    report = client.leader()
+    while time.monotonic() < deadline:
+        report = client.leader()
+        moved = report.epoch is not None and report.epoch > asked and report.leader is not None
+        if moved and (to is None or report.leader == to):
+            click.echo(f"switchover done: {report.leader} leads at epoch {report.epoch}")
+            return
+        time.sleep(0.1)
+    now = f"{report.leader} leads at epoch {report.epoch}" if report.leader else "no leader"
+    click.echo(f"ringside: switchover not done within {timeout:g} s: {now}", err=True)
+    raise SystemExit(EXIT_DEGRADED)

@@ -85,6 +85,8 @@ class Access:
         wanted = [
             Permission("READ", prefix, _end_of(prefix)),
             Permission("READWRITE", self.keys.member(node_id)),
+            # Its own switchover request: any node may ask the leader to hand over (0016).
+            Permission("READWRITE", self.keys.switchover(node_id)),
         ]
         if eligible:
             wanted.append(Permission("READWRITE", self.keys.candidate(node_id)))

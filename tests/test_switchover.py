@@ -1,0 +1,120 @@
+"""Switchover from any node (decision 0016): real sidecars on the real etcd, under the
+invariant checker, driven by `ringside switchover` as an operator runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from typing import Any
+
+from sidecar.keys import Keys
+from tests.cli_support import ringside
+from tests.fleet import Fleet, InvariantChecker, Sidecar
+from tests.waiting import wait_for
+
+NODES = ["n1", "n2", "n3"]
+
+
+async def switchover(fleet: Fleet, via: Sidecar, *args: str) -> subprocess.CompletedProcess[str]:
+    """`ringside switchover` run against `via`'s sidecar, as its user (it reads the token)."""
+    return await ringside(
+        "switchover", "--sidecar", via.url, *args,
+        RINGSIDE_LOCK_FILE=via.env["RINGSIDE_LOCK_FILE"], RINGSIDE_CLUSTER=fleet.cluster,
+    )  # fmt: skip
+
+
+async def queue(fleet: Fleet) -> list[str]:
+    """The candidates in etcd, oldest (the leader) first."""
+    store = fleet.etcd.client()
+    try:
+        found = await store.get(Keys(fleet.cluster).election, prefix=True)
+    finally:
+        await store.close()
+    return [kv.value.decode() for kv in sorted(found.kvs, key=lambda kv: kv.create_revision)]
+
+
+async def started(fleet: Fleet) -> dict[str, Any]:
+    for node in NODES:
+        fleet.add(node)
+    first = await fleet.wait_converged(NODES, within_s=20, leader_among=NODES)
+
+    async def all_standing() -> bool:
+        return len(await queue(fleet)) == len(NODES)
+
+    await wait_for(all_standing, 10, what="not every node campaigns")
+    return first
+
+
+async def test_switchover_to_the_youngest_candidate_makes_it_lead(fleet: Fleet) -> None:
+    async with InvariantChecker(fleet) as checker:
+        first = await started(fleet)
+        order = await queue(fleet)
+        youngest = order[-1]
+        via = next(s for s in fleet.sidecars.values() if s.node_id not in (order[0], youngest))
+        done = await switchover(fleet, via, "--to", youngest)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith(f"switchover done: {youngest} leads at epoch ")
+        after = await fleet.wait_converged(NODES, within_s=5, leader_among=[youngest])
+        assert after["epoch"] > first["epoch"]
+    # Nobody but the old leader and the target led: the candidates ahead of the target
+    # queued again behind it instead of taking the leadership on the way. Not the checker's
+    # polls only (a leadership of a few milliseconds falls between them): every sidecar's own
+    # log of leader changes, from its watch.
+    leaders = {c.node_id for c in checker.claims}
+    assert leaders <= {order[0], youngest}, leaders
+    for middle in order[1:-1]:
+        for sidecar in fleet.sidecars.values():
+            assert f"leader changed: {middle} " not in sidecar.log(), sidecar.node_id
+
+
+async def test_switchover_without_a_target_hands_over_to_the_next(fleet: Fleet) -> None:
+    async with InvariantChecker(fleet):
+        first = await started(fleet)
+        order = await queue(fleet)
+        done = await switchover(fleet, fleet.sidecars[order[0]])
+        assert done.returncode == 0, done.stderr
+        after = await fleet.wait_converged(NODES, within_s=5)
+        assert after["node_id"] != first["node_id"]
+        assert after["epoch"] > first["epoch"]
+
+
+async def test_a_switchover_to_an_unknown_node_or_the_leader_is_refused(fleet: Fleet) -> None:
+    async with InvariantChecker(fleet) as checker:
+        first = await started(fleet)
+        via = fleet.sidecars["n1"]
+        for target, why in (
+            ("nobody", "nobody is not a live, eligible, healthy candidate"),
+            (first["node_id"], f"{first['node_id']} leads already"),
+        ):
+            refused = await switchover(fleet, via, "--to", target)
+            assert refused.returncode == 1, refused
+            assert refused.stderr.startswith(f"ringside: no switchover: {why}"), refused.stderr
+            assert refused.stderr.count("\n") == 1
+    assert checker.epochs() == [first["epoch"]]
+
+
+async def test_a_request_for_an_old_epoch_does_nothing(fleet: Fleet) -> None:
+    """Fencing: a request stays in etcd after its epoch ended; it must not move anything."""
+    async with InvariantChecker(fleet) as checker:
+        first = await started(fleet)
+        order = await queue(fleet)
+        store = fleet.etcd.client()
+        try:
+            lease = await store.lease_grant(30)
+            stale = {"to": order[-1], "epoch": first["epoch"] - 1, "by": "n1"}
+            key = Keys(fleet.cluster).switchover("n1")
+            await store.put(key, json.dumps(stale).encode(), lease=lease.id)
+            # Time for every sidecar to have seen it and done nothing: a few keepalive periods.
+            leader = fleet.sidecars[first["node_id"]]
+
+            async def cycled() -> bool:
+                status = await fleet.get(leader, "/v1/status")
+                return status is not None and status["revision"] >= first["revision"] + 1
+
+            await wait_for(cycled, 5, what="the leader did not see the request")
+            same = await fleet.wait_converged(NODES, within_s=5)
+            await store.lease_revoke(lease.id)
+        finally:
+            await store.close()
+        assert (same["node_id"], same["epoch"]) == (first["node_id"], first["epoch"])
+    assert checker.epochs() == [first["epoch"]]
