@@ -149,6 +149,7 @@ class Agent:
         self.health_handovers = 0  # times we handed over for our orchestrator (decision 0015)
         self._health_hold = False  # handed over for it: stand again once healthy long enough
         self._alone_since: float | None = None  # down, and no healthy candidate seen since
+        self._dropped = 0  # revision of our last switchover request deleted once stale
         self.leadership_note: str | None = None  # leading with our orchestrator down, and why
 
     # --- reading -------------------------------------------------------------------------
@@ -431,9 +432,11 @@ class Agent:
     async def _drop_stale_request(self) -> None:
         """Our own request, once its epoch is over (done, or overtaken): delete it."""
         ours = self.view.switchovers.get(self.node_id)
-        if ours is not None and ours.epoch != self.view.epoch:
-            with contextlib.suppress(StoreError):
-                await self.store.delete(self.keys.switchover(self.node_id))
+        if ours is None or ours.epoch == self.view.epoch or ours.revision == self._dropped:
+            return  # none, still current, or its delete sent (the view shows it soon)
+        with contextlib.suppress(StoreError):
+            await self.store.delete(self.keys.switchover(self.node_id))
+            self._dropped = ours.revision
 
     # --- health-aware leadership (decision 0015, sidecar.health_rule) ---------------------
 

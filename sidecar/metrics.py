@@ -32,6 +32,7 @@ from prometheus_client.registry import Collector
 from sidecar import __version__
 from sidecar.agent import Agent
 from sidecar.events import ClusterEvent
+from sidecar.health_rule import orchestrator_ok
 from sidecar.state import NodeState
 
 # A loopback etcd answers in about a millisecond; anything near the TTL/3 keepalive period
@@ -161,16 +162,12 @@ def state_metrics(state: NodeState) -> Iterable[Metric]:
     yield _gauge(
         "ringside_leading_with_orchestrator_down",
         "1 while this node leads with its orchestrator down, no other candidate being healthy.",
-        now.is_leader and state.leadership_note is not None,
+        state.leadership_note is not None,  # the state carries it only while we lead
     )
     yield _gauge(
         "ringside_members_orchestrator_down",
         "Live members whose record says their orchestrator is failing its health check.",
-        sum(
-            1
-            for m in view.members.values()
-            if m.record and m.record.orchestrator and not m.record.orchestrator.healthy
-        ),
+        sum(1 for m in view.members.values() if not orchestrator_ok(m)),
     )
 
     up = GaugeMetricFamily(

@@ -144,8 +144,9 @@ def add(config_request: ConfigRequest, node: str, secrets_dir: Path, eligible: b
 @_SECRETS
 @config_options
 def rotate(config_request: ConfigRequest, node: str, secrets_dir: Path) -> None:
-    """Give one node a new password (written to <secrets>/<node>.password). Its sidecar
-    keeps its current session until it must log in again: restart it with the new file."""
+    """Give one node a new password (written to <secrets>/<node>.password). etcd drops the
+    tokens of the old one, so the node's next request is refused: copy the new file to it and
+    restart its sidecar."""
     from sidecar.cli.etcd_access import generate_password  # noqa: PLC0415
 
     node_id = _one_node(node)

@@ -334,13 +334,14 @@ def switchover(
     epoch = answer.document.get("epoch")
     asked = epoch if isinstance(epoch, int) else 0
     deadline = time.monotonic() + timeout
-    report = client.leader()
-    while time.monotonic() < deadline:
+    while True:
         report = client.leader()
         moved = report.epoch is not None and report.epoch > asked and report.leader is not None
         if moved and (to is None or report.leader == to):
             click.echo(f"switchover done: {report.leader} leads at epoch {report.epoch}")
             return
+        if time.monotonic() >= deadline:
+            break
         time.sleep(0.1)
     now = f"{report.leader} leads at epoch {report.epoch}" if report.leader else "no leader"
     click.echo(f"ringside: switchover not done within {timeout:g} s: {now}", err=True)

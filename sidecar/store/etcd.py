@@ -56,6 +56,7 @@ class EtcdStore(Store):
         self.gateway = gateway
         self.watch_probe_interval = watch_probe_interval
         self._watch_reconnects = 0  # how often a watch had to resume elsewhere (`stats()`)
+        self._root_only_status: set[str] = set()  # endpoints that refused us their status
 
     def _count_reconnect(self) -> None:
         self._watch_reconnects += 1
@@ -200,14 +201,15 @@ class EtcdStore(Store):
     async def endpoint_status(
         self, endpoint: str, *, probe_key: str | None = None
     ) -> EndpointStatus:
+        if probe_key is not None and endpoint in self._root_only_status:
+            return await self._status_by_read(endpoint, probe_key)  # not asked again each check
         try:
             answer = await self.gateway.call_endpoint(endpoint, "/v3/maintenance/status", {})
         except AuthFailed:
             if probe_key is None:
                 raise
-            read = {**key_range(probe_key, False), "limit": "1", "keys_only": True}
-            header = parse_header(await self.gateway.call_endpoint(endpoint, "/v3/kv/range", read))
-            return EndpointStatus(endpoint, header, "", None, header.raft_term, 0, 0)
+            self._root_only_status.add(endpoint)
+            return await self._status_by_read(endpoint, probe_key)
         return EndpointStatus(
             endpoint=endpoint,
             header=parse_header(answer),
@@ -217,6 +219,12 @@ class EtcdStore(Store):
             raft_index=as_int(answer, "raftIndex"),
             db_size=as_int(answer, "dbSize"),
         )
+
+    async def _status_by_read(self, endpoint: str, probe_key: str) -> EndpointStatus:
+        """What a linearizable read through `endpoint` tells of it (see `endpoint_status`)."""
+        read = {**key_range(probe_key, False), "limit": "1", "keys_only": True}
+        header = parse_header(await self.gateway.call_endpoint(endpoint, "/v3/kv/range", read))
+        return EndpointStatus(endpoint, header, "", None, header.raft_term, 0, 0)
 
     def endpoint_states(self) -> tuple[EndpointState, ...]:
         return self.gateway.states()

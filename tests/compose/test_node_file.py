@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ import pytest
 import yaml
 
 from sidecar import __version__
-from sidecar.testing.localcluster import LocalEtcdCluster, ServerTls
+from sidecar.testing.localcluster import LocalEtcdCluster, ServerTls, free_port
 from tests.cli_support import clean_env
 from tests.paths import ROOT
 from tests.pki import make_ca, make_cert
@@ -36,13 +35,6 @@ NODE = "lambda-gh200-3"
 CLUSTER = "composenode"
 SIDECAR_UID = 10001
 COMPOSE_FILE = ROOT / "compose" / "node.yml"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def owned_by_sidecar(path: Path, mode: int) -> None:

@@ -20,14 +20,19 @@ from tests.served import served
 DENIED = {"error": "etcdserver: permission denied", "code": 7}
 
 
+REFUSED: list[str] = []  # the status calls the proxy refused, in this test
+
+
 @pytest.fixture
 async def refusing(etcd: LocalEtcdCluster) -> AsyncIterator[str]:
     """The URL of a proxy to the first member that refuses the status call."""
     upstream = etcd.client_urls[0]
     session = aiohttp.ClientSession()
+    REFUSED.clear()
 
     async def forward(request: web.Request) -> web.Response:
         if request.path == "/v3/maintenance/status":
+            REFUSED.append(request.path)
             body = {**DENIED, "message": DENIED["error"]}
             return web.json_response(body, status=403)
         headers = {k: v for k, v in request.headers.items() if k in ("Authorization",)}
@@ -57,6 +62,7 @@ async def test_a_refused_status_call_is_answered_by_a_read_through_the_same_memb
             await store.endpoint_status(refusing)
         told = await direct.endpoint_status(etcd.client_urls[0])
         status = await store.endpoint_status(refusing, probe_key="/ringside/probe/")
+        again = await store.endpoint_status(refusing, probe_key="/ringside/probe/")
     finally:
         await store.close()
         await direct.close()
@@ -65,3 +71,6 @@ async def test_a_refused_status_call_is_answered_by_a_read_through_the_same_memb
     assert status.header.member_id == told.header.member_id  # the member behind the proxy
     assert status.header.cluster_id == told.header.cluster_id
     assert status.raft_term == told.raft_term
+    # Refused once with a probe key, status is not asked of that endpoint at every check.
+    assert again.header.member_id == told.header.member_id
+    assert len(REFUSED) == 2
