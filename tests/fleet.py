@@ -300,6 +300,7 @@ class InvariantChecker(Generic[M]):
     interval_s: float = 0.05
     claims: list[Claim] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
+    answered: list[tuple[str, float]] = field(default_factory=list)  # (node_id, sent) of each
     polls: int = 0
     _owner: dict[int, str] = field(default_factory=dict)
     _highest_seen: tuple[int, float] = (0, 0.0)  # (epoch, when the claim was received)
@@ -330,6 +331,7 @@ class InvariantChecker(Generic[M]):
         if answer is None:
             return
         self.polls += 1
+        self.answered.append((sidecar.node_id, sent))
         if answer.get("is_self"):
             self.observe(Claim(sidecar.node_id, answer["epoch"], sent, received,
                                answer.get("valid_for_s", 0.0)))  # fmt: skip

@@ -144,8 +144,10 @@ async def test_disconnected_leader_steps_down_leaves_and_rejoins(fleet: ComposeF
             check=lambda answer: answer["is_self"] is False,
         )  # fmt: skip
         phase("cut-off leader stopped claiming", cut_at)
-        # The checker kept asking it (from inside) while it was cut off, and saw it claim.
-        assert any(c.node_id == leader.node_id and c.sent > cut_at for c in checker.claims)
+        # The checker kept asking it (from inside) while it was cut off: whatever it answered
+        # then, claims included, went through the invariant checks. (It may stop claiming
+        # within a fraction of a second of the cut, before a `docker exec` poll comes round.)
+        assert any(n == leader.node_id and sent > cut_at for n, sent in checker.answered)
         others = set(NODES) - {leader.node_id}
         after = await fleet.wait_converged(others, within_s=TTL + 2, leader_among=ELIGIBLE)
         phase("cut-off leader left the others' views", cut_at)
