@@ -51,6 +51,7 @@ from sidecar.election import (
 )
 from sidecar.event_log import EventLog
 from sidecar.events import ClusterEvent
+from sidecar.handover import LeaderChange, Why, leader_change
 from sidecar.health_rule import (
     healthy_alternative,
     orchestrator_ok,
@@ -62,6 +63,7 @@ from sidecar.hooks import RoleHooks
 from sidecar.keys import Keys
 from sidecar.membership import DuplicateNode, MemberKey
 from sidecar.orchestrator import OrchestratorWatch
+from sidecar.preference import Preference
 from sidecar.quorum import QuorumHealth, QuorumMonitor
 from sidecar.records import OrchestratorHealth
 from sidecar.session import Session
@@ -75,8 +77,10 @@ from sidecar.view import ClusterView, ViewKeeper
 log = logging.getLogger(__name__)
 
 SHUTDOWN_BUDGET_S = 1.0  # etcd's share of a SIGTERM: the process must be gone within 2 s
+LEAVING_NOTICE_S = 0.3  # of that, for marking our record as leaving before the revoke
 SHUTDOWN_HOOK_GRACE_S = 0.3  # then hooks still running are left to finish on their own
 TICK_S = 0.1  # how often the loop looks at the validity clock between other wake-ups
+RESIGNED = Why("resign", "resigned")  # a caller's own resign (ringside resign)
 REMINDER_S = 60.0  # a standing problem (history violation) is logged again at most this often
 
 
@@ -151,6 +155,10 @@ class Agent:
         self._alone_since: float | None = None  # down, and no healthy candidate seen since
         self._dropped = 0  # revision of our last switchover request deleted once stale
         self.leadership_note: str | None = None  # leading with our orchestrator down, and why
+        leader = config.leader
+        self.preference = Preference(leader.preferred or None, stable_after=leader.preferred_after)
+        self._preference_asked: int | None = None  # the epoch we asked to hand over for it
+        self.last_change: LeaderChange | None = None  # the latest leader change seen, and why
 
     # --- reading -------------------------------------------------------------------------
 
@@ -255,6 +263,9 @@ class Agent:
             last_cycle=self.last_cycle,
             health_handovers=self.health_handovers,
             leadership_note=self.leadership_note if now.is_leader else None,
+            switchover=self.view.switchover,
+            preferred=self.preference.standing,
+            last_change=self.last_change,
         )
 
     def leadership(self) -> Leadership:
@@ -356,6 +367,9 @@ class Agent:
         aside = await self._orchestrator_rule(now)
         if aside is not None:
             return aside
+        preferred = await self._preference_rule(now)
+        if preferred is not None:
+            return preferred
         if self.config.leader.eligible and self.candidacy is None:
             self.candidacy = await enter_election(self.store, self.keys, self.session, self.node_id)
             if self._restoring_candidate:
@@ -369,18 +383,19 @@ class Agent:
                 now.epoch,
                 extra={"event": "elected", "epoch": now.epoch},
             )
-            self.hooks.fire(
-                "elected", epoch=now.epoch, leader=self.node_id, reason="oldest valid candidate"
-            )
+            change = self.last_change
+            why = change.why if change is not None else Why("election", "there was no leader")
+            self.hooks.fire("elected", epoch=now.epoch, leader=self.node_id, why=why)
         await self._revoke_stale_leases()
         return f"{'leader' if now.is_leader else 'follower'}: {now.reason}"
 
     # --- switchover (decision 0016) ------------------------------------------------------
 
-    async def request_switchover(self, to: str | None) -> int:
+    async def request_switchover(self, to: str | None, *, reason: str = "switchover") -> int:
         """Ask the current leader, wherever it runs, to hand over (to `to`, else to the next
         candidate): a request key of ours, fenced by the current epoch. The epoch asked of;
-        `SwitchoverRefused` (a sentence) when it cannot happen."""
+        `SwitchoverRefused` (a sentence) when it cannot happen. `reason` is "switchover", or
+        "preferred-leader" when the leader asks for the preferred node (decision 0017)."""
         view, session = self.view, self.session
         leader = view.leader
         if leader is None or view.epoch is None:
@@ -395,7 +410,7 @@ class Agent:
                 raise SwitchoverRefused(f"{to} leads already (epoch {view.epoch})")
         elif len(view.electable) < 2:
             raise SwitchoverRefused("there is no other candidate to hand over to")
-        request = json.dumps({"to": to, "epoch": view.epoch, "by": self.node_id})
+        request = json.dumps({"to": to, "epoch": view.epoch, "by": self.node_id, "reason": reason})
         await self.store.put(
             self.keys.switchover(self.node_id), request.encode(), lease=session.lease_id
         )
@@ -412,7 +427,7 @@ class Agent:
         if request.to is None:
             if not now.is_leader:
                 return None
-            await self.resign(reason=f"switchover asked by {request.by}")
+            await self.resign(_requested(request.reason, None, request.by))
             return f"handed over: switchover asked by {request.by}"
         target = next((c for c in self.view.electable if c.node_id == request.to), None)
         if target is None or request.to == self.node_id:
@@ -422,12 +437,28 @@ class Agent:
         if now.is_leader:
             queue = self.view.electable
             if len(queue) > 1 and queue[1].node_id == request.to:
-                await self.resign(reason=f"switchover to {request.to} asked by {request.by}")
-                return f"handed over to {request.to}: switchover asked by {request.by}"
+                await self.resign(_requested(request.reason, request.to, request.by))
+                return f"handed over to {request.to}: {request.reason} asked by {request.by}"
             return f"leader: switchover to {request.to} once the candidates ahead of it requeue"
         await self._withdraw()
         self.candidacy = await enter_election(self.store, self.keys, session, self.node_id)
         return f"queued again behind {request.to} (switchover asked by {request.by})"
+
+    async def _preference_rule(self, now: Leadership) -> str | None:
+        """As leader, hand over to the preferred leader once it has been ready long enough
+        (decision 0017), through a switchover request of our own; once per epoch."""
+        target = self.preference.due(self.view, self.node_id)
+        epoch = now.epoch
+        if target is None or not now.is_leader or self.view.switchover is not None:
+            return None
+        if epoch is None or self._preference_asked == epoch:
+            return None
+        try:
+            await self.request_switchover(target, reason="preferred-leader")
+        except SwitchoverRefused as e:  # it stopped being ready since the view we judged
+            return f"leader: not handing over to {target}, the preferred leader: {e}"
+        self._preference_asked = epoch
+        return f"handing over to {target}, the preferred leader"
 
     async def _drop_stale_request(self) -> None:
         """Our own request, once its epoch is over (done, or overtaken): delete it."""
@@ -547,7 +578,7 @@ class Agent:
                 {"node_id": self.node_id, "reason": reason, "to": successor},
             )
         )
-        await self.resign(reason=f"orchestrator-unhealthy: {reason}")
+        await self.resign(Why("orchestrator-unhealthy", reason))
         return f"handed over to {successor}: {reason}"
 
     def _end_epoch(self, reason: str) -> str:
@@ -561,7 +592,7 @@ class Agent:
         lease is lost) there is nothing to keep: drop it at once.
         """
         ours, session = self.candidacy, self.session
-        self._step_down(reason)
+        self._step_down(Why("lost", reason))
         head = self.view.leader
         still_ours = ours is not None and head is not None and head.key == ours.key
         alive = session is not None and not session.lost.is_set()
@@ -580,20 +611,20 @@ class Agent:
         self._drop_session()
         return "stepped down; the validity we gave has run out: starting a new session"
 
-    def _step_down(self, reason: str) -> int | None:
+    def _step_down(self, why: Why) -> int | None:
         """Note the end of our leadership: log it and run the demotion hook (if the elected
         hook ran); the epoch given up. Everything here is local: it happens before any
         request to etcd."""
         epoch = self.candidacy.epoch if self.candidacy is not None else self._answered
         claimed, self._claimed, self._answered = self._claimed, False, None
         log.warning(
-            "stopped being leader (epoch %s): %s", epoch, reason,
-            extra={"event": "demoted", "epoch": epoch},
+            "stopped being leader (epoch %s): %s", epoch, why,
+            extra={"event": "demoted", "epoch": epoch, "reason": why.code},
         )  # fmt: skip
         if claimed:
             head = self.view.leader if self.stale_for() is None else None  # known, not guessed
             successor = head.node_id if head is not None and head.node_id != self.node_id else None
-            self.hooks.fire("demoted", epoch=epoch, leader=successor, reason=reason)
+            self.hooks.fire("demoted", epoch=epoch, leader=successor, why=why)
         return epoch
 
     def stop_claiming(self, reason: str = "shutting down") -> None:
@@ -605,7 +636,7 @@ class Agent:
         if self._leaving is not None:
             return
         if self._claimed or self._answered is not None:
-            self._leaving_epoch = self._step_down(reason)
+            self._leaving_epoch = self._step_down(Why("shutdown", reason))
         self._leaving = reason
 
     # --- keeping our keys (rule 12) ------------------------------------------------------
@@ -777,7 +808,7 @@ class Agent:
                 await self.store.lease_revoke(self._stale_leases[0])
             self._stale_leases.pop(0)
 
-    async def resign(self, reason: str = "resigned") -> bool:
+    async def resign(self, why: Why = RESIGNED) -> bool:
         """Hand leadership over now: delete our election key so the next candidate leads at
         once, then campaign again at the back of the queue (a new key: a new, higher epoch).
 
@@ -787,7 +818,7 @@ class Agent:
         ours = self.candidacy
         if ours is None or not self.leadership().is_leader:
             return False
-        self._step_down(reason)  # nothing says leader from here on: campaign is None
+        self._step_down(why)  # nothing says leader from here on: campaign is None
         self.candidacy = None
         self._promised_until = 0.0  # the caller asked to hand over: the promise is released
         try:
@@ -815,6 +846,8 @@ class Agent:
         revoked = False
         with within(SHUTDOWN_BUDGET_S), contextlib.suppress(TimeoutError):
             async with asyncio.timeout(SHUTDOWN_BUDGET_S + 0.25):  # a backstop only
+                if session is not None:
+                    await self._say_leaving(session)
                 answers = await asyncio.gather(
                     *(self.store.lease_revoke(lease) for lease in leases), return_exceptions=True
                 )
@@ -831,11 +864,26 @@ class Agent:
         if self._leaving_epoch is not None:
             self.farewell = f"leadership (epoch {self._leaving_epoch}) handed over; {self.farewell}"
 
+    async def _say_leaving(self, session: Session) -> None:
+        """Mark our member record as leaving before the lease goes, so every node can tell
+        this stop from a crash (decision 0017's reasons). Best effort, and quick: a silent etcd
+        must leave the revoke most of the shutdown budget."""
+        with contextlib.suppress(StoreError, TimeoutError):
+            async with asyncio.timeout(LEAVING_NOTICE_S):
+                await self.member.say_leaving(session, self._leaving or "stopped")
+
     # --- what the background tasks tell us (the view keeper's and the quorum monitor's) ---
 
     def view_changed(self, old: ClusterView, new: ClusterView) -> None:
         for event in view_changes(old, new):
             self._record(event)
+        if new.synced and (old.leader, old.epoch) != (new.leader, new.epoch):
+            self.last_change = LeaderChange(
+                new.leader.node_id if new.leader else None,
+                new.epoch,
+                leader_change(old, new),
+                new.revision,
+            )
         self._wake.set()
 
     def view_loaded(self, sent: float) -> None:
@@ -865,6 +913,13 @@ class Agent:
     def _record(self, event: ClusterEvent) -> None:
         self.events.add(event)
         log.info(event.sentence(), extra={"event": event.kind, **event.detail})
+
+
+def _requested(reason: str, to: str | None, by: str) -> Why:
+    """Why we hand over for a switchover request: its reason, and who asked for whom."""
+    if reason == "preferred-leader":
+        return Why("preferred-leader", f"handing over to {to}, the preferred leader")
+    return Why("switchover", f"switchover{f' to {to}' if to else ''} asked by {by}")
 
 
 async def _cancel_and_wait(*tasks: asyncio.Task[object]) -> None:

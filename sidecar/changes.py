@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from sidecar.events import ClusterEvent, membership_changes
-from sidecar.health_rule import orchestrator_ok, why_down
+from sidecar.handover import leader_change
 from sidecar.quorum import QuorumHealth
 from sidecar.view import ClusterView
 
@@ -29,23 +29,25 @@ def view_changes(old: ClusterView, new: ClusterView) -> list[ClusterEvent]:
         (old.leader.node_id if old.leader else None, old.epoch),
         (new.leader.node_id if new.leader else None, new.epoch),
     )
-    return [_with_reason(event, old, new) for event in events]
+    return [*_switchover_asked(old, new), *(_with_reason(event, old, new) for event in events)]
 
 
 def _with_reason(event: ClusterEvent, old: ClusterView, new: ClusterView) -> ClusterEvent:
-    """A leader change gets the reason every node can read from etcd: the old leader's record
-    saying its orchestrator is down (decision 0015)."""
-    if event.kind != "leader_changed" or old.leader is None:
+    """A leader change gets the reason every node can read from etcd (`sidecar.handover`):
+    its code as `reason`, its sentence as `why`."""
+    if event.kind != "leader_changed":
         return event
-    before = old.leader.node_id
-    member = new.members.get(before) or old.members.get(before)
-    if before == event.detail.get("leader") or orchestrator_ok(member):
-        return event
-    health = member.record.orchestrator if member and member.record else None
-    if health is None:
-        return event
-    reason = why_down(before, health)
-    return replace(event, detail={**event.detail, "reason": reason})
+    why = leader_change(old, new)
+    return replace(event, detail={**event.detail, "reason": why.code, "why": why.detail})
+
+
+def _switchover_asked(old: ClusterView, new: ClusterView) -> list[ClusterEvent]:
+    """A switchover request for the current epoch that the old view did not have."""
+    request = new.switchover
+    if request is None or request == old.switchover:
+        return []
+    detail = {"by": request.by, "to": request.to, "epoch": request.epoch, "reason": request.reason}
+    return [ClusterEvent("switchover_requested", new.revision, detail)]
 
 
 class QuorumChanges:

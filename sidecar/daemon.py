@@ -34,8 +34,8 @@ from sidecar.membership import MemberKey
 from sidecar.metrics import Metrics
 from sidecar.orchestrator import OrchestratorWatch
 from sidecar.quorum import QuorumMonitor
-from sidecar.records import MemberRecord
-from sidecar.settings import RingsideConfig
+from sidecar.records import MemberRecord, printable
+from sidecar.settings import DNS_LABEL, RingsideConfig
 from sidecar.store.base import Store
 from sidecar.view import ViewKeeper
 
@@ -62,7 +62,8 @@ def build_agent(
     knows which part talks to which (the orchestrator check publishes through our member key;
     the agent listens to the view keeper and the quorum monitor)."""
     keys = Keys(config.cluster)
-    member = MemberKey(store, keys, record)
+    preferred = config.leader.preferred == node_id
+    member = MemberKey(store, keys, record.model_copy(update={"preferred": preferred}))
     checks = config.orchestrator
     orchestrator = (
         OrchestratorWatch(
@@ -86,6 +87,23 @@ def build_agent(
         orchestrator=orchestrator,
     )
     return Agent(config, node_id, store, parts, previous_instance=previous_instance)
+
+
+def with_preference(config: RingsideConfig, inventory: Inventory | None) -> RingsideConfig:
+    """`config` with `leader.preferred` resolved: its own value when set, else the
+    inventory's `preferred_leader` (decision 0017), ignored with a warning when it is no node
+    id, since the orchestrator's file is not ours to refuse."""
+    leader = config.leader
+    if leader.preferred is not None or inventory is None or inventory.preferred_leader is None:
+        return config
+    named = inventory.preferred_leader
+    if not DNS_LABEL.fullmatch(named):
+        log.warning(
+            "the inventory's preferred_leader %r is not a node id; no preferred leader",
+            printable(named),
+        )
+        named = ""
+    return config.model_copy(update={"leader": leader.model_copy(update={"preferred": named})})
 
 
 def run_sidecar(loaded: LoadedConfig) -> int:
@@ -112,6 +130,7 @@ def run_sidecar(loaded: LoadedConfig) -> int:
 async def _serve(
     config: RingsideConfig, node_id: str, inventory: Inventory | None, lock: InstanceLock
 ) -> int:
+    config = with_preference(config, inventory)
     store = open_store(
         config.etcd,
         call_timeout=config.etcd_call_timeout,

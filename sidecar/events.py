@@ -24,6 +24,7 @@ EventKind = Literal[
     "key_restored",
     "health_handover",
     "leading_unhealthy",
+    "switchover_requested",
 ]
 EVENT_KINDS: frozenset[str] = frozenset(get_args(EventKind))
 
@@ -59,9 +60,9 @@ class ClusterEvent:
         if self.kind == "member_left":
             return f"member {detail.get('node_id')} left"
         if self.kind == "leader_changed":
+            why = f": {detail.get('why')} [{detail['reason']}]" if detail.get("reason") else ""
             if detail.get("leader") is None:
-                return "leader changed: no leader"
-            why = f": {detail['reason']}" if detail.get("reason") else ""
+                return f"leader changed: no leader{why}"
             return f"leader changed: {detail.get('leader')} (epoch {detail.get('epoch')}){why}"
         if self.kind == "quorum_lost":
             reason = detail.get("reason")
@@ -79,6 +80,12 @@ class ClusterEvent:
                 f"{detail.get('node_id')} keeps leading: {detail.get('reason')}, and no other "
                 "candidate has a healthy orchestrator"
             )
+        if self.kind == "switchover_requested":
+            asked = f"asked by {detail.get('by')} (epoch {detail.get('epoch')})"
+            if detail.get("reason") == "preferred-leader":
+                return f"handover to {detail.get('to')}, the preferred leader, {asked}"
+            to = f" to {detail.get('to')}" if detail.get("to") else ""
+            return f"switchover{to} {asked}"
         return f"{self.kind} {dict(detail)}"
 
 

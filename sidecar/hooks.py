@@ -8,19 +8,22 @@ runs the queued hooks one at a time, in the order they were fired, so a "demoted
 overtake the "elected" before it.
 
 Each hook runs through the shell in its own session (process group) with the parent's
-environment plus these five, always all set (an unknown value is the empty string):
+environment plus these six, always all set (an unknown value is the empty string):
 
 - ``RINGSIDE_EVENT``: ``elected`` or ``demoted``;
 - ``RINGSIDE_NODE_ID``: this node's id;
 - ``RINGSIDE_EPOCH``: the epoch this node won (elected), or held and gave up (demoted);
 - ``RINGSIDE_LEADER``: elected, this node's id; demoted, the node that leads now when it is
   known and is not this node, else empty;
-- ``RINGSIDE_REASON``: one line saying why: for demoted e.g. ``resigned``, ``shutting down``,
-  ``lease validity ran out``; for elected usually empty.
+- ``RINGSIDE_REASON``: why leadership moved, one code of `sidecar.handover` (``election``,
+  ``crash``, ``resign``, ``switchover``, ``orchestrator-unhealthy``, ``preferred-leader``,
+  ``shutdown``, ``lost``), for a hook to act on;
+- ``RINGSIDE_REASON_DETAIL``: the same as one sentence, for a person ("switchover to
+  hetzner-cpu2 asked by vultr-a1", "no answer from an etcd quorum for 8.1 s").
 
 The leader's name comes from etcd, which is untrusted (design rule 14): anything but a valid
 node id (`sidecar.settings.DNS_LABEL`) is logged and passed on as empty, so a hook can use the
-value as it is (unquoted, in a path, in a command line). The reason loses its control characters
+value as it is (unquoted, in a path, in a command line). The detail loses its control characters
 (NUL and newlines included) and is cut to `REASON_MAX_CHARS`. A hook that cannot even start (no
 shell, a NUL byte in the command) is logged and recorded as a `HookResult` with no exit code: a
 hook never stops ringside.
@@ -35,7 +38,7 @@ Example::
 
     hooks = RoleHooks("systemctl start trainer", "systemctl stop trainer", 30.0, "hetzner-cpu1")
     hooks.fire("elected", epoch=42, leader="hetzner-cpu1")   # returns at once
-    hooks.fire("demoted", epoch=42, leader="hetzner-cpu2", reason="resigned")
+    hooks.fire("demoted", epoch=42, leader="hetzner-cpu2", why=Why("resign", "resigned"))
     ...
     hooks.last_results[0]    # HookResult(event='elected', ..., exit_code=0, timed_out=False, ...)
     await hooks.close()      # waits up to 30 s for queued hooks, then cancels them
@@ -55,6 +58,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from sidecar.handover import Why
 from sidecar.settings import DNS_LABEL
 
 log = logging.getLogger(__name__)
@@ -112,13 +116,13 @@ class RoleHooks:
         self.last_results: deque[HookResult] = deque(maxlen=RESULTS_KEPT)
 
     def fire(
-        self, event: RoleEvent, *, epoch: int | None, leader: str | None, reason: str = ""
+        self, event: RoleEvent, *, epoch: int | None, leader: str | None, why: Why | None = None
     ) -> None:
         """Queue the hook for `event` and return at once; must be called on the running loop.
 
         `epoch` is the epoch won (elected) or given up (demoted). `leader` matters only for
         demoted: the node leading now, as read from etcd (checked here, untrusted); for elected
-        the leader is this node. `reason` is a short explanation, sanitized here.
+        the leader is this node. `why` is the reason (its detail is sanitized here).
         """
         command = self._commands[event]
         if not command:
@@ -138,7 +142,8 @@ class RoleHooks:
             "RINGSIDE_NODE_ID": self._node_id,
             "RINGSIDE_EPOCH": "" if epoch is None else str(epoch),
             "RINGSIDE_LEADER": leader_now,
-            "RINGSIDE_REASON": _one_line(reason),
+            "RINGSIDE_REASON": why.code if why is not None else "",
+            "RINGSIDE_REASON_DETAIL": _one_line(why.detail) if why is not None else "",
         }
         self._queue.put_nowait(_Job(event, command, env))
         if self._worker is None or self._worker.done():

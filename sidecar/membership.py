@@ -235,6 +235,12 @@ class MemberKey:
             self.written, self.revision = record, revision
         return revision
 
+    async def say_leaving(self, session: Session, why: str) -> None:
+        """Mark our record as leaving, just before the lease is revoked, so every node can
+        tell a clean stop from a lease that expired (the deletes look the same in a watch)."""
+        record = self.record.model_copy(update={"leaving": why})
+        await update_record(self.store, self.keys, record, session)
+
     async def publish_health(self, health: OrchestratorHealth) -> bool:
         """Put the orchestrator's new state into our record; True once etcd has it. While we
         are not registered, False: a registration running now may have written the old record,

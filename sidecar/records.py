@@ -69,6 +69,8 @@ class MemberRecord(BaseModel):
     # did (a record without the field, see `decode`). Read during an upgrade (decision 0010).
     election_layout: int = ELECTION_LAYOUT
     orchestrator: OrchestratorHealth | None = None  # None: no health URL configured
+    preferred: bool = False  # this node's config names it the preferred leader (decision 0017)
+    leaving: str = ""  # set as the sidecar stops, just before its lease is revoked: why
 
     @field_validator("orchestrator", mode="wrap")
     @classmethod

@@ -112,6 +112,13 @@ def _readable_file(path: Path) -> Path:
 
 
 DnsLabel = Annotated[str, AfterValidator(_dns_label)]
+
+
+def _node_or_none(value: str) -> str:
+    return value if value == "" else _dns_label(value)
+
+
+PreferredNode = Annotated[str, AfterValidator(_node_or_none)]
 EtcdUrl = Annotated[str, AfterValidator(_etcd_url)]
 HealthUrl = Annotated[str, AfterValidator(_health_url)]
 ReadableFile = Annotated[Path, AfterValidator(_readable_file)]
@@ -261,6 +268,10 @@ class LeaderSettings(_Settings):
     on_elected: str | None = None
     on_demoted: str | None = None
     hook_timeout: float = Field(default=10.0, gt=0)
+    # The preferred leader (decision 0017): a node id; "" for none; unset: the inventory's
+    # `preferred_leader`. The leader hands over to it once it has been ready this long.
+    preferred: PreferredNode | None = None
+    preferred_after: float = Field(default=60.0, ge=0, le=3600)
 
 
 class OrchestratorSettings(_Settings):

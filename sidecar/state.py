@@ -12,10 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sidecar.election import Leadership
+from sidecar.handover import LeaderChange
+from sidecar.preference import Standing
 from sidecar.quorum import QuorumHealth
 from sidecar.records import OrchestratorHealth
 from sidecar.store.model import StoreStats
-from sidecar.view import ClusterView
+from sidecar.view import ClusterView, Switchover
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,9 @@ class NodeState:
     orchestrator (None when no health URL is configured); `last_cycle` is the control loop's
     last sentence. `health_handovers` counts the times this node handed over for its
     orchestrator's sake; `leadership_note` says why it leads with its orchestrator down
-    (decision 0015).
+    (decision 0015). `switchover` is a request pending for the current epoch (decision 0016),
+    `preferred` where the preferred leader stands (decision 0017), `last_change` the latest
+    change of leader this sidecar saw, and why (`sidecar.handover`).
     """
 
     cluster: str
@@ -60,3 +64,6 @@ class NodeState:
     last_cycle: str
     health_handovers: int = 0
     leadership_note: str | None = None
+    switchover: Switchover | None = None
+    preferred: Standing | None = None
+    last_change: LeaderChange | None = None

@@ -57,6 +57,7 @@ class Switchover:
     to: str | None
     epoch: int
     revision: int
+    reason: str = "switchover"  # or "preferred-leader" (decision 0017)
 
 
 MAX_SWITCHOVER_BYTES = 1024
@@ -77,7 +78,10 @@ def parse_switchover(by: str, kv: KeyValue) -> Switchover | None:
         return None
     if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch <= 0:
         return None
-    return Switchover(by, to, epoch, kv.mod_revision)
+    reason = document.get("reason", "switchover")
+    if reason not in ("switchover", "preferred-leader"):
+        return None
+    return Switchover(by, to, epoch, kv.mod_revision, reason)
 
 
 @dataclass(frozen=True)

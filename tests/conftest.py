@@ -18,6 +18,7 @@ import pytest
 from sidecar.store.memory import MemoryStore
 from sidecar.testing.localcluster import LocalEtcdCluster
 from tests.fleet import FLEET_TTL, Fleet
+from tests.orchestrators import Orchestrators, serve_orchestrators
 
 
 @pytest.fixture(scope="session")
@@ -62,3 +63,10 @@ async def store() -> AsyncIterator[MemoryStore]:
 def cluster() -> str:
     """A cluster name of its own, so in-process tests never meet."""
     return f"unit-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+async def orchestrators() -> AsyncIterator[Orchestrators]:
+    """A stand-in orchestrator per node, each health answer set by the test."""
+    async for fake in serve_orchestrators():
+        yield fake

@@ -60,8 +60,14 @@ async def test_status_in_every_format_with_the_fleets_values(fleet: Fleet, inven
 
     result = await ringside("status", "--sidecar", observer.url)
     assert result.returncode == 0, result
-    assert result.stdout.splitlines()[0] == summary
-    assert result.stdout.splitlines()[1].split() == ["NODE", "ROLE", "STATE", "ADDRESS", "SINCE"]
+    lines = result.stdout.splitlines()
+    assert lines[0] == summary
+    # Why this leader leads: its first election, here; then the member table.
+    assert lines[1] == (
+        f"last leader change: {leader['node_id']} (epoch {leader['epoch']}): "
+        "there was no leader [election]"
+    )
+    assert lines[2].split() == ["NODE", "ROLE", "STATE", "ADDRESS", "SINCE"]
     rows = table(result.stdout)
     assert sorted(rows) == sorted((*VOTERS, OBSERVER))
     follower = next(n for n in VOTERS if n != leader["node_id"])
@@ -73,7 +79,7 @@ async def test_status_in_every_format_with_the_fleets_values(fleet: Fleet, inven
 
     wide = await ringside("status", "--sidecar", observer.url, "-o", "wide")
     assert wide.returncode == 0, wide
-    assert wide.stdout.splitlines()[1].split()[-1] == "LABELS"
+    assert wide.stdout.splitlines()[2].split()[-1] == "LABELS"
     assert table(wide.stdout)[OBSERVER][3] == ",".join(addresses[OBSERVER])
     assert table(wide.stdout)[OBSERVER][5] == "-"  # no orchestrator check configured
     assert table(wide.stdout)[OBSERVER][6] == "gpu=gh200"
@@ -307,7 +313,9 @@ async def test_leader_and_resign_move_leadership(fleet: Fleet) -> None:
     shown = await ringside("leader", "--sidecar", old.url)
     assert shown.returncode == 0, shown
     assert re.fullmatch(
-        rf"leader {old.node_id} \(epoch {first['epoch']}\); this node, valid for [\d.]+ s\n",
+        rf"leader {old.node_id} \(epoch {first['epoch']}\); this node, valid for [\d.]+ s\n"
+        rf"last leader change: {old.node_id} \(epoch {first['epoch']}\): there was no leader "
+        r"\[election\]\n",
         shown.stdout,
     )
 
@@ -326,6 +334,9 @@ async def test_leader_and_resign_move_leadership(fleet: Fleet) -> None:
     assert shown.returncode == 0, shown
     assert json.loads(shown.stdout)["leader"] == new.node_id
     assert json.loads(shown.stdout)["is_self"] is False
+    # Every node tells why: the old leader stepped down and stayed (its member key lives on).
+    why = f"last leader change: {new.node_id} (epoch {after['epoch']}): {old.node_id} stepped down"
+    assert json.loads(shown.stdout)["handover"] == [f"{why} [resign]"]
 
 
 async def test_watch_survives_a_sidecar_restart_and_reports_what_it_missed(fleet: Fleet) -> None:

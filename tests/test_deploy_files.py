@@ -93,6 +93,7 @@ OTHER_ENV_NAMES = frozenset(
         "RINGSIDE_EPOCH",
         "RINGSIDE_LEADER",
         "RINGSIDE_REASON",
+        "RINGSIDE_REASON_DETAIL",
         "RINGSIDE_ETCD_BINARY",
         SECRETS_ENV,
     }

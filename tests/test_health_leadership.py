@@ -8,79 +8,28 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from sidecar.keys import Keys
 from tests.cli_support import ringside
 from tests.fleet import Fleet, InvariantChecker, Sidecar
+from tests.orchestrators import (
+    DOWN_AFTER_S,
+    INTERVAL_S,
+    Orchestrators,
+    healthy_everywhere,
+)
 from tests.reads import get_one
+from tests.test_switchover import switchover
 from tests.waiting import wait_for
-
-INTERVAL_S = 1.0
-FAILURES = 2
-DOWN_AFTER_S = INTERVAL_S * FAILURES  # the issue's bound: this + 1 s to a new leader
-
-
-@dataclass
-class Orchestrators:
-    """One stand-in orchestrator per node: GET /<node>/health answers `status[node]`."""
-
-    status: dict[str, int] = field(default_factory=dict)
-    url: str = ""
-
-    async def health(self, request: web.Request) -> web.Response:
-        code = self.status.get(request.match_info["node"], 200)
-        return web.json_response({"ok": code == 200}, status=code)
-
-    def settings(self, node: str, rejoin_after: float = 30.0) -> dict[str, Any]:
-        self.status.setdefault(node, 200)
-        return {
-            "orchestrator": {
-                "health_url": f"{self.url}/{node}/health",
-                "check_interval": INTERVAL_S,
-                "failures_before_unhealthy": FAILURES,
-                "rejoin_after": rejoin_after,
-            }
-        }
-
-
-@pytest.fixture
-async def orchestrators() -> AsyncIterator[Orchestrators]:
-    fake = Orchestrators()
-    app = web.Application()
-    app.router.add_get("/{node}/health", fake.health)
-    async with TestServer(app, host="127.0.0.1") as server:
-        fake.url = str(server.make_url("")).rstrip("/")
-        yield fake
 
 
 async def leader_of(fleet: Fleet, sidecar: Sidecar) -> dict[str, Any]:
     answer = await fleet.get(sidecar, "/v1/leader")
     assert answer is not None
     return answer
-
-
-async def healthy_everywhere(fleet: Fleet, nodes: list[str]) -> None:
-    """Every sidecar's view shows every node's orchestrator checked and healthy."""
-
-    async def seen() -> bool:
-        for sidecar in fleet.running():
-            status = await fleet.get(sidecar, "/v1/status")
-            if status is None:
-                return False
-            found = {m["node_id"]: m["orchestrator"] for m in status["members"]}
-            if any(not (found.get(n) or {}).get("healthy") for n in nodes):
-                return False
-        return True
-
-    await wait_for(seen, 15, what="orchestrators not seen healthy everywhere")
 
 
 async def test_a_leader_whose_orchestrator_fails_hands_over_to_a_healthy_node(
@@ -221,6 +170,45 @@ async def test_a_node_whose_orchestrator_is_down_from_the_start_never_campaigns(
         finally:
             await store.close()
     assert checker.claimed_by("n2") == []
+
+
+async def test_a_switchover_to_a_candidate_whose_orchestrator_is_down_is_refused(
+    fleet: Fleet, orchestrators: Orchestrators
+) -> None:
+    """n3 still campaigns (the health rule is off for it) but its orchestrator is down: the
+    switchover names it as no healthy candidate and moves nothing."""
+    nodes = ["n1", "n2", "n3"]
+    fleet.add("n1", settings=orchestrators.settings("n1"))
+    fleet.add("n2", settings=orchestrators.settings("n2"))
+    settings = orchestrators.settings("n3")
+    settings["orchestrator"]["leadership"] = False
+    async with InvariantChecker(fleet) as checker:
+        await fleet.wait_converged(["n1", "n2"], within_s=20)
+        fleet.add("n3", settings=settings)  # the youngest candidate
+        first = await fleet.wait_converged(nodes, within_s=20, leader_among=["n1", "n2"])
+        await healthy_everywhere(fleet, nodes)
+        orchestrators.status["n3"] = 503
+        via = fleet.sidecars["n1"]
+
+        async def seen_down() -> bool:
+            status = await fleet.get(via, "/v1/status")
+            found = {m["node_id"]: m["orchestrator"] for m in (status or {}).get("members", [])}
+            return (found.get("n3") or {}).get("healthy") is False
+
+        await wait_for(seen_down, 10, what="n1 does not see n3's orchestrator down")
+        store = fleet.etcd.client()
+        try:  # a candidate still: refused for its health alone
+            assert await get_one(store, Keys(fleet.cluster).candidate("n3")) is not None
+        finally:
+            await store.close()
+        refused = await switchover(fleet, via, "--to", "n3")
+        assert refused.returncode == 1, refused
+        assert refused.stderr == (
+            "ringside: no switchover: n3 is not a live, eligible, healthy candidate\n"
+        )
+        same = await fleet.wait_converged(nodes, within_s=5)
+        assert (same["node_id"], same["epoch"]) == (first["node_id"], first["epoch"])
+    assert checker.epochs() == [first["epoch"]]
 
 
 async def _metrics(_fleet: Fleet, sidecar: Sidecar) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from sidecar.handover import Why
 from sidecar.hooks import HookResult, RoleEvent, RoleHooks
 from tests.waiting import wait_for
 
@@ -86,6 +87,7 @@ HOOK_VARIABLES = (
     "RINGSIDE_EPOCH",
     "RINGSIDE_LEADER",
     "RINGSIDE_REASON",
+    "RINGSIDE_REASON_DETAIL",
 )
 
 
@@ -95,16 +97,16 @@ async def hook_environment(
     *,
     epoch: int | None,
     leader: str | None,
-    reason: str | None = None,
+    why: Why | None = None,
 ) -> dict[str, str]:
     """The `RINGSIDE_*` variables the hook for `event` sees when fired with these values."""
     out = tmp_path / f"{event}.env"
     dump_env = f"env > {out}.tmp && mv {out}.tmp {out}"
     async with role_hooks(dump_env, dump_env) as hooks:
-        if reason is None:
+        if why is None:
             hooks.fire(event, epoch=epoch, leader=leader)
         else:
-            hooks.fire(event, epoch=epoch, leader=leader, reason=reason)
+            hooks.fire(event, epoch=epoch, leader=leader, why=why)
         await file_lines(out, 1)
     env = dict(line.partition("=")[::2] for line in read_lines(out))
     return {name: env[name] for name in HOOK_VARIABLES if name in env}
@@ -118,36 +120,40 @@ async def test_elected_names_this_node_as_leader_with_the_epoch_won(tmp_path: Pa
         "RINGSIDE_EPOCH": "42",
         "RINGSIDE_LEADER": "hetzner-cpu1",
         "RINGSIDE_REASON": "",
+        "RINGSIDE_REASON_DETAIL": "",
     }
 
 
-async def test_elected_passes_a_reason_given(tmp_path: Path) -> None:
-    env = await hook_environment(
-        tmp_path, "elected", epoch=43, leader="hetzner-cpu1", reason="oldest candidate"
+async def test_elected_passes_the_reason_as_a_code_and_a_sentence(tmp_path: Path) -> None:
+    why = Why("switchover", "switchover to hetzner-cpu1 asked by vultr-a1")
+    env = await hook_environment(tmp_path, "elected", epoch=43, leader="hetzner-cpu1", why=why)
+    assert (env["RINGSIDE_LEADER"], env["RINGSIDE_REASON"], env["RINGSIDE_REASON_DETAIL"]) == (
+        "hetzner-cpu1",
+        "switchover",
+        "switchover to hetzner-cpu1 asked by vultr-a1",
     )
-    assert (env["RINGSIDE_LEADER"], env["RINGSIDE_REASON"]) == ("hetzner-cpu1", "oldest candidate")
 
 
 async def test_demoted_names_the_epoch_given_up_the_new_leader_and_why(tmp_path: Path) -> None:
     env = await hook_environment(
-        tmp_path, "demoted", epoch=42, leader="hetzner-cpu2", reason="resigned"
+        tmp_path, "demoted", epoch=42, leader="hetzner-cpu2", why=Why("resign", "resigned")
     )
     assert env == {
         "RINGSIDE_EVENT": "demoted",
         "RINGSIDE_NODE_ID": "hetzner-cpu1",
         "RINGSIDE_EPOCH": "42",
         "RINGSIDE_LEADER": "hetzner-cpu2",
-        "RINGSIDE_REASON": "resigned",
+        "RINGSIDE_REASON": "resign",
+        "RINGSIDE_REASON_DETAIL": "resigned",
     }
 
 
 async def test_demoted_never_names_this_node_as_the_leader(tmp_path: Path) -> None:
     """A view not yet updated may still show this node leading: it does not, it just stepped
     down."""
-    env = await hook_environment(
-        tmp_path, "demoted", epoch=42, leader="hetzner-cpu1", reason="lease validity ran out"
-    )
-    assert (env["RINGSIDE_LEADER"], env["RINGSIDE_REASON"]) == ("", "lease validity ran out")
+    why = Why("lost", "lease validity ran out")
+    env = await hook_environment(tmp_path, "demoted", epoch=42, leader="hetzner-cpu1", why=why)
+    assert (env["RINGSIDE_LEADER"], env["RINGSIDE_REASON"]) == ("", "lost")
 
 
 @pytest.mark.parametrize(
@@ -166,7 +172,9 @@ async def test_a_leader_name_that_is_not_a_node_id_reaches_the_hook_as_empty(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, leader: str
 ) -> None:
     caplog.set_level(logging.WARNING, logger="sidecar.hooks")
-    env = await hook_environment(tmp_path, "demoted", epoch=42, leader=leader, reason="resigned")
+    env = await hook_environment(
+        tmp_path, "demoted", epoch=42, leader=leader, why=Why("resign", "resigned")
+    )
 
     assert env["RINGSIDE_LEADER"] == ""
     assert env["RINGSIDE_EPOCH"] == "42"  # the hook still runs, with everything else
@@ -196,15 +204,16 @@ async def test_a_long_leader_name_is_shown_truncated(
         ("y" * 500, "y" * 200),
     ],
 )
-async def test_the_reason_is_one_line_without_control_characters(
+async def test_the_reason_detail_is_one_line_without_control_characters(
     tmp_path: Path, reason: str, expected: str
 ) -> None:
-    env = await hook_environment(tmp_path, "demoted", epoch=1, leader=None, reason=reason)
-    assert env["RINGSIDE_REASON"] == expected
+    why = Why("lost", reason)
+    env = await hook_environment(tmp_path, "demoted", epoch=1, leader=None, why=why)
+    assert (env["RINGSIDE_REASON"], env["RINGSIDE_REASON_DETAIL"]) == ("lost", expected)
 
 
 async def test_without_a_reason_the_variable_is_empty(tmp_path: Path) -> None:
-    """Callers written before `reason` existed still give the hook all five variables."""
+    """A hook fired without a reason still gets all six variables."""
     env = await hook_environment(tmp_path, "demoted", epoch=7, leader="hetzner-cpu3")
     assert env["RINGSIDE_REASON"] == ""
     assert set(env) == set(HOOK_VARIABLES)

@@ -62,7 +62,35 @@ def leader_document(state: NodeState) -> Json:
         document["valid_for_s"] = reported_validity(now.valid_for_s)
     if now.last_known is not None:
         document["last_known"] = now.last_known.document()
-    return document
+    return {**document, **handover_fields(state)}
+
+
+def handover_fields(state: NodeState) -> Json:
+    """Where leadership is going and why it last moved, for `/v1/leader` and `/v1/status`:
+    a switchover pending for the current epoch (decision 0016), the preferred leader's
+    standing (decision 0017), and the latest leader change with its reason code."""
+    request, preferred, change = state.switchover, state.preferred, state.last_change
+    return {
+        "switchover": None
+        if request is None
+        else {"by": request.by, "to": request.to, "epoch": request.epoch, "reason": request.reason},
+        "preferred_leader": None
+        if preferred is None
+        else {
+            "node_id": preferred.node_id,
+            "state": preferred.why,
+            "hands_over_in_s": _rounded(preferred.waiting_s),
+        },
+        "leader_change": None
+        if change is None
+        else {
+            "leader": change.leader,
+            "epoch": change.epoch,
+            "reason": change.why.code,
+            "why": change.why.detail,
+            "revision": change.revision,
+        },
+    }
 
 
 def readiness(state: NodeState) -> str | None:
@@ -175,7 +203,7 @@ def status_document(state: NodeState, inventory: Inventory | None = None) -> Jso
     )
     document["health_handovers"] = state.health_handovers
     document["leadership_note"] = state.leadership_note
-    return document
+    return {**document, **handover_fields(state)}
 
 
 def _rounded(seconds: float | None) -> float | None:

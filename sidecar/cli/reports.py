@@ -131,6 +131,7 @@ class StatusReport:
     document: Mapping[str, Any] = field(repr=False)
     leadership_note: str | None = None  # why this node leads with its orchestrator down
     health_handovers: int = 0
+    handover: tuple[str, ...] = ()  # pending switchover, last change, preferred leader
 
     @property
     def healthy(self) -> bool:
@@ -174,7 +175,44 @@ def parse_status(value: object) -> StatusReport:
         health_handovers=_take(document, "health_handovers", int, where=where)
         if "health_handovers" in document
         else 0,
+        handover=handover_lines(document, where),
     )
+
+
+def handover_lines(document: Mapping[str, Any], where: str) -> tuple[str, ...]:
+    """Where leadership is going and why it last moved, as lines for a person: the pending
+    switchover, the latest leader change with its reason, the preferred leader's standing.
+    Each part is optional (older sidecars, `status --etcd`); a malformed one is a ShapeError."""
+    lines: list[str] = []
+    raw = document.get("switchover")
+    if raw is not None:
+        request = _mapping(raw, f"{where}.switchover")
+        by = _take(request, "by", str, where=f"{where}.switchover")
+        to = _take(request, "to", str, type(None), where=f"{where}.switchover")
+        epoch = _take(request, "epoch", int, where=f"{where}.switchover")
+        reason = _take(request, "reason", str, where=f"{where}.switchover")
+        target = f" to {to}" if to else ""
+        lines.append(f"pending: {reason}{target} asked by {by} for epoch {epoch}")
+    raw = document.get("leader_change")
+    if raw is not None:
+        change = _mapping(raw, f"{where}.leader_change")
+        leader = _take(change, "leader", str, type(None), where=f"{where}.leader_change")
+        epoch = _take(change, "epoch", int, type(None), where=f"{where}.leader_change")
+        code = _take(change, "reason", str, where=f"{where}.leader_change")
+        why = _take(change, "why", str, where=f"{where}.leader_change")
+        now = "no leader" if leader is None else f"{leader} (epoch {epoch})"
+        lines.append(f"last leader change: {now}: {why} [{code}]")
+    raw = document.get("preferred_leader")
+    if raw is not None:
+        preferred = _mapping(raw, f"{where}.preferred_leader")
+        node = _take(preferred, "node_id", str, where=f"{where}.preferred_leader")
+        state = _take(preferred, "state", str, where=f"{where}.preferred_leader")
+        wait = _take(
+            preferred, "hands_over_in_s", int, float, type(None), where=f"{where}.preferred_leader"
+        )
+        standing = state if wait is None else f"ready; the leader hands over in {wait:.0f} s"
+        lines.append(f"preferred leader {node}: {standing}")
+    return tuple(lines)
 
 
 @dataclass(frozen=True)
@@ -187,6 +225,7 @@ class LeaderReport:
     reason: str
     valid_for_s: float | None
     last_known: str | None = None  # "<leader>, epoch <n>, <age> s ago" when the view is stale
+    handover: tuple[str, ...] = ()  # pending switchover, last change, preferred leader
 
 
 def _last_known(document: Mapping[str, Any], where: str) -> str | None:
@@ -217,6 +256,7 @@ def parse_leader(value: object) -> LeaderReport:
         reason=_take(document, "reason", str, where=where),
         valid_for_s=None if valid_for is None else float(valid_for),
         last_known=_last_known(document, where),
+        handover=handover_lines(document, where),
     )
 
 

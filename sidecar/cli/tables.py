@@ -107,7 +107,7 @@ def member_rows(
 
 def status_text(report: StatusReport, *, wide: bool = False) -> str:
     state = "alive" if report.synced and report.quorum_ok else "stale"
-    lines = [summary(report)]
+    lines = [summary(report), *report.handover]
     if report.etcd_connection != "connected" or report.etcd_error:
         lines.append(f"etcd: {report.etcd_connection}" + _suffix(report.etcd_error))
     if report.history_violation:
@@ -138,14 +138,15 @@ def _plain(value: Any) -> Any:
 
 
 def leader_text(report: LeaderReport) -> str:
-    if report.leader is None:
-        if report.last_known is not None:
-            return safe(f"no leader known ({report.reason}); last known: {report.last_known}")
-        return safe(f"no leader ({report.reason})")
-    text = f"leader {report.leader} (epoch {report.epoch})"
+    if report.leader is None and report.last_known is not None:
+        text = f"no leader known ({report.reason}); last known: {report.last_known}"
+    elif report.leader is None:
+        text = f"no leader ({report.reason})"
+    else:
+        text = f"leader {report.leader} (epoch {report.epoch})"
     if report.is_self:
         text += f"; this node, valid for {report.valid_for_s or 0:.1f} s"
-    return safe(text)
+    return "\n".join(safe(line) for line in (text, *report.handover))
 
 
 def stamped(sentence: str, at: float | None = None) -> str:
