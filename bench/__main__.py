@@ -152,6 +152,9 @@ class Bench:
         path = self.step("orchestrator failover")
         figure = await health.orchestrator_failover(self.etcd, path, trials)
         self.sections["orchestrator_failover"] = [figure]
+        path = self.step("switchover")
+        moved = await health.switchover(self.etcd, path, 5 if self.quick else 20)
+        self.sections["switchover"] = [moved]
 
     async def security(self) -> None:
         """TLS + auth against plain, on two clusters of its own (not `self.etcd`)."""

@@ -154,6 +154,7 @@ class Agent:
         self._health_hold = False  # handed over for it: stand again once healthy long enough
         self._alone_since: float | None = None  # down, and no healthy candidate seen since
         self._dropped = 0  # revision of our last switchover request deleted once stale
+        self._held: tuple[int | None, float] = (None, 0.0)  # (epoch, monotonic) we began leading
         self.leadership_note: str | None = None  # leading with our orchestrator down, and why
         leader = config.leader
         self.preference = Preference(leader.preferred or None, stable_after=leader.preferred_after)
@@ -422,8 +423,13 @@ class Agent:
         over, and with a target every candidate older than it queues again behind it."""
         await self._drop_stale_request()
         request, session = self.view.switchover, self.session
+        if now.is_leader and self._held[0] != now.epoch:
+            self._held = (now.epoch, time.monotonic())
         if request is None or self.candidacy is None or session is None:
             return None
+        hold = self.config.leader.switchover_hold - (time.monotonic() - self._held[1])
+        if now.is_leader and hold > 0:
+            return f"leader: a switchover is asked; honoured in {hold:.1f} s (switchover_hold)"
         if request.to is None:
             if not now.is_leader:
                 return None

@@ -73,7 +73,8 @@ def leader_change(old: ClusterView, new: ClusterView) -> Why:
         return Why("election", "there was no leader")
     gone = before.node_id
     request = old.switchover
-    if request is not None:
+    now = new.leader.node_id if new.leader is not None else None
+    if request is not None and request.to in (None, now):  # else it moved for another reason
         target = f" to {request.to}" if request.to else ""
         if request.reason == "preferred-leader":
             return Why("preferred-leader", f"{gone} handed over{target}, the preferred leader")

@@ -272,6 +272,9 @@ class LeaderSettings(_Settings):
     # `preferred_leader`. The leader hands over to it once it has been ready this long.
     preferred: PreferredNode | None = None
     preferred_after: float = Field(default=60.0, ge=0, le=3600)
+    # A leader honours a switchover request only once it has led this long, so requests
+    # (from any node's credential) cannot move the leadership more often than this.
+    switchover_hold: float = Field(default=5.0, ge=0, le=600)
 
 
 class OrchestratorSettings(_Settings):

@@ -3,6 +3,7 @@ invariant checker, driven by `ringside switchover` as an operator runs it."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 from typing import Any
@@ -56,6 +57,18 @@ async def test_switchover_to_the_youngest_candidate_makes_it_lead(fleet: Fleet) 
         assert done.stdout.startswith(f"switchover done: {youngest} leads at epoch ")
         after = await fleet.wait_converged(NODES, within_s=5, leader_among=[youngest])
         assert after["epoch"] > first["epoch"]
+        # Every node tells the same reason, with who asked for whom.
+        why = f"switchover to {youngest} asked by {via.node_id}"
+        for sidecar in fleet.sidecars.values():
+
+            async def told(sidecar: Sidecar = sidecar) -> bool:
+                change = ((await fleet.get(sidecar, "/v1/leader")) or {}).get("leader_change")
+                told = {k: v for k, v in (change or {}).items() if k != "revision"}
+                return told == {
+                    "leader": youngest, "epoch": after["epoch"], "reason": "switchover", "why": why
+                }  # fmt: skip
+
+            await wait_for(told, 5, what=f"{sidecar.node_id} does not say why")
     # Nobody but the old leader and the target led: the candidates ahead of the target
     # queued again behind it instead of taking the leadership on the way. Not the checker's
     # polls only (a leadership of a few milliseconds falls between them): every sidecar's own
@@ -118,3 +131,26 @@ async def test_a_request_for_an_old_epoch_does_nothing(fleet: Fleet) -> None:
             await store.close()
         assert (same["node_id"], same["epoch"]) == (first["node_id"], first["epoch"])
     assert checker.epochs() == [first["epoch"]]
+
+
+async def test_requests_cannot_move_the_leadership_faster_than_the_hold(fleet: Fleet) -> None:
+    """Any node's credential can write a request: a leader honours one only once it has led
+    for `leader.switchover_hold`, so back-to-back requests move the leadership at that pace
+    at most."""
+    hold = 3.0
+    for node in NODES:
+        fleet.add(node, settings={"leader": {"switchover_hold": hold}})
+    async with InvariantChecker(fleet) as checker:
+        await fleet.wait_converged(NODES, within_s=20)
+        via = fleet.sidecars["n1"]
+        for _ in range(2):
+            done = await switchover(fleet, via, "--timeout", "15")
+            assert done.returncode == 0, done.stderr
+    first_seen: dict[int, float] = {}
+    for claim in checker.claims:
+        first_seen.setdefault(claim.epoch, claim.received)
+    starts = [first_seen[epoch] for epoch in sorted(first_seen)]
+    assert len(starts) >= 3, starts
+    gaps = [later - earlier for earlier, later in itertools.pairwise(starts)]
+    # The checker polls every 0.05 s: a gap it sees is the real one within a poll or two.
+    assert all(gap >= hold - 0.3 for gap in gaps[1:]), gaps
