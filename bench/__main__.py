@@ -52,7 +52,7 @@ def _machine() -> dict[str, Any]:
 # asked, as the handover and convergence figures are compared with them).
 SECTIONS = (
     "floors", "detection", "failover", "handover", "convergence", "scale", "api", "footprint",
-    "bad_network", "trouble", "security", "orchestrator",
+    "bad_network", "trouble", "security", "orchestrator", "switchover",
 )  # fmt: skip
 
 
@@ -152,6 +152,8 @@ class Bench:
         path = self.step("orchestrator failover")
         figure = await health.orchestrator_failover(self.etcd, path, trials)
         self.sections["orchestrator_failover"] = [figure]
+
+    async def switchover(self) -> None:
         path = self.step("switchover")
         moved = await health.switchover(self.etcd, path, 5 if self.quick else 20)
         self.sections["switchover"] = [moved]
