@@ -80,6 +80,7 @@ SHUTDOWN_BUDGET_S = 1.0  # etcd's share of a SIGTERM: the process must be gone w
 LEAVING_NOTICE_S = 0.3  # of that, for marking our record as leaving before the revoke
 SHUTDOWN_HOOK_GRACE_S = 0.3  # then hooks still running are left to finish on their own
 TICK_S = 0.1  # how often the loop looks at the validity clock between other wake-ups
+REQUEST_S = 30.0  # a switchover request not done within this is withdrawn (the default)
 RESIGNED = Why("resign", "resigned")  # a caller's own resign (ringside resign)
 REMINDER_S = 60.0  # a standing problem (history violation) is logged again at most this often
 
@@ -154,6 +155,7 @@ class Agent:
         self._health_hold = False  # handed over for it: stand again once healthy long enough
         self._alone_since: float | None = None  # down, and no healthy candidate seen since
         self._dropped = 0  # revision of our last switchover request deleted once stale
+        self._request_deadline = 0.0  # monotonic: our switchover request is withdrawn then
         self._held: tuple[int | None, float] = (None, 0.0)  # (epoch, monotonic) we began leading
         self.leadership_note: str | None = None  # leading with our orchestrator down, and why
         leader = config.leader
@@ -392,11 +394,16 @@ class Agent:
 
     # --- switchover (decision 0016) ------------------------------------------------------
 
-    async def request_switchover(self, to: str | None, *, reason: str = "switchover") -> int:
+    async def request_switchover(
+        self, to: str | None, *, reason: str = "switchover", timeout_s: float = REQUEST_S
+    ) -> int:
         """Ask the current leader, wherever it runs, to hand over (to `to`, else to the next
         candidate): a request key of ours, fenced by the current epoch. The epoch asked of;
         `SwitchoverRefused` (a sentence) when it cannot happen. `reason` is "switchover", or
-        "preferred-leader" when the leader asks for the preferred node (decision 0017)."""
+        "preferred-leader" when the leader asks for the preferred node (decision 0017).
+
+        A request not done within `timeout_s` is withdrawn (deleted by us), so one that waited
+        on a target gone unhealthy cannot move the leadership long after its caller gave up."""
         view, session = self.view, self.session
         leader = view.leader
         if leader is None or view.epoch is None:
@@ -415,6 +422,7 @@ class Agent:
         await self.store.put(
             self.keys.switchover(self.node_id), request.encode(), lease=session.lease_id
         )
+        self._request_deadline = time.monotonic() + timeout_s
         self._wake.set()
         return view.epoch
 
@@ -460,17 +468,29 @@ class Agent:
         if epoch is None or self._preference_asked == epoch:
             return None
         try:
-            await self.request_switchover(target, reason="preferred-leader")
+            hold = self.config.leader.switchover_hold
+            await self.request_switchover(
+                target, reason="preferred-leader", timeout_s=REQUEST_S + hold
+            )
         except SwitchoverRefused as e:  # it stopped being ready since the view we judged
             return f"leader: not handing over to {target}, the preferred leader: {e}"
         self._preference_asked = epoch
         return f"handing over to {target}, the preferred leader"
 
     async def _drop_stale_request(self) -> None:
-        """Our own request, once its epoch is over (done, or overtaken): delete it."""
+        """Our own request, once its epoch is over (done, or overtaken) or its time is up:
+        delete it."""
         ours = self.view.switchovers.get(self.node_id)
-        if ours is None or ours.epoch == self.view.epoch or ours.revision == self._dropped:
-            return  # none, still current, or its delete sent (the view shows it soon)
+        if ours is None or ours.revision == self._dropped:
+            return  # none, or its delete sent (the view shows it soon)
+        if ours.epoch == self.view.epoch:
+            if time.monotonic() < self._request_deadline:
+                return  # still current
+            target = f" to {ours.to}" if ours.to else ""
+            log.warning(
+                "switchover%s not done in time; request withdrawn", target,
+                extra={"event": "switchover_withdrawn"},
+            )  # fmt: skip
         with contextlib.suppress(StoreError):
             await self.store.delete(self.keys.switchover(self.node_id))
             self._dropped = ours.revision

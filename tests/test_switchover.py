@@ -34,9 +34,9 @@ async def queue(fleet: Fleet) -> list[str]:
     return [kv.value.decode() for kv in sorted(found.kvs, key=lambda kv: kv.create_revision)]
 
 
-async def started(fleet: Fleet) -> dict[str, Any]:
+async def started(fleet: Fleet, settings: dict[str, Any] | None = None) -> dict[str, Any]:
     for node in NODES:
-        fleet.add(node)
+        fleet.add(node, settings=settings)
     first = await fleet.wait_converged(NODES, within_s=20, leader_among=NODES)
 
     async def all_standing() -> bool:
@@ -154,3 +154,30 @@ async def test_requests_cannot_move_the_leadership_faster_than_the_hold(fleet: F
     gaps = [later - earlier for earlier, later in itertools.pairwise(starts)]
     # The checker polls every 0.05 s: a gap it sees is the real one within a poll or two.
     assert all(gap >= hold - 0.3 for gap in gaps[1:]), gaps
+
+
+async def test_a_request_not_done_in_time_is_withdrawn(fleet: Fleet) -> None:
+    """A leader that holds the leadership (a long `switchover_hold`) outlasts the command's
+    timeout: the command says so, and the request is gone from etcd, so it cannot move the
+    leadership later, long after the operator gave up."""
+    async with InvariantChecker(fleet) as checker:
+        first = await started(fleet, settings={"leader": {"switchover_hold": 600}})
+        via = fleet.sidecars["n1"]
+        late = await switchover(fleet, via, "--timeout", "1")
+        assert late.returncode == 1, late
+        assert late.stderr.startswith(
+            "ringside: switchover not done within 1 s (request withdrawn): "
+            f"{first['node_id']} leads at epoch {first['epoch']}"
+        ), late.stderr
+        store = fleet.etcd.client()
+        try:
+
+            async def withdrawn() -> bool:
+                return not (await store.get(Keys(fleet.cluster).switchover("n1"))).kvs
+
+            await wait_for(withdrawn, 5, what="the request is still in etcd")
+        finally:
+            await store.close()
+        same = await fleet.wait_converged(NODES, within_s=5)
+        assert (same["node_id"], same["epoch"]) == (first["node_id"], first["epoch"])
+    assert checker.epochs() == [first["epoch"]]

@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from sidecar.agent import Agent, SwitchoverRefused
+from sidecar.agent import REQUEST_S, Agent, SwitchoverRefused
 from sidecar.api.bodies import (
     leader_document,
     member_document,
@@ -246,7 +246,8 @@ async def resign(request: web.Request) -> web.Response:
 
 async def switchover(request: web.Request) -> web.Response:
     """Ask the leader, wherever it runs, to hand over (`?to=NODE`: to that node), through a
-    request key in etcd (decision 0016); 202 with the epoch asked of, 409 with why not."""
+    request key in etcd (decision 0016); 202 with the epoch asked of, 409 with why not.
+    `?timeout=S` (1-600, default 30): withdrawn if not done by then."""
     refusal = _refuse_mutation(request)
     if refusal is not None:
         return refusal
@@ -254,9 +255,10 @@ async def switchover(request: web.Request) -> web.Response:
     to = request.query.get("to") or None
     if to is not None and not DNS_LABEL.fullmatch(to):
         return error(400, "to must be a node id")
+    timeout = _float_param(request, "timeout", 1, 600) or REQUEST_S
     agent = request.app[STATE].agent
     try:
-        epoch = await agent.request_switchover(to)
+        epoch = await agent.request_switchover(to, timeout_s=timeout)
     except SwitchoverRefused as e:
         now = agent.leadership()
         return error(409, str(e), leader=now.leader, epoch=now.epoch)

@@ -305,7 +305,7 @@ def resign(config_request: ConfigRequest, sidecar: str | None, as_json: bool) ->
     type=click.FloatRange(1, 600),
     default=15.0,
     show_default=True,
-    help="Seconds to wait for the new leader.",
+    help="Seconds to wait for the new leader; the request is withdrawn after that.",
 )
 @config_options
 def switchover(
@@ -321,7 +321,7 @@ def switchover(
     import time  # noqa: PLC0415
 
     client = _client(config_request, sidecar, with_token=True)
-    answer = client.switchover(to)
+    answer = client.switchover(to, timeout)
     if answer.status in (409, 503):
         click.echo(f"ringside: no switchover: {answer.error}", err=True)
         raise SystemExit(EXIT_DEGRADED)
@@ -344,5 +344,7 @@ def switchover(
             break
         time.sleep(0.1)
     now = f"{report.leader} leads at epoch {report.epoch}" if report.leader else "no leader"
-    click.echo(f"ringside: switchover not done within {timeout:g} s: {now}", err=True)
+    click.echo(
+        f"ringside: switchover not done within {timeout:g} s (request withdrawn): {now}", err=True
+    )
     raise SystemExit(EXIT_DEGRADED)

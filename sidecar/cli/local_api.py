@@ -137,9 +137,11 @@ class SidecarClient:
         """Ask this node to hand leadership over: 200, or 409 (not the leader), 403, 401."""
         return self._call("POST", "/v1/leader/resign", accept=(200, 401, 403, 409))
 
-    def switchover(self, to: str | None) -> Answer:
-        """Ask the leader to hand over (to `to`): 202, or 409 (why not), 403, 401, 503."""
-        path = "/v1/leader/switchover" + (f"?to={urllib.parse.quote(to)}" if to else "")
+    def switchover(self, to: str | None, timeout_s: float) -> Answer:
+        """Ask the leader to hand over (to `to`), the request withdrawn after `timeout_s`:
+        202, or 409 (why not), 403, 401, 503."""
+        query = {"timeout": f"{timeout_s:g}", **({"to": to} if to else {})}
+        path = "/v1/leader/switchover?" + urllib.parse.urlencode(query)
         return self._call("POST", path, accept=(202, 400, 401, 403, 409, 503))
 
     def events(self, since: int, *, idle_s: float = 40.0) -> Iterator[ClusterEvent]:
