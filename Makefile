@@ -26,6 +26,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy --strict sidecar bench chaos tests
 
 pytest: $(STAMP) etcd
+	@scripts/ensure-promtool.sh
 	$(BIN)/pytest
 
 test: lint typecheck pytest

@@ -150,7 +150,11 @@ async def _serve(
     token = config.http.token or ensure_token(token_path(config.http.token_file, lock.path))
     tls = config.etcd.tls
     certificates = expiries({"ca": tls.ca, "client": tls.cert} if tls is not None else {})
-    metrics = Metrics(agent, certificates=certificates)
+    metrics = Metrics(
+        agent,
+        certificates=certificates,
+        inventory_hosts=tuple(inventory.hosts) if inventory is not None else (),
+    )
     app = create_app(agent, inventory=inventory, render_metrics=metrics.render, token=token)
     # In-flight requests get half a second at shutdown: SIGTERM must end the process in 2 s.
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.5)

@@ -15,7 +15,7 @@ handler), not from a separate exporter thread.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from datetime import datetime
 
 from prometheus_client import (
@@ -24,6 +24,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    disable_created_metrics,
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -39,6 +40,11 @@ from sidecar.state import NodeState
 # (seconds) means the lease is at risk, so the buckets span 1 ms .. 5 s.
 KEEPALIVE_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
+# A `_created` series per counter and histogram doubles the series count and no alert or
+# dashboard reads it (`promtool check metrics` users asked); the setting is process-wide, and
+# a sidecar process exports nothing but ours.
+disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in prometheus_client
+
 
 class Metrics:
     """The metrics of `agent`, exposed from a private `CollectorRegistry` (never the global
@@ -48,7 +54,13 @@ class Metrics:
     later ones as they are added. Keepalives are observed from the next one on.
     """
 
-    def __init__(self, agent: Agent, *, certificates: Mapping[str, datetime] | None = None) -> None:
+    def __init__(
+        self,
+        agent: Agent,
+        *,
+        certificates: Mapping[str, datetime] | None = None,
+        inventory_hosts: Collection[str] = (),
+    ) -> None:
         self.agent = agent
         self.registry = CollectorRegistry()
         expiry = Gauge(
@@ -91,7 +103,7 @@ class Metrics:
             "Times this node handed leadership over because its orchestrator was down.",
             registry=self.registry,
         )
-        self.registry.register(_StateCollector(agent.state))
+        self.registry.register(_StateCollector(agent.state, inventory_hosts))
         agent.listen_keepalives(self.keepalive_latency.observe)
         for event in agent.events:
             self._count(event)
@@ -117,15 +129,17 @@ class Metrics:
 class _StateCollector(Collector):
     """Gauges (and the watch reconnect counter): one `NodeState` per scrape."""
 
-    def __init__(self, state: Callable[[], NodeState]) -> None:
+    def __init__(self, state: Callable[[], NodeState], inventory_hosts: Collection[str]) -> None:
         self.state = state
+        self.inventory_hosts = inventory_hosts
 
     def collect(self) -> Iterable[Metric]:
-        return state_metrics(self.state())
+        return state_metrics(self.state(), self.inventory_hosts)
 
 
-def state_metrics(state: NodeState) -> Iterable[Metric]:
-    """The gauges for one look at the sidecar; a pure function of `state`."""
+def state_metrics(state: NodeState, inventory_hosts: Collection[str] = ()) -> Iterable[Metric]:
+    """The gauges for one look at the sidecar; a pure function of `state` (and of the
+    inventory's host names, which `ringside_member_up` lists even while they are absent)."""
     now, view, health = state.leadership, state.view, state.quorum
 
     yield _gauge("ringside_is_leader", "1 while this node may act as leader.", now.is_leader)
@@ -146,7 +160,12 @@ def state_metrics(state: NodeState) -> Iterable[Metric]:
     )
     yield _gauge("ringside_quorum_ok", "1 while etcd has a quorum.", health.quorum_ok)
     yield _gauge("ringside_voters_healthy", "Healthy etcd voters.", health.voters_healthy)
-    yield _gauge("ringside_voters_total", "etcd voters in the cluster.", health.voters_total)
+    yield _gauge("ringside_voters", "etcd voters in the cluster.", health.voters_total)
+    yield _gauge(
+        "ringside_lease_ttl_seconds",
+        "TTL of our lease; keepalives go every third of it.",
+        state.lease.ttl if state.lease is not None else None,
+    )
     yield _gauge(
         "ringside_lease_remaining_seconds",
         "Seconds until etcd could expire our lease, by our clock; absent without a session.",
@@ -169,6 +188,17 @@ def state_metrics(state: NodeState) -> Iterable[Metric]:
         "Live members whose record says their orchestrator is failing its health check.",
         sum(1 for m in view.members.values() if not orchestrator_ok(m)),
     )
+
+    member_up = GaugeMetricFamily(
+        "ringside_member_up",
+        "1 for each live member (a live lease); 0 for each inventory host that is not live. "
+        "Only while the view follows etcd.",
+        labels=["node_id"],
+    )
+    if view.synced:
+        for node_id in sorted({*view.members, *inventory_hosts}):
+            member_up.add_metric([node_id], node_id in view.members)
+    yield member_up
 
     up = GaugeMetricFamily(
         "ringside_etcd_endpoint_up",

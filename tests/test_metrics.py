@@ -58,7 +58,7 @@ async def test_leader_gauges_follow_the_agent(store: MemoryStore, cluster: str) 
         assert value(metrics, "ringside_view_synced") == 1
         assert value(metrics, "ringside_quorum_ok") == 1
         assert value(metrics, "ringside_voters_healthy") == 1
-        assert value(metrics, "ringside_voters_total") == 1
+        assert value(metrics, "ringside_voters") == 1
         assert value(metrics, "ringside_etcd_endpoint_up", endpoint=ENDPOINT) == 1
         remaining = value(metrics, "ringside_lease_remaining_seconds")
         assert remaining is not None
@@ -190,3 +190,27 @@ async def test_certificate_expiry_is_exported(store: MemoryStore, cluster: str) 
     name = "ringside_tls_expiry_timestamp_seconds"
     assert value(metrics, name, certificate="client") == when.timestamp()
     assert value(Metrics(make_agent(store, "n2", cluster)), name, certificate="client") is None
+
+
+async def test_member_up_lists_live_members_and_absent_inventory_hosts(
+    store: MemoryStore, cluster: str
+) -> None:
+    agent = make_agent(store, "n1", cluster)
+    metrics = Metrics(agent, inventory_hosts=("n1", "mac-studio"))
+    assert value(metrics, "ringside_member_up", node_id="mac-studio") is None  # not in sync yet
+    async with running(agent):
+        await until(lambda: "n1" in agent.view.members)
+        assert value(metrics, "ringside_member_up", node_id="n1") == 1
+        assert value(metrics, "ringside_member_up", node_id="mac-studio") == 0
+        other = make_agent(store, "vast-29118471", cluster, eligible=False)
+        async with running(other):  # a member the inventory does not list is still shown
+            await until(lambda: "vast-29118471" in agent.view.members)
+            assert value(metrics, "ringside_member_up", node_id="vast-29118471") == 1
+        await until(lambda: "vast-29118471" not in agent.view.members)
+        assert value(metrics, "ringside_member_up", node_id="vast-29118471") is None
+
+
+async def test_no_created_series(store: MemoryStore, cluster: str) -> None:
+    """Counters and histograms export no `_created` series: nothing reads them."""
+    body, _ = Metrics(make_agent(store, "n1", cluster)).render()
+    assert b"_created" not in body
