@@ -11,6 +11,7 @@ from dataclasses import replace
 from sidecar.events import ClusterEvent, membership_changes
 from sidecar.handover import leader_change
 from sidecar.quorum import QuorumHealth
+from sidecar.records import printable
 from sidecar.view import ClusterView
 
 
@@ -29,16 +30,47 @@ def view_changes(old: ClusterView, new: ClusterView) -> list[ClusterEvent]:
         (old.leader.node_id if old.leader else None, old.epoch),
         (new.leader.node_id if new.leader else None, new.epoch),
     )
-    return [*_switchover_asked(old, new), *(_with_reason(event, old, new) for event in events)]
+    return [
+        *_switchover_asked(old, new),
+        *(_with_reason(event, old, new) for event in events),
+        *_orchestrator_changes(old, new),
+    ]
 
 
 def _with_reason(event: ClusterEvent, old: ClusterView, new: ClusterView) -> ClusterEvent:
     """A leader change gets the reason every node can read from etcd (`sidecar.handover`):
-    its code as `reason`, its sentence as `why`."""
+    its code as `reason`, its sentence as `why`. A member that left says whether it stopped
+    (its record marked leaving) or its lease ended (a crash, a cut-off node)."""
+    if event.kind == "member_left":
+        gone = old.members.get(str(event.detail.get("node_id")))
+        record = gone.record if gone is not None else None
+        if record is not None and record.leaving:
+            detail = {"reason": "stopped", "why": printable(record.leaving)}
+        else:
+            detail = {"reason": "expired", "why": "its lease ended without a clean stop"}
+        return replace(event, detail={**event.detail, **detail})
     if event.kind != "leader_changed":
         return event
     why = leader_change(old, new)
     return replace(event, detail={**event.detail, "reason": why.code, "why": why.detail})
+
+
+def _orchestrator_changes(old: ClusterView, new: ClusterView) -> list[ClusterEvent]:
+    """A member's orchestrator going down or coming back, as its record says (decision
+    0006): news for every node, and for the cluster history."""
+    events = []
+    for node_id, member in sorted(new.members.items()):
+        before = old.members.get(node_id)
+        was = before.record.orchestrator if before and before.record else None
+        now = member.record.orchestrator if member.record else None
+        if now is None or (was is not None and was.healthy == now.healthy):
+            continue
+        if was is None and now.healthy:
+            continue  # first check, healthy: no news
+        kind = "orchestrator_up" if now.healthy else "orchestrator_down"
+        detail = {"node_id": node_id, "detail": printable(now.detail)}
+        events.append(ClusterEvent(kind, new.revision, detail))
+    return events
 
 
 def _switchover_asked(old: ClusterView, new: ClusterView) -> list[ClusterEvent]:

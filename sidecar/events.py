@@ -25,6 +25,8 @@ EventKind = Literal[
     "health_handover",
     "leading_unhealthy",
     "switchover_requested",
+    "orchestrator_down",
+    "orchestrator_up",
 ]
 EVENT_KINDS: frozenset[str] = frozenset(get_args(EventKind))
 
@@ -58,7 +60,10 @@ class ClusterEvent:
         if self.kind == "member_joined":
             return f"member {detail.get('node_id')} joined"
         if self.kind == "member_left":
-            return f"member {detail.get('node_id')} left"
+            why = {"stopped": " (stopped)", "expired": " (lease expired)"}.get(
+                str(detail.get("reason")), ""
+            )
+            return f"member {detail.get('node_id')} left{why}"
         if self.kind == "leader_changed":
             why = f": {detail.get('why')} [{detail['reason']}]" if detail.get("reason") else ""
             if detail.get("leader") is None:
@@ -80,6 +85,10 @@ class ClusterEvent:
                 f"{detail.get('node_id')} keeps leading: {detail.get('reason')}, and no other "
                 "candidate has a healthy orchestrator"
             )
+        if self.kind == "orchestrator_down":
+            return f"orchestrator on {detail.get('node_id')} down ({detail.get('detail')})"
+        if self.kind == "orchestrator_up":
+            return f"orchestrator on {detail.get('node_id')} up again"
         if self.kind == "switchover_requested":
             asked = f"asked by {detail.get('by')} (epoch {detail.get('epoch')})"
             if detail.get("reason") == "preferred-leader":

@@ -60,12 +60,21 @@ class Store(abc.ABC):
     # --- keys -------------------------------------------------------------------------------
 
     @abc.abstractmethod
-    async def get(self, key: str, *, prefix: bool = False, revision: int = 0) -> RangeResult:
+    async def get(
+        self,
+        key: str,
+        *,
+        prefix: bool = False,
+        revision: int = 0,
+        limit: int = 0,
+        newest_first: bool = False,
+    ) -> RangeResult:
         """Read one key, or every key under `prefix`, in key order (etcd: kv range).
 
         `revision` reads history (0: now); too old raises `Compacted`, too new
         `FutureRevision`. Reads are linearizable: a store without quorum cannot answer and
-        raises `StoreUnavailable` rather than serve stale data.
+        raises `StoreUnavailable` rather than serve stale data. `limit` (0: none) keeps the
+        first keys, in descending key order with `newest_first`; `total` still counts all.
         """
 
     @abc.abstractmethod

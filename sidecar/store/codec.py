@@ -103,6 +103,7 @@ def parse_range(answer: JsonObject, header: Header | None = None) -> RangeResult
     return RangeResult(
         header=header or parse_header(answer),
         kvs=tuple(parse_kv(kv) for kv in as_list(answer, "kvs")),
+        count=as_int(answer, "count"),
     )
 
 

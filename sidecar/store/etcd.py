@@ -83,10 +83,22 @@ class EtcdStore(Store):
             )
         )
 
-    async def get(self, key: str, *, prefix: bool = False, revision: int = 0) -> RangeResult:
+    async def get(
+        self,
+        key: str,
+        *,
+        prefix: bool = False,
+        revision: int = 0,
+        limit: int = 0,
+        newest_first: bool = False,
+    ) -> RangeResult:
         body = key_range(key, prefix)
         if revision:
             body["revision"] = str(revision)
+        if limit:
+            body["limit"] = str(limit)
+        if newest_first:
+            body["sort_order"], body["sort_target"] = "DESCEND", "KEY"
         return parse_range(await self.gateway.call("/v3/kv/range", body))
 
     async def put(self, key: str, value: bytes, *, lease: int = 0) -> int:

@@ -162,11 +162,22 @@ class MemoryStore(Store):
 
     # --- keys -------------------------------------------------------------------------------
 
-    async def get(self, key: str, *, prefix: bool = False, revision: int = 0) -> RangeResult:
+    async def get(
+        self,
+        key: str,
+        *,
+        prefix: bool = False,
+        revision: int = 0,
+        limit: int = 0,
+        newest_first: bool = False,
+    ) -> RangeResult:
         self._expire_due()
         kvs = self._kvs if revision <= 0 else self._kvs_at(revision)
+        found = self._range(kvs, key, prefix)
+        ordered = found[::-1] if newest_first else found
+        kept = ordered[:limit] if limit else ordered
         # Like etcd, the header names the current revision even for a historical read.
-        return RangeResult(self._header(), self._range(kvs, key, prefix))
+        return RangeResult(self._header(), kept, count=len(found))
 
     async def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
         result = await self.txn((), (Put(key, value, lease),))

@@ -58,6 +58,12 @@ class RangeResult:
 
     header: Header
     kvs: tuple[KeyValue, ...]
+    count: int | None = None  # keys in the range before any `limit`; None: len(kvs)
+
+    @property
+    def total(self) -> int:
+        """How many keys the range holds, including those a `limit` left out."""
+        return len(self.kvs) if self.count is None else self.count
 
     @property
     def revision(self) -> int:

@@ -67,6 +67,26 @@ async def test_put_then_get(store: Store, prefix: str) -> None:
     assert (await store.get(prefix + "missing")).kvs == ()
 
 
+async def test_a_limited_read_keeps_the_first_keys_and_counts_them_all(
+    store: Store, prefix: str
+) -> None:
+    for name in ("b", "a", "d", "c"):
+        await store.put(prefix + name, name.encode())
+    every = await store.get(prefix, prefix=True)
+    assert [kv.key for kv in every.kvs] == [prefix + n for n in "abcd"]
+    assert every.total == 4
+    first = await store.get(prefix, prefix=True, limit=2)
+    assert [kv.key for kv in first.kvs] == [prefix + "a", prefix + "b"]
+    assert first.total == 4
+    newest = await store.get(prefix, prefix=True, limit=1, newest_first=True)
+    assert [kv.key for kv in newest.kvs] == [prefix + "d"]
+    assert newest.total == 4
+    backwards = await store.get(prefix, prefix=True, newest_first=True)
+    assert [kv.key for kv in backwards.kvs] == [prefix + n for n in "dcba"]
+    empty = await store.get(prefix + "none/", prefix=True, limit=5)
+    assert (empty.kvs, empty.total) == ((), 0)
+
+
 async def test_each_write_bumps_the_revision_by_one(store: Store, prefix: str) -> None:
     before = await current_revision(store, prefix)
     first = await store.put(prefix + "a", b"1")
