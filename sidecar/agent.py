@@ -60,6 +60,7 @@ from sidecar.health_rule import (
 )
 from sidecar.history import HistoryGuard
 from sidecar.hooks import RoleHooks
+from sidecar.journal import Journal, read_history
 from sidecar.keys import Keys
 from sidecar.membership import DuplicateNode, MemberKey
 from sidecar.orchestrator import OrchestratorWatch
@@ -98,6 +99,7 @@ class Parts:
     events: EventLog
     guard: HistoryGuard
     orchestrator: OrchestratorWatch | None
+    journal: Journal | None = None  # the cluster history in etcd, written while we lead
 
 
 class SwitchoverRefused(Exception):
@@ -129,6 +131,7 @@ class Agent:
         self.keeper = parts.view
         self.quorum = parts.quorum
         self.orchestrator = parts.orchestrator
+        self.journal = parts.journal
         self.keeper.listen(self)
         self.quorum.listen(self._quorum_changed)
         self.session: Session | None = None
@@ -298,6 +301,10 @@ class Agent:
             self._promised_until = max(self._promised_until, promise)
         return now
 
+    def _leading(self) -> Campaign | None:
+        """Our candidacy while we lead (leader-only work, such as the history, runs on it)."""
+        return self.candidacy if self.leadership().is_leader else None
+
     # --- running -------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -313,6 +320,8 @@ class Agent:
         ]
         if self.orchestrator is not None:
             tasks.append(asyncio.create_task(self.orchestrator.run(), name="orchestrator"))
+        if self.journal is not None:
+            tasks.append(asyncio.create_task(self.journal.run(self._leading), name="journal"))
         control = asyncio.create_task(self._control_loop(), name="control")
         stopping = asyncio.create_task(stop.wait(), name="stop")
         try:
@@ -391,6 +400,10 @@ class Agent:
             self.hooks.fire("elected", epoch=now.epoch, leader=self.node_id, why=why)
         await self._revoke_stale_leases()
         return f"{'leader' if now.is_leader else 'follower'}: {now.reason}"
+
+    async def history(self, *, since: float = 0.0, node: str | None = None) -> list[ClusterEvent]:
+        """The cluster history recorded in etcd (decision 0018), read now: oldest first."""
+        return await read_history(self.store, self.keys, since=since, node=node)
 
     # --- switchover (decision 0016) ------------------------------------------------------
 

@@ -30,11 +30,14 @@ def view_changes(old: ClusterView, new: ClusterView) -> list[ClusterEvent]:
         (old.leader.node_id if old.leader else None, old.epoch),
         (new.leader.node_id if new.leader else None, new.epoch),
     )
-    return [
+    found = [
         *_switchover_asked(old, new),
         *(_with_reason(event, old, new) for event in events),
         *_orchestrator_changes(old, new),
     ]
+    if not old.synced and old.revision == 0:  # the first load: the state found, not a change
+        return [replace(e, detail={**e.detail, "initial": True}) for e in found]
+    return found
 
 
 def _with_reason(event: ClusterEvent, old: ClusterView, new: ClusterView) -> ClusterEvent:

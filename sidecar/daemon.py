@@ -28,6 +28,7 @@ from sidecar.history import HistoryGuard
 from sidecar.hooks import RoleHooks
 from sidecar.identity import HostFacts, resolve_identity
 from sidecar.inventory import Inventory
+from sidecar.journal import Journal
 from sidecar.keys import Keys
 from sidecar.lock import InstanceLock, default_lock_path
 from sidecar.membership import MemberKey
@@ -76,15 +77,17 @@ def build_agent(
         else None
     )
     leader = config.leader
+    events = EventLog()
     parts = Parts(
         keys=keys,
         member=member,
         view=ViewKeeper(store, keys),
         quorum=QuorumMonitor(store, interval_s=quorum_interval_s, probe_key=keys.prefix),
         hooks=RoleHooks(leader.on_elected, leader.on_demoted, leader.hook_timeout, node_id),
-        events=EventLog(),
+        events=events,
         guard=HistoryGuard(),
         orchestrator=orchestrator,
+        journal=Journal(store, keys, events, node_id=node_id) if leader.eligible else None,
     )
     return Agent(config, node_id, store, parts, previous_instance=previous_instance)
 

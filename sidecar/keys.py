@@ -6,6 +6,9 @@
 | `election/<node_id>` | node id            | the same lease    |
 | `switchover/<node_id>` | a switchover this node asked for: `{to, epoch}` | the same lease |
 
+The cluster history lives beside the prefix, in `/ringside-history/<cluster>/<revision>-<kind>-
+<subject>` (JSON events, no lease), written by the leader (`sidecar.journal`).
+
 Both keys are named by the node, so etcd's RBAC can let each node write its own two keys and
 nothing else (rule 15). ringside 0.1 named the candidate key by its lease
 (`election/<lease id in hex>`); such keys are still read, from 0.1 sidecars only, for the time
@@ -44,6 +47,12 @@ class Keys:
     @property
     def switchovers(self) -> str:
         return self.prefix + "switchover/"
+
+    @property
+    def history(self) -> str:
+        """The cluster history (decision 0018): beside the prefix, not under it, so the view
+        every sidecar loads and watches does not carry thousands of past events."""
+        return f"/ringside-history/{self.cluster}/"
 
     def member(self, node_id: str) -> str:
         return self.members + node_id

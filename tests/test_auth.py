@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from sidecar.journal import read_history
 from sidecar.keys import Keys
 from sidecar.store.errors import AuthFailed, StoreError
 from sidecar.store.etcd import EtcdStore
@@ -30,6 +31,7 @@ from tests.cli_support import clean_env
 from tests.fleet import Fleet
 from tests.pki import make_ca, make_cert
 from tests.reads import get_one
+from tests.waiting import wait_for
 
 CLUSTER = "secured"
 ELIGIBLE, OTHER, OBSERVER = "node-a", "node-b", "node-c"
@@ -160,13 +162,13 @@ def test_show_says_who_can_write_what(secured: tuple[LocalEtcdCluster, Path]) ->
     shown = ringside_auth(etcd, secrets, "show", "-o", "json")
     assert shown.returncode == 0, shown.stderr
     users = {u["user"]: u for u in json.loads(shown.stdout)["users"]}
-    prefix = KEYS.prefix
+    prefix, history = KEYS.prefix, KEYS.history
     assert users[f"ringside-{CLUSTER}-{ELIGIBLE}"]["permissions"] == [
-        f"read {prefix}*", f"readwrite {prefix}election/{ELIGIBLE}",
+        f"read {prefix}*", f"readwrite {history}*", f"readwrite {prefix}election/{ELIGIBLE}",
         f"readwrite {prefix}members/{ELIGIBLE}", f"readwrite {prefix}switchover/{ELIGIBLE}",
     ]  # fmt: skip
     assert users[f"ringside-{CLUSTER}-{OBSERVER}"]["permissions"] == [
-        f"read {prefix}*", f"readwrite {prefix}members/{OBSERVER}",
+        f"read {history}*", f"read {prefix}*", f"readwrite {prefix}members/{OBSERVER}",
         f"readwrite {prefix}switchover/{OBSERVER}",
     ]  # fmt: skip
     assert users["root"]["roles"] == ["root"]
@@ -263,6 +265,21 @@ async def test_an_observer_cannot_campaign(secured: tuple[LocalEtcdCluster, Path
         await store.close()
 
 
+async def test_an_observer_reads_the_history_and_cannot_write_it(
+    secured: tuple[LocalEtcdCluster, Path],
+) -> None:
+    """Candidates may write the history (only the leader does: its writes are fenced by its
+    candidate key; decision 0018); a node that can never lead may only read it."""
+    etcd, secrets = secured
+    store = login(etcd, secrets, OBSERVER)
+    try:
+        await store.get(KEYS.history, prefix=True)
+        with pytest.raises(AuthFailed, match="permission denied"):
+            await store.put(KEYS.history + "00000000000000000001-member_left-node-a", b"{}")
+    finally:
+        await store.close()
+
+
 async def test_a_removed_node_is_refused_at_its_next_request(
     secured: tuple[LocalEtcdCluster, Path],
 ) -> None:
@@ -351,6 +368,19 @@ async def test_sidecars_with_their_own_credentials_elect_and_fail_over(
         second = await fleet.wait_converged(rest, within_s=20, leader_among=[ELIGIBLE, OTHER])
         assert second["node_id"] != first["node_id"]
         assert second["epoch"] > first["epoch"]
+        root = as_root(etcd, secrets)
+        try:  # the new leader, with its own credentials, recorded the stop in the history
+
+            async def recorded() -> bool:
+                found = await read_history(root, KEYS)
+                return any(
+                    e.kind == "member_left" and e.detail.get("node_id") == first["node_id"]
+                    for e in found
+                )
+
+            await wait_for(recorded, 10, what="the stop was not recorded in the history")
+        finally:
+            await root.close()
         for node_id in rest:  # they leave: each revokes its own lease, keys and all
             fleet.sidecars[node_id].signal(signal.SIGTERM)
             assert fleet.sidecars[node_id].wait_exit(10) == 0

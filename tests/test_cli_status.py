@@ -27,7 +27,7 @@ from tests.waiting import wait_for
 TTL = FLEET_TTL
 VOTERS = ("hetzner-cpu1", "hetzner-cpu2")
 OBSERVER = "lambda-gh200-3"
-STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
+STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ"  # UTC, with the zone
 
 
 @pytest.fixture

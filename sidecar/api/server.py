@@ -267,6 +267,25 @@ async def switchover(request: web.Request) -> web.Response:
     return web.json_response({"requested": True, "to": to, "epoch": epoch}, status=202)
 
 
+HISTORY_TIMEOUT_S = 5.0
+
+
+async def history(request: web.Request) -> web.Response:
+    """The cluster history recorded in etcd (decision 0018): `?since=UNIX_TIME`, `?node=ID`.
+    The one route that asks etcd rather than answering from memory: 503 when it cannot."""
+    since = _float_param(request, "since", 0, 2**40) or 0.0
+    node = request.query.get("node") or None
+    if node is not None and not DNS_LABEL.fullmatch(node):
+        return error(400, "node must be a node id")
+    agent = request.app[STATE].agent
+    try:
+        async with asyncio.timeout(HISTORY_TIMEOUT_S):
+            found = await agent.history(since=since, node=node)
+    except (StoreError, TimeoutError) as e:
+        return error(503, f"cannot read the cluster history from etcd: {e or 'no answer'}")
+    return web.json_response({"events": [e.document() for e in found]})
+
+
 async def events(request: web.Request) -> web.StreamResponse:
     """Server-sent events; `?since=REV` first replays what is still remembered after REV."""
     since = _int_param(request, "since")
@@ -357,6 +376,7 @@ def create_app(
         ("GET", "/v1/leader", leader),
         ("GET", "/v1/fence", fence),
         ("GET", "/v1/events", events),
+        ("GET", "/v1/history", history),
         ("POST", "/v1/leader/resign", resign),
         ("POST", "/v1/leader/switchover", switchover),
         ("GET", "/metrics", metrics),

@@ -199,6 +199,8 @@ def _watch_printers(output: str) -> tuple[Callable[[ClusterEvent], None], Callab
     timestamped lines for people; JSON lines (or YAML documents) on stdout, notes on stderr."""
     from sidecar.cli import tables  # noqa: PLC0415
 
+    flapping = FlapWindow()
+
     def emit(event: ClusterEvent) -> None:
         if output == "json":
             click.echo(json.dumps(event.document()))
@@ -206,11 +208,35 @@ def _watch_printers(output: str) -> tuple[Callable[[ClusterEvent], None], Callab
             click.echo("---\n" + tables.document(event.document(), "yaml"))
         else:
             click.echo(tables.stamped(event.sentence(), event.at))
+            flapped = flapping.saw(event)
+            if flapped is not None:
+                click.echo(tables.stamped(flapped, event.at))
 
     def note(sentence: str) -> None:
         click.echo(tables.stamped(sentence), err=output in ("json", "yaml"))
 
     return emit, note
+
+
+class FlapWindow:
+    """Groups a flapping node for `status --watch`: once a node has left `times` times within
+    `window_s`, one more line says so ("vast-29118471 flapped 3 times in 2 min")."""
+
+    def __init__(self, times: int = 3, window_s: float = 120.0) -> None:
+        self.times, self.window_s = times, window_s
+        self._left: dict[str, list[float]] = {}
+
+    def saw(self, event: ClusterEvent) -> str | None:
+        node = event.detail.get("node_id")
+        if event.kind != "member_left" or not isinstance(node, str):
+            return None
+        recent = [t for t in self._left.get(node, []) if event.at - t <= self.window_s]
+        recent.append(event.at)
+        self._left[node] = recent
+        if len(recent) < self.times:
+            return None
+        minutes = max(1, round((recent[-1] - recent[0]) / 60))
+        return f"{node} flapped {len(recent)} times in {minutes} min"
 
 
 def _until_interrupted(follow: Callable[[], object]) -> None:

@@ -81,9 +81,12 @@ class Access:
         return self.keys.etcd_user(node_id)
 
     def permissions_of(self, node_id: str, *, eligible: bool) -> tuple[Permission, ...]:
-        prefix = self.keys.prefix
+        prefix, history = self.keys.prefix, self.keys.history
         wanted = [
             Permission("READ", prefix, _end_of(prefix)),
+            # The cluster history (decision 0018): everyone reads it, candidates write it
+            # (only the leader does; a txn fenced by its candidate key guards that).
+            Permission("READWRITE" if eligible else "READ", history, _end_of(history)),
             Permission("READWRITE", self.keys.member(node_id)),
             # Its own switchover request: any node may ask the leader to hand over (0016).
             Permission("READWRITE", self.keys.switchover(node_id)),

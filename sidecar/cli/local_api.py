@@ -144,6 +144,16 @@ class SidecarClient:
         path = "/v1/leader/switchover?" + urllib.parse.urlencode(query)
         return self._call("POST", path, accept=(202, 400, 401, 403, 409, 503))
 
+    def history(self, since: float, node: str | None) -> list[ClusterEvent]:
+        """The cluster history recorded in etcd, through the sidecar (`/v1/history`)."""
+        query = {"since": f"{since:.3f}", **({"node": node} if node else {})}
+        path = "/v1/history?" + urllib.parse.urlencode(query)
+        document = self._get(path)
+        found = document.get("events")
+        if not isinstance(found, list):
+            raise BadAnswer(f"the sidecar at {self.base_url} answered {path} without events")
+        return [self._parse(path, raw, parse_event) for raw in found]
+
     def events(self, since: int, *, idle_s: float = 40.0) -> Iterator[ClusterEvent]:
         """Follow `/v1/events` from after revision `since`.
 

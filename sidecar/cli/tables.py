@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from sidecar.cli.reports import LeaderReport, MemberInfo, StatusReport
@@ -150,9 +150,10 @@ def leader_text(report: LeaderReport) -> str:
 
 
 def stamped(sentence: str, at: float | None = None) -> str:
-    """`sentence` after the local time `at` (default now), e.g. ``2024-05-01 12:03:07 ...``."""
-    when = datetime.fromtimestamp(time.time() if at is None else at)
-    return f"{when:%Y-%m-%d %H:%M:%S} {safe(sentence)}"
+    """`sentence` after the UTC time `at` (default now), with the zone, as the logs and
+    `ringside events` print it: ``2026-05-01 12:03:07Z ...``."""
+    when = datetime.fromtimestamp(time.time() if at is None else at, UTC)
+    return f"{when:%Y-%m-%d %H:%M:%S}Z {safe(sentence)}"
 
 
 def _suffix(text: object) -> str:
