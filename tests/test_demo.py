@@ -28,19 +28,20 @@ def marked(mark: str) -> list[psutil.Process]:
     return found
 
 
-def test_demo_once_shows_five_sidecars_one_hetzner_leader_and_cleans_up() -> None:
+def run_demo(*args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m sidecar.testing.demo *args`; fails the test if it left any process behind."""
     mark = uuid.uuid4().hex
     binary = os.environ.get("RINGSIDE_ETCD_BINARY")
     env = clean_env(**({"RINGSIDE_ETCD_BINARY": binary} if binary else {}))
     env[MARK] = mark  # inherited by every process the demo starts
     try:
         result = subprocess.run(
-            [sys.executable, "-m", "sidecar.testing.demo", "--once"],
+            [sys.executable, "-m", "sidecar.testing.demo", *args],
             check=False,
             capture_output=True,
             text=True,
             env=env,
-            timeout=90,
+            timeout=120,
         )
     finally:
         leftovers = marked(mark)
@@ -48,8 +49,25 @@ def test_demo_once_shows_five_sidecars_one_hetzner_leader_and_cleans_up() -> Non
         for process in leftovers:  # never leave them to the next test
             process.kill()
     assert result.returncode == 0, result.stdout + result.stderr
-    assert left == [], f"left running: {left}"  # etcd members, `sidecar run`, anything
+    assert left == [], f"left running: {left}"
+    return result
 
+
+def test_demo_flap_shows_the_flapping_node_in_ringside_flaps() -> None:
+    out = run_demo("--once", "--flap").stdout
+    lines = out.splitlines()
+    header = lines.index(
+        next(line for line in lines if line.startswith("NODE  ") and "LEFT" in line)
+    )
+    assert lines[header].split() == ["NODE", "LEFT", "BACK", "ABSENT", "LONGEST", "WHY", "NOW"]
+    row = lines[header + 1].split()
+    # Paused past its lease (expired), then restarted (stopped): two absences, both over.
+    assert row[:3] == ["vast-29118471", "2", "2"], out
+    assert " ".join(row[5:]) == "expired 1, stopped 1 live", out
+
+
+def test_demo_once_shows_five_sidecars_one_hetzner_leader_and_cleans_up() -> None:
+    result = run_demo("--once")
     out = result.stdout
     summary = re.search(
         r"^ringrift: leader (\S+) \(epoch \d+\), 5 alive, quorum ok \(3/3 voters\)$", out, re.M

@@ -21,8 +21,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Final
@@ -46,6 +46,8 @@ NODES: Final = (
     ("vast-29118471", False),
 )
 READY_WITHIN_S: Final = 60.0
+FLAPPER: Final = "vast-29118471"  # the node `--flap` makes flap
+FLAPPER_TTL_S: Final = 3
 STOP_WITHIN_S: Final = 5.0
 INVENTORY: Final = Path("config/distributed_hosts.example.yaml")
 _IN_SESSION: Final = "--in-own-session"
@@ -68,7 +70,19 @@ class DemoSidecar:
     node_id: str
     url: str
     log_path: Path
-    process: subprocess.Popen[bytes]
+    env: dict[str, str]
+    process: subprocess.Popen[bytes] = field(init=False)  # set by start()
+
+    def start(self) -> None:
+        """(Re)start its `ringside run`, logging to its file."""
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "sidecar", "run"],
+                env=self.env,
+                stdout=log,
+                stderr=log,
+                preexec_fn=_sidecar_child,  # noqa: PLW1509  # prctl must run in the child
+            )
 
 
 def find_inventory() -> Path | None:
@@ -82,8 +96,10 @@ def find_inventory() -> Path | None:
 
 
 def start_sidecars(
-    cluster: LocalEtcdCluster, workdir: Path, inventory: Path | None
+    cluster: LocalEtcdCluster, workdir: Path, inventory: Path | None, *, flap: bool = False
 ) -> list[DemoSidecar]:
+    """The five sidecars; with `flap`, the one that flaps (FLAPPER) gets a short lease, so
+    that pausing it makes its lease expire in seconds."""
     sidecars = []
     for node_id, eligible in NODES:
         listen = f"127.0.0.1:{free_port()}"
@@ -99,17 +115,50 @@ def start_sidecars(
         env.pop("RINGSIDE_CONFIG", None)
         if inventory is not None:
             env["RINGSIDE_INVENTORY"] = str(inventory)
-        log_path = workdir / f"{node_id}.log"
-        with open(log_path, "ab") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "sidecar", "run"],
-                env=env,
-                stdout=log,
-                stderr=log,
-                preexec_fn=_sidecar_child,  # noqa: PLW1509  # prctl must run in the child
-            )
-        sidecars.append(DemoSidecar(node_id, f"http://{listen}", log_path, process))
+        if flap and node_id == FLAPPER:
+            env["RINGSIDE_LEASE_TTL"] = str(FLAPPER_TTL_S)
+        sidecar = DemoSidecar(node_id, f"http://{listen}", workdir / f"{node_id}.log", env)
+        sidecar.start()
+        sidecars.append(sidecar)
     return sidecars
+
+
+def flap(sidecars: Sequence[DemoSidecar], within_s: float) -> None:
+    """FLAPPER leaves and comes back twice, as the old gossip layer saw Vast nodes do: paused
+    past its lease (it expires), then stopped and started again (a clean stop). Returns once
+    the leader has recorded both in the cluster history."""
+    flapper = next(s for s in sidecars if s.node_id == FLAPPER)
+    watcher = SidecarClient(sidecars[0].url)
+    deadline = Deadline(within_s)
+    print(
+        f"flapping {FLAPPER}: paused past its {FLAPPER_TTL_S} s lease, then restarted", flush=True
+    )
+    flapper.process.send_signal(signal.SIGSTOP)
+    _until(lambda: not _listed(watcher, FLAPPER), deadline, f"{FLAPPER} did not expire")
+    flapper.process.send_signal(signal.SIGCONT)
+    _until(lambda: _listed(watcher, FLAPPER), deadline, f"{FLAPPER} did not come back")
+    flapper.process.send_signal(signal.SIGTERM)
+    flapper.process.wait(STOP_WITHIN_S)
+    _until(lambda: not _listed(watcher, FLAPPER), deadline, f"{FLAPPER} did not leave")
+    flapper.start()
+    _until(lambda: _listed(watcher, FLAPPER), deadline, f"{FLAPPER} did not join again")
+
+    def recorded() -> bool:
+        left = [e for e in watcher.history(0.0, FLAPPER) if e.kind == "member_left"]
+        return len(left) >= 2
+
+    _until(recorded, deadline, "the leader did not record the flaps")
+
+
+def _listed(client: SidecarClient, node_id: str) -> bool:
+    return any(m.node_id == node_id for m in client.status().members)
+
+
+def _until(done: Callable[[], bool], deadline: Deadline, failure: str) -> None:
+    while not done():
+        if deadline.expired:
+            raise DemoFailed(failure)
+        time.sleep(0.1)
 
 
 def wait_ready(sidecars: Sequence[DemoSidecar], within_s: float) -> None:
@@ -166,7 +215,7 @@ def stop_sidecars(sidecars: Sequence[DemoSidecar]) -> None:
             sidecar.process.wait()
 
 
-def run_demo(once: bool, seconds: float | None) -> int:
+def run_demo(once: bool, seconds: float | None, *, flapping: bool = False) -> int:
     """Everything from an empty temp dir to a clean stop; returns the exit code."""
     with tempfile.TemporaryDirectory(prefix="ringside-demo-") as tmp, _stop_on_signals():
         workdir = Path(tmp)
@@ -176,7 +225,7 @@ def run_demo(once: bool, seconds: float | None) -> int:
         with LocalEtcdCluster(workdir / "etcd") as cluster:
             try:
                 print(f"etcd: 3 members at {','.join(cluster.client_urls)}", flush=True)
-                sidecars = start_sidecars(cluster, workdir, inventory)
+                sidecars = start_sidecars(cluster, workdir, inventory, flap=flapping)
                 print(
                     f"starting {len(sidecars)} sidecars (cluster {CLUSTER}, inventory "
                     f"{inventory or 'none'}, logs in {workdir})",
@@ -184,6 +233,9 @@ def run_demo(once: bool, seconds: float | None) -> int:
                 )
                 wait_ready(sidecars, READY_WITHIN_S)
                 code = ringside("status", "--sidecar", sidecars[0].url).wait()
+                if flapping:
+                    flap(sidecars, READY_WITHIN_S)
+                    code = code or ringside("flaps", "--sidecar", sidecars[0].url).wait()
                 print(_point_your_shell(cluster, sidecars), flush=True)
                 if once:
                     return code
@@ -251,12 +303,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sidecar.testing.demo", description=__doc__)
     parser.add_argument("--once", action="store_true", help="print the status once and exit")
     parser.add_argument("--seconds", type=float, help="stop after this long (default: Ctrl-C)")
+    parser.add_argument(
+        "--flap",
+        action="store_true",
+        help=f"make {FLAPPER} leave and come back twice, then show `ringside flaps`",
+    )
     parser.add_argument(_IN_SESSION, action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if not args.in_own_session:
         return _shielded(argv)
     try:
-        return run_demo(args.once, args.seconds)
+        return run_demo(args.once, args.seconds, flapping=args.flap)
     except _Stop:
         return 0
     except LocalClusterError as e:
