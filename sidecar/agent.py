@@ -432,10 +432,11 @@ class Agent:
         elif len(view.electable) < 2:
             raise SwitchoverRefused("there is no other candidate to hand over to")
         request = json.dumps({"to": to, "epoch": view.epoch, "by": self.node_id, "reason": reason})
+        # Before the write: the loop may see the key in the view before the put returns here.
+        self._request_deadline = time.monotonic() + timeout_s
         await self.store.put(
             self.keys.switchover(self.node_id), request.encode(), lease=session.lease_id
         )
-        self._request_deadline = time.monotonic() + timeout_s
         self._wake.set()
         return view.epoch
 
