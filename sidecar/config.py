@@ -107,18 +107,26 @@ class LoadedConfig:
         return self.layers[layer].get(field)
 
 
+DEFAULT_CONFIG_FILE: Final = Path("/etc/ringside/ringside.yaml")
+"""Read when neither --config nor RINGSIDE_CONFIG names a file and it exists: a node set up by
+deploy/ has its settings there, so `ringside etcd` no longer dials 127.0.0.1:2379 unasked."""
+
+
 def load_config(
     path: Path | None, env: Mapping[str, str], flags: Mapping[str, object]
 ) -> LoadedConfig:
     """Merge defaults, the YAML file, ``RINGSIDE_*`` variables and flags, then validate.
 
-    `path` is the ``--config`` flag; without it ``RINGSIDE_CONFIG`` names the file, and without
-    that only defaults, environment and flags apply. `flags` holds only the options the user
+    `path` is the ``--config`` flag; without it ``RINGSIDE_CONFIG`` names the file, then
+    `DEFAULT_CONFIG_FILE` when it exists; without any, only defaults, environment and flags
+    apply. `flags` holds only the options the user
     actually passed, keyed by option name (see FLAG_FIELDS). Empty variables count as unset.
     """
     present = {name: value.strip() for name, value in env.items() if value.strip()}
     if path is None and CONFIG_ENV in present:
         path = Path(present[CONFIG_ENV])
+    if path is None and DEFAULT_CONFIG_FILE.is_file():
+        path = DEFAULT_CONFIG_FILE
     offered: dict[Layer, dict[tuple[str, ...], object]] = {"file": {}, "env": {}, "flag": {}}
     sources: dict[tuple[str, ...], str] = {}
     if path is not None:

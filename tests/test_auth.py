@@ -11,6 +11,7 @@ own credentials join, elect, fail over and leave.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import stat
 import subprocess
@@ -493,3 +494,46 @@ async def test_over_tls_with_auth_sidecars_elect_and_another_node_is_refused(
         assert second["epoch"] > first["epoch"]
     finally:
         await fleet.close()
+
+
+DOCTOR_CASES = {
+    "own-keys": (ELIGIBLE, None, True, "ok", rf"may write {KEYS.candidate(ELIGIBLE)}"),
+    "observer-asked-to-campaign": (
+        OBSERVER, None, True, "fail", rf"may not write {KEYS.candidate(OBSERVER)}"
+    ),
+    "wrong-password": (
+        ELIGIBLE, "not-the-password", True, "fail", "refused the login as .*wrong password"
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", DOCTOR_CASES.values(), ids=DOCTOR_CASES.keys())
+def test_doctor_checks_the_login_and_the_nodes_rights(
+    secured: tuple[LocalEtcdCluster, Path],
+    tmp_path: Path,
+    case: tuple[str, str | None, bool, str, str],
+) -> None:
+    node_id, password, eligible, level, pattern = case
+    etcd, secrets = secured
+    password_file = secrets / f"{node_id}.password"
+    if password is not None:
+        password_file = tmp_path / "wrong.password"
+        password_file.write_text(password)
+        password_file.chmod(0o600)
+    config = tmp_path / "node.yaml"
+    etcd_settings = {**tls_settings(etcd), "password_file": str(password_file)}
+    config.write_text(yaml.safe_dump({"etcd": etcd_settings, "leader": {"eligible": eligible}}))
+    result = subprocess.run(
+        [sys.executable, "-m", "sidecar", "doctor", "-o", "json"],
+        capture_output=True, text=True, check=False, timeout=60,
+        env=clean_env(
+            RINGSIDE_CONFIG=str(config), RINGSIDE_CLUSTER=CLUSTER, RINGSIDE_NODE_ID=node_id,
+            RINGSIDE_ETCD_ENDPOINTS=",".join(etcd.client_urls),
+            RINGSIDE_LOCK_FILE=str(tmp_path / "node.lock"),
+        ),
+    )  # fmt: skip
+    assert result.returncode == (0 if level == "ok" else 1), result.stdout + result.stderr
+    access = next(s for s in json.loads(result.stdout)["sections"] if s["title"] == "etcd access")
+    assert any(f["level"] == level and re.search(pattern, f["text"]) for f in access["findings"]), (
+        access
+    )

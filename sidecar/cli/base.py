@@ -35,7 +35,8 @@ _CONFIG_OPTIONS: Final = (
         "--config",
         "config_path",
         type=click.Path(path_type=Path),
-        help="YAML config file (default: $RINGSIDE_CONFIG, else defaults only).",
+        help="YAML config file (default: $RINGSIDE_CONFIG, else /etc/ringside/ringside.yaml "
+        "when it exists).",
     ),
     click.option("--cluster", help="Cluster name; keys live under /ringside/<cluster>/."),
     click.option("--node-id", help="This node's id; overrides every other identity source."),
