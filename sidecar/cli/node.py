@@ -139,7 +139,12 @@ def _health_text(health: EtcdHealth) -> str:
                 f"raft term {e.status.raft_term}  {e.latency_s * 1000:.1f} ms"
             )
             continue
-        role = "leader" if e.status.leader == e.status.header.member_id else "follower"
+        if not health.quorum_ok:  # what a member cut off from a quorum believes is stale
+            role = "no quorum"
+        elif e.status.leader == e.status.header.member_id:
+            role = "leader"
+        else:
+            role = "follower"
         lines.append(
             f"  {e.url:<{width}}  up    etcd {e.status.version}  {name} ({role})  "
             f"raft term {e.status.raft_term}  {e.latency_s * 1000:.1f} ms"
@@ -151,7 +156,14 @@ def _health_text(health: EtcdHealth) -> str:
             f"{len(health.members)} members: {', '.join(m.name for m in health.members)}"
         )
     else:
-        lines.append(f"quorum: NOT ok: {health.error}")
+        up = sum(1 for e in health.endpoints if e.status is not None)
+        if up:  # members answer, yet no read: they have no leader to serve it (one verdict)
+            lines.append(
+                f"quorum: NOT ok: {up} of {len(health.endpoints)} endpoints answer, but no "
+                f"linearizable read went through: the voters have no quorum ({health.error})"
+            )
+        else:
+            lines.append(f"quorum: NOT ok: {health.error}")
     return "\n".join(lines)
 
 
