@@ -23,9 +23,9 @@ from aiohttp import web
 
 from bench.sidecars import EligibleNodes, leader_of, until_all
 from bench.stats import Figure
-from sidecar.keys import Keys
 from sidecar.testing.localcluster import LocalEtcdCluster
 from tests.fleet import Fleet, InvariantChecker
+from tests.reads import candidates_in_order
 from tests.served import served
 
 TARGET_S = 16.0
@@ -136,13 +136,11 @@ async def _switchover_trial(fleet: Fleet) -> float:
 
 
 async def _queue(fleet: Fleet) -> list[str]:
-    """The candidates in etcd, oldest (the leader) first."""
     store = fleet.etcd.client()
     try:
-        found = await store.get(Keys(fleet.cluster).election, prefix=True)
+        return await candidates_in_order(store, fleet.cluster)
     finally:
         await store.close()
-    return [kv.value.decode() for kv in sorted(found.kvs, key=lambda kv: kv.create_revision)]
 
 
 async def until_standing(fleet: Fleet) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 from sidecar.keys import Keys
 from tests.cli_support import ringside
 from tests.fleet import Fleet, InvariantChecker, Sidecar
+from tests.reads import candidates_in_order
 from tests.waiting import wait_for
 
 NODES = ["n1", "n2", "n3"]
@@ -28,10 +29,9 @@ async def queue(fleet: Fleet) -> list[str]:
     """The candidates in etcd, oldest (the leader) first."""
     store = fleet.etcd.client()
     try:
-        found = await store.get(Keys(fleet.cluster).election, prefix=True)
+        return await candidates_in_order(store, fleet.cluster)
     finally:
         await store.close()
-    return [kv.value.decode() for kv in sorted(found.kvs, key=lambda kv: kv.create_revision)]
 
 
 async def started(fleet: Fleet, settings: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import click
@@ -80,15 +81,31 @@ async def _from_etcd(
         await store.close()
 
 
+def _reading(default_since: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """The options both commands share: how far back, the output, and where to read."""
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        for option in reversed(
+            (
+                click.option("--since", "since", default=default_since, show_default=True,
+                             callback=_since, metavar="DURATION",
+                             help="How far back: 90s, 15m, 1h, 7d."),
+                click.option("-o", "--output", type=click.Choice(["table", "json"]),
+                             default="table", show_default=True,
+                             help="For people; json for programs."),
+                _SIDECAR_OPTION,
+                _ETCD_OPTION,
+            )
+        ):  # fmt: skip
+            command = option(command)
+        return config_options(command)
+
+    return decorate
+
+
 @ringside.command()
-@click.option("--since", "since", default="1h", show_default=True, callback=_since,
-              metavar="DURATION", help="How far back: 90s, 15m, 1h, 7d.")  # fmt: skip
 @click.option("--node", metavar="NODE", help="Only events about this node.")
-@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table",
-              show_default=True, help="Lines for people; json for programs.")  # fmt: skip
-@_SIDECAR_OPTION
-@_ETCD_OPTION
-@config_options
+@_reading("1h")
 def events(
     *,
     config_request: ConfigRequest,
@@ -114,13 +131,7 @@ def events(
 
 
 @ringside.command()
-@click.option("--since", "since", default="24h", show_default=True, callback=_since,
-              metavar="DURATION", help="How far back: 90s, 15m, 1h, 7d.")  # fmt: skip
-@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table",
-              show_default=True, help="A table for people; json for programs.")  # fmt: skip
-@_SIDECAR_OPTION
-@_ETCD_OPTION
-@config_options
+@_reading("24h")
 def flaps(
     config_request: ConfigRequest,
     since: float,

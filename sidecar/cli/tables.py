@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from sidecar.cli.reports import LeaderReport, MemberInfo, StatusReport
+from sidecar.flaps import duration
 
 FORMATS: Final = ("table", "wide", "json", "yaml")
 
@@ -51,14 +52,7 @@ def age(since: str | None, now: float | None = None) -> str:
         started = datetime.fromisoformat(since).timestamp()
     except ValueError:
         return "-"
-    seconds = max(0, int((time.time() if now is None else now) - started))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    if seconds < 86400:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
+    return duration(max(0.0, (time.time() if now is None else now) - started))
 
 
 def summary(report: StatusReport) -> str:
