@@ -78,7 +78,7 @@ from sidecar.view import ClusterView, ViewKeeper
 log = logging.getLogger(__name__)
 
 SHUTDOWN_BUDGET_S = 1.0  # etcd's share of a SIGTERM: the process must be gone within 2 s
-LEAVING_NOTICE_S = 0.3  # of that, for marking our record as leaving before the revoke
+LEAVING_NOTICE_S = 0.5  # of that, for the leaving mark (and our candidacy's end) first
 SHUTDOWN_HOOK_GRACE_S = 0.3  # then hooks still running are left to finish on their own
 TICK_S = 0.1  # how often the loop looks at the validity clock between other wake-ups
 REQUEST_S = 30.0  # a switchover request not done within this is withdrawn (the default)
@@ -906,11 +906,15 @@ class Agent:
 
     async def _say_leaving(self, session: Session) -> None:
         """Mark our member record as leaving before the lease goes, so every node can tell
-        this stop from a crash (decision 0017's reasons). Best effort, and quick: a silent etcd
-        must leave the revoke most of the shutdown budget."""
+        this stop from a crash (decision 0017's reasons), and end our candidacy in the same
+        transaction: the next candidate leads from this first round trip on, however long
+        the revoke then takes. Best effort, and bounded: a silent etcd must leave the revoke
+        the rest of the shutdown budget."""
+        ours = self.candidacy
+        also = [Delete(ours.key)] if ours is not None and ours.lease == session.lease_id else []
         with contextlib.suppress(StoreError, TimeoutError):
             async with asyncio.timeout(LEAVING_NOTICE_S):
-                await self.member.say_leaving(session, self._leaving or "stopped")
+                await self.member.say_leaving(session, self._leaving or "stopped", also)
 
     # --- what the background tasks tell us (the view keeper's and the quorum monitor's) ---
 

@@ -178,7 +178,7 @@ async def _wait_out(
 
 
 async def update_record(
-    store: Store, keys: Keys, record: MemberRecord, session: Session
+    store: Store, keys: Keys, record: MemberRecord, session: Session, also: Sequence[TxnOp] = ()
 ) -> int | None:
     """Rewrite our member key with `record`, only while it is still ours (our lease holds it).
 
@@ -187,7 +187,8 @@ async def update_record(
     """
     key = keys.member(record.node_id)
     result = await store.txn(
-        [Compare.lease_is(key, session.lease_id)], [Put(key, record.encode(), session.lease_id)]
+        [Compare.lease_is(key, session.lease_id)],
+        [Put(key, record.encode(), session.lease_id), *also],
     )
     return result.header.revision if result.succeeded else None
 
@@ -235,11 +236,12 @@ class MemberKey:
             self.written, self.revision = record, revision
         return revision
 
-    async def say_leaving(self, session: Session, why: str) -> None:
+    async def say_leaving(self, session: Session, why: str, also: Sequence[TxnOp] = ()) -> None:
         """Mark our record as leaving, just before the lease is revoked, so every node can
-        tell a clean stop from a lease that expired (the deletes look the same in a watch)."""
+        tell a clean stop from a lease that expired (the deletes look the same in a watch);
+        `also` in the same transaction (the agent ends its candidacy there)."""
         record = self.record.model_copy(update={"leaving": why})
-        await update_record(self.store, self.keys, record, session)
+        await update_record(self.store, self.keys, record, session, also)
 
     async def publish_health(self, health: OrchestratorHealth) -> bool:
         """Put the orchestrator's new state into our record; True once etcd has it. While we
