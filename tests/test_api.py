@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from openapi_spec_validator import validate
 
 from sidecar.agent import Agent
 from sidecar.api.server import MAX_BODY_BYTES, Handler, create_app, openapi_document
@@ -241,6 +242,12 @@ async def test_metrics_and_openapi(client: TestClient[Any, Any], leader_agent: A
     status, body = await get(client, "/openapi.json")
     assert status == 200
     assert body["openapi"].startswith("3.1")
+
+
+def test_the_openapi_document_is_valid_openapi() -> None:
+    """Checked by the OpenAPI project's validator: a YAML slip (an unquoted comma in a flow
+    mapping once cut a description short and added a junk key) fails here."""
+    validate(openapi_document())  # raises OpenAPIValidationError, naming the place
 
 
 async def test_resign_refuses_what_a_web_page_can_send(

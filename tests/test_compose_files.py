@@ -109,3 +109,15 @@ def test_real_hosts_pass_the_api_token_as_a_file(name: str) -> None:
     for service in filter(is_sidecar, services(name).values()):
         assert service["environment"]["RINGSIDE_HTTP_TOKEN_FILE"] == "/run/secrets/http.token"
         assert {"source": "http-token", "target": "http.token"} in service["secrets"]
+
+
+@pytest.mark.parametrize("name", ["node.env.example", "voter.env.example"])
+def test_the_env_examples_name_no_node(name: str) -> None:
+    """Copied to twenty nodes as shipped, a filled-in node id would be twenty claims to one
+    name: the examples leave it empty (the host's /etc/ringrift/node-id decides)."""
+    values = dict(
+        line.split("=", 1)
+        for line in (COMPOSE / name).read_text().splitlines()
+        if re.match(r"^[A-Z_]+=", line)
+    )
+    assert values.get("RINGSIDE_NODE_ID", "") == ""
