@@ -293,3 +293,14 @@ def test_real_process_rejected_identity(config_file: Path) -> None:
     last = completed.stderr.splitlines()[-1]
     assert last.startswith("ringside: error: node id '192-222-51-29' from env RINGRIFT_NODE_ID")
     assert completed.stderr.count("ringside: error:") == 1
+
+
+@pytest.mark.parametrize("spelling", [("-o", "json"), ("--json",), ("-o", "yaml")])
+def test_identity_speaks_the_common_output_grammar(spelling: tuple[str, ...]) -> None:
+    """`-o json|yaml` as on every command that prints a document; `--json` still works."""
+    import yaml  # noqa: PLC0415
+
+    result = run("identity", "--node-id", "hetzner-cpu1", *spelling)
+    assert result.exit_code == 0, result.output
+    document = yaml.safe_load(result.stdout)  # JSON is YAML too
+    assert (document["node_id"], document["source"]) == ("hetzner-cpu1", "flag --node-id")

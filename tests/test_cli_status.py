@@ -333,7 +333,11 @@ async def test_leader_and_resign_move_leadership(fleet: Fleet) -> None:
     after = await fleet.wait_converged(VOTERS, within_s=5, leader_among=[new.node_id])
     assert after["epoch"] > first["epoch"]
 
-    shown = await ringside("leader", "--sidecar", old.url, "--json")
+    for spelling in (("-o", "yaml"), ("-o", "json")):  # the grammar of every command
+        other = await ringside("leader", "--sidecar", old.url, *spelling)
+        assert other.returncode == 0, other
+        assert yaml.safe_load(other.stdout)["leader"] == new.node_id
+    shown = await ringside("leader", "--sidecar", old.url, "--json")  # the older spelling
     assert shown.returncode == 0, shown
     assert json.loads(shown.stdout)["leader"] == new.node_id
     assert json.loads(shown.stdout)["is_self"] is False

@@ -139,6 +139,32 @@ def config_options(command: Callable[..., Result]) -> Callable[..., Result]:
     return decorated
 
 
+def output_option(
+    *choices: str,
+) -> Callable[[Callable[..., Result]], Callable[..., Result]]:
+    """`-o/--output CHOICE` (the first is the default), one grammar on every command that
+    prints a document; `--json`, the older spelling, is kept hidden as `-o json`."""
+
+    def decorate(command: Callable[..., Result]) -> Callable[..., Result]:
+        @functools.wraps(command)
+        def with_output(*args: Any, as_json: bool, output: str, **kwargs: Any) -> Result:
+            return command(*args, output="json" if as_json else output, **kwargs)
+
+        decorated: Callable[..., Result] = click.option(
+            "--json", "as_json", is_flag=True, hidden=True, help="Same as -o json."
+        )(with_output)
+        return click.option(
+            "-o",
+            "--output",
+            type=click.Choice(choices),
+            default=choices[0],
+            show_default=True,
+            help="For people (table); json or yaml for programs.",
+        )(decorated)
+
+    return decorate
+
+
 def _option_name(param: click.Parameter, value: object) -> str:
     if value is False and isinstance(param, click.Option) and param.secondary_opts:
         return param.secondary_opts[0]

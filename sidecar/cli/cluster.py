@@ -19,6 +19,7 @@ from sidecar.cli.base import (
     Result,
     config_options,
     node_etcd_user,
+    output_option,
     ringside,
 )
 from sidecar.cli.local_api import SidecarClient, sidecar_url
@@ -279,14 +280,19 @@ def members(
 
 @ringside.command()
 @_SIDECAR_OPTION
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@output_option("table", "json", "yaml")
 @config_options
-def leader(config_request: ConfigRequest, sidecar: str | None, as_json: bool) -> None:
+def leader(config_request: ConfigRequest, sidecar: str | None, output: str) -> None:
     """Who leads and at which epoch (the fencing token). Exits 1 when nobody leads."""
     from sidecar.cli import tables  # noqa: PLC0415
 
     report = _client(config_request, sidecar).leader()
-    click.echo(json.dumps(dataclasses.asdict(report)) if as_json else tables.leader_text(report))
+    if output == "json":
+        click.echo(json.dumps(dataclasses.asdict(report)))
+    elif output == "yaml":
+        click.echo(tables.document(dataclasses.asdict(report), "yaml"))
+    else:
+        click.echo(tables.leader_text(report))
     if report.leader is None:
         raise SystemExit(EXIT_DEGRADED)
 

@@ -17,6 +17,7 @@ from sidecar.cli.base import (
     ConfigRequest,
     config_options,
     node_etcd_user,
+    output_option,
     ringside,
 )
 
@@ -27,9 +28,9 @@ if TYPE_CHECKING:
 
 
 @ringside.command()
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@output_option("table", "json", "yaml")
 @config_options
-def identity(config_request: ConfigRequest, as_json: bool) -> None:
+def identity(config_request: ConfigRequest, output: str) -> None:
     """Show this node's id, the source it came from, and what every source offered.
 
     Exits 2 when an explicit id is rejected or no source gives a usable one.
@@ -40,13 +41,13 @@ def identity(config_request: ConfigRequest, as_json: bool) -> None:
     try:
         result = resolve_identity(loaded, os.environ, HostFacts.gather())
     except IdentityError as error:
-        if as_json:
-            click.echo(_identity_json(None, None, error.reports, error=str(error)))
+        if output != "table":
+            click.echo(_identity_document(None, None, error.reports, output, error=str(error)))
         else:
             click.echo(_report_table(error.reports), err=True)
         raise
-    if as_json:
-        click.echo(_identity_json(result.node_id, result.source, result.reports))
+    if output != "table":
+        click.echo(_identity_document(result.node_id, result.source, result.reports, output))
         return
     click.echo(f"node id: {result.node_id} (from {result.source})")
     click.echo(_report_table(result.reports))
@@ -73,9 +74,9 @@ def show_config(config_request: ConfigRequest, check: bool) -> None:
 
 
 @ringside.command("etcd")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@output_option("table", "json", "yaml")
 @config_options
-def etcd_check(config_request: ConfigRequest, as_json: bool) -> None:
+def etcd_check(config_request: ConfigRequest, output: str) -> None:
     """Check etcd from this node: each endpoint's status, the Raft leader, quorum.
 
     Exits 0 when a quorum answers, 1 when it does not (etcd down or unreachable from here).
@@ -89,13 +90,15 @@ def etcd_check(config_request: ConfigRequest, as_json: bool) -> None:
     health = asyncio.run(_check_etcd(config, node_etcd_user(loaded)))
     tls = config.etcd.tls
     certificates = expiries({"ca": tls.ca, "client": tls.cert} if tls is not None else {})
-    if as_json:
-        document = _health_document(health)
-        document["certificates"] = [
+    if output != "table":
+        from sidecar.cli.tables import document  # noqa: PLC0415
+
+        found = _health_document(health)
+        found["certificates"] = [
             {"certificate": role, "not_after": date.isoformat(), "days_left": _days(date)}
             for role, date in certificates.items()
         ]
-        click.echo(json.dumps(document))
+        click.echo(json.dumps(found) if output == "json" else document(found, output))
     else:
         click.echo(_health_text(health))
         for role, date in certificates.items():
@@ -221,16 +224,19 @@ def _report_table(reports: Sequence[SourceReport]) -> str:
     )
 
 
-def _identity_json(
+def _identity_document(
     node_id: str | None,
     source: str | None,
     reports: Sequence[SourceReport],
+    output: str,
     error: str | None = None,
 ) -> str:
-    document = {
+    from sidecar.cli.tables import document  # noqa: PLC0415
+
+    found = {
         "node_id": node_id,
         "source": source,
         "error": error,
         "sources": [dataclasses.asdict(report) for report in reports],
     }
-    return json.dumps(document)
+    return document(found, output)
