@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
+from sidecar import __version__
 from sidecar.testing.localcluster import LocalEtcdCluster, free_port
 from tests.cli_support import assert_one_line_error, clean_env, ringside, table
 from tests.fleet import FLEET_TTL, Fleet, Sidecar
@@ -82,7 +83,8 @@ async def test_status_in_every_format_with_the_fleets_values(fleet: Fleet, inven
     assert wide.stdout.splitlines()[2].split()[-1] == "LABELS"
     assert table(wide.stdout)[OBSERVER][3] == ",".join(addresses[OBSERVER])
     assert table(wide.stdout)[OBSERVER][5] == "-"  # no orchestrator check configured
-    assert table(wide.stdout)[OBSERVER][6] == "gpu=gh200"
+    assert table(wide.stdout)[OBSERVER][6] == __version__  # for rolling upgrades
+    assert table(wide.stdout)[OBSERVER][7] == "gpu=gh200"
 
     for output, parse in (("json", json.loads), ("yaml", yaml.safe_load)):
         result = await ringside("status", "--sidecar", observer.url, "-o", output)
@@ -360,3 +362,22 @@ async def test_watch_survives_a_sidecar_restart_and_reports_what_it_missed(fleet
         watched.start()
         await lines.until(rf"{STAMP} the sidecar at {watched.url} answers again")
         await lines.until(rf"{STAMP} member {OBSERVER} joined")
+
+
+async def test_version_names_the_command_and_every_members_sidecar(fleet: Fleet) -> None:
+    sidecar = fleet.add("hetzner-cpu1")
+    fleet.add(OBSERVER, eligible=False)
+    await fleet.wait_converged(["hetzner-cpu1", OBSERVER], within_s=15)
+    shown = await ringside("version", "--sidecar", sidecar.url)
+    assert shown.returncode == 0, shown
+    assert shown.stdout.splitlines() == [
+        f"ringside {__version__} (this command)",
+        f"  hetzner-cpu1: ringside {__version__}",
+        f"  {OBSERVER}: ringside {__version__}",
+    ]
+    as_json = await ringside("version", "--sidecar", sidecar.url, "-o", "json")
+    document = json.loads(as_json.stdout)
+    assert document["members"] == {"hetzner-cpu1": __version__, OBSERVER: __version__}
+    alone = await ringside("version", "--sidecar", f"http://127.0.0.1:{free_port()}")
+    assert alone.returncode == 0, alone  # the command's own version needs no sidecar
+    assert alone.stdout.startswith(f"ringside {__version__} (this command)\nmembers: not known")

@@ -282,6 +282,34 @@ def members(
 @_SIDECAR_OPTION
 @output_option("table", "json", "yaml")
 @config_options
+def version(config_request: ConfigRequest, sidecar: str | None, output: str) -> None:
+    """This command's version and, when the sidecar answers, every live member's: what a
+    rolling upgrade needs to see (as `patronictl version`)."""
+    from sidecar import __version__  # noqa: PLC0415
+    from sidecar.cli import tables  # noqa: PLC0415
+    from sidecar.cli.reports import NoAnswer  # noqa: PLC0415
+
+    client = _client(config_request, sidecar)
+    try:
+        members = {m.node_id: m.version for m in client.members()}
+        unanswered = None
+    except NoAnswer as e:
+        members, unanswered = {}, str(e)
+    if output != "table":
+        found = {"client": __version__, "members": members, "sidecar_error": unanswered}
+        click.echo(tables.document(found, output))
+        return
+    click.echo(f"ringside {__version__} (this command)")
+    for node_id, their in sorted(members.items()):
+        click.echo(tables.safe(f"  {node_id}: ringside {their or 'unknown'}"))
+    if unanswered is not None:
+        click.echo(tables.safe(f"members: not known ({unanswered})"))
+
+
+@ringside.command()
+@_SIDECAR_OPTION
+@output_option("table", "json", "yaml")
+@config_options
 def leader(config_request: ConfigRequest, sidecar: str | None, output: str) -> None:
     """Who leads and at which epoch (the fencing token). Exits 1 when nobody leads."""
     from sidecar.cli import tables  # noqa: PLC0415

@@ -67,6 +67,9 @@ class MemberInfo:
     since: str | None  # ISO time the member's sidecar started
     is_leader: bool
     orchestrator_healthy: bool | None = None  # None: that node checks no orchestrator
+    version: str | None = None  # its sidecar's ringside version (None: unknown)
+    hostname: str | None = None
+    pid: int | None = None
 
     @property
     def role(self) -> str:
@@ -88,7 +91,17 @@ def parse_member(value: object, where: str = "member") -> MemberInfo:
         since=_take(document, "since", str, type(None), where=where) or None,
         is_leader=_take(document, "is_leader", bool, where=where),
         orchestrator_healthy=_orchestrator_healthy(document, where),
+        version=_optional(document, "version", str, where),
+        hostname=_optional(document, "hostname", str, where),
+        pid=_optional(document, "pid", int, where),
     )
+
+
+def _optional(document: Mapping[str, Any], name: str, kind: type, where: str) -> Any:
+    """A field older sidecars may not send, or send as null: None then."""
+    if document.get(name) is None:
+        return None
+    return _take(document, name, kind, where=where)
 
 
 def _orchestrator_healthy(document: Mapping[str, Any], where: str) -> bool | None:

@@ -83,13 +83,14 @@ def member_rows(
     """A header and one aligned row per member."""
     header = ["NODE", "ROLE", "STATE", "ADDRESSES" if wide else "ADDRESS", "SINCE"]
     if wide:
-        header += ["ORCHESTRATOR", "LABELS"]
+        header += ["ORCHESTRATOR", "VERSION", "LABELS"]
     rows = [header]
     for m in members:
         addresses = ",".join(m.addresses) if wide else (m.addresses[0] if m.addresses else "")
         row = [m.node_id, m.role, state, addresses or "-", age(m.since)]
         if wide:
             row.append(_ORCHESTRATOR_STATE[m.orchestrator_healthy])
+            row.append(m.version or "-")
             row.append(",".join(f"{k}={v}" for k, v in sorted(m.labels.items())) or "-")
         rows.append([safe(cell) for cell in row])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
