@@ -11,6 +11,7 @@ Every problem surfaces as a one-line `ConfigError` naming the dotted field and t
 value. The models and their rules live in `sidecar.settings` and are re-exported here.
 """
 
+import difflib
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -65,6 +66,10 @@ ENV_FIELDS: Final[Mapping[str, str]] = {
     "RINGSIDE_ADVERTISE_ADDRESSES": "advertise_addresses",
     "RINGSIDE_LOCK_FILE": "lock_file",
     "RINGSIDE_ORCHESTRATOR_HEALTH_URL": "orchestrator.health_url",
+    # etcdctl's names for the same files (ETCDCTL_CACERT, --cacert, ...)
+    "RINGSIDE_ETCD_CACERT": "etcd.tls.ca",
+    "RINGSIDE_ETCD_CERT": "etcd.tls.cert",
+    "RINGSIDE_ETCD_KEY": "etcd.tls.key",
 }
 """Environment variable -> dotted field. Operators rely on these names: never rename one."""
 
@@ -79,6 +84,9 @@ FLAG_FIELDS: Final[Mapping[str, str]] = {
     "--inventory": "inventory",
     "--allow-unknown-node": "identity.allow_unknown_node",
     "--lock-file": "lock_file",
+    "--cacert": "etcd.tls.ca",
+    "--cert": "etcd.tls.cert",
+    "--key": "etcd.tls.key",
 }
 """Command-line option -> dotted field; `load_config` takes flags keyed by option name."""
 
@@ -101,10 +109,51 @@ class LoadedConfig:
     path: Path | None
     sources: Mapping[str, str]
     layers: Mapping[Layer, Mapping[str, object]]
+    warnings: tuple[str, ...] = ()  # one sentence each, e.g. a misspelt RINGSIDE_* variable
 
     def offered(self, layer: Layer, field: str) -> object | None:
         """The raw value `layer` gave for dotted `field`, or None if it gave none."""
         return self.layers[layer].get(field)
+
+
+OTHER_ENV_NAMES: Final = frozenset(
+    {
+        # what role hooks get (a hook may well run `ringside status`)
+        "RINGSIDE_EVENT", "RINGSIDE_EPOCH", "RINGSIDE_LEADER", "RINGSIDE_REASON",
+        "RINGSIDE_REASON_DETAIL",
+        # the command line's own, and the deployment and test scripts'
+        "RINGSIDE_SIDECAR", "RINGSIDE_SECRETS", "RINGSIDE_SECRETS_DIR", "RINGSIDE_LOCAL_STATE",
+        "RINGSIDE_DIR", "RINGSIDE_IMAGE", "RINGSIDE_IMAGE_CACHE", "RINGSIDE_DOCKERD_DIR",
+        "RINGSIDE_DOCKERD_WAIT_S", "RINGSIDE_DEBIAN_MIRROR", "RINGSIDE_ETCD_BINARY",
+    }
+)  # fmt: skip
+"""`RINGSIDE_*` names that are no configuration setting but are not mistakes either."""
+
+_SECRET_IN_ENV: Final = {
+    "RINGSIDE_ETCD_PASSWORD": "RINGSIDE_ETCD_PASSWORD_FILE",
+}
+
+
+def env_warnings(env: Mapping[str, str]) -> tuple[str, ...]:
+    """A sentence for each `RINGSIDE_*` variable ringside does not know: a misspelt one
+    (`RINGSIDE_LEASE_TLL`) would otherwise be ignored without a word, while a misspelt file
+    key is an error. Names close to a setting get a did-you-mean."""
+    known = (*ENV_FIELDS, CONFIG_ENV)
+    found = []
+    for name in sorted(env):
+        if (
+            not name.startswith("RINGSIDE_")
+            or name in ENV_FIELDS
+            or name in OTHER_ENV_NAMES
+            or name == CONFIG_ENV
+            or name.startswith("RINGSIDE_TEST_")
+            or name in _SECRET_IN_ENV
+        ):
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+        hint = f"; did you mean {close[0]}?" if close else " (ignored)"
+        found.append(f"{name} is not a ringside setting{hint}")
+    return tuple(found)
 
 
 DEFAULT_CONFIG_FILE: Final = Path("/etc/ringside/ringside.yaml")
@@ -123,6 +172,12 @@ def load_config(
     actually passed, keyed by option name (see FLAG_FIELDS). Empty variables count as unset.
     """
     present = {name: value.strip() for name, value in env.items() if value.strip()}
+    for name, instead in _SECRET_IN_ENV.items():
+        if name in present:
+            raise ConfigError(
+                f"{name} is not read: ringside takes secrets from files only (decision 0013); "
+                f"put the password in a 0600 file and set {instead}"
+            )
     if path is None and CONFIG_ENV in present:
         path = Path(present[CONFIG_ENV])
     if path is None and DEFAULT_CONFIG_FILE.is_file():
@@ -149,7 +204,13 @@ def load_config(
         layer: {".".join(key): value for key, value in values.items()}
         for layer, values in offered.items()
     }
-    return LoadedConfig(config=config, path=path, sources=leaf_sources, layers=layers)
+    return LoadedConfig(
+        config=config,
+        path=path,
+        sources=leaf_sources,
+        layers=layers,
+        warnings=env_warnings(env),
+    )
 
 
 def _offer(

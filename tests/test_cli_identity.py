@@ -304,3 +304,24 @@ def test_identity_speaks_the_common_output_grammar(spelling: tuple[str, ...]) ->
     assert result.exit_code == 0, result.output
     document = yaml.safe_load(result.stdout)  # JSON is YAML too
     assert (document["node_id"], document["source"]) == ("hetzner-cpu1", "flag --node-id")
+
+
+def test_a_misspelt_variable_is_one_warning_line_and_changes_nothing() -> None:
+    result = run("identity", "--node-id", "hetzner-cpu1", env={"RINGSIDE_LEASE_TLL": "30"})
+    assert result.exit_code == 0, result.output
+    assert result.stderr == (
+        "ringside: warning: RINGSIDE_LEASE_TLL is not a ringside setting; "
+        "did you mean RINGSIDE_LEASE_TTL?\n"
+    )
+
+
+def test_etcdctls_tls_flags_set_the_tls_files(tmp_path: Path) -> None:
+    from tests.pki import make_ca, make_cert  # noqa: PLC0415
+
+    ca = make_ca(tmp_path, "ca")
+    cert, key = make_cert(tmp_path, ca, "client", "DNS:ringside")
+    flags = ("--cacert", str(ca[0]), "--cert", str(cert), "--key", str(key))
+    result = run("config", *flags)
+    assert result.exit_code == 0, result.output
+    assert f'ca: "{ca[0]}"  # flag --cacert' in result.stdout, result.stdout
+    assert f'key: "{key}"  # flag --key' in result.stdout

@@ -163,11 +163,32 @@ def test_env_names_are_the_documented_ones() -> None:
         "RINGSIDE_ADVERTISE_ADDRESSES",
         "RINGSIDE_LOCK_FILE",
         "RINGSIDE_ORCHESTRATOR_HEALTH_URL",
+        "RINGSIDE_ETCD_CACERT",
+        "RINGSIDE_ETCD_CERT",
+        "RINGSIDE_ETCD_KEY",
     }
+
+
+def test_a_misspelt_variable_is_named_with_a_did_you_mean() -> None:
+    loaded = load_config(None, {"RINGSIDE_LEASE_TLL": "30", "RINGSIDE_FOO": "1"}, {})
+    assert loaded.config.lease_ttl == 10  # not applied
+    assert loaded.warnings == (
+        "RINGSIDE_FOO is not a ringside setting (ignored)",
+        "RINGSIDE_LEASE_TLL is not a ringside setting; did you mean RINGSIDE_LEASE_TTL?",
+    )
+    hooks = {"RINGSIDE_EVENT": "elected", "RINGSIDE_REASON": "crash", "RINGSIDE_TEST_X": "1"}
+    assert load_config(None, hooks, {}).warnings == ()  # a hook running ringside: no noise
+
+
+def test_a_password_in_the_environment_is_refused_in_one_line() -> None:
+    with pytest.raises(ConfigError, match=r"RINGSIDE_ETCD_PASSWORD is not read: .* set \w+_FILE"):
+        load_config(None, {"RINGSIDE_ETCD_PASSWORD": "hunter2"}, {})
 
 
 def test_every_env_variable_sets_its_field(tmp_path: Path) -> None:
     secret = write(tmp_path, "s3cret\n", "password")
+    ca = make_ca(tmp_path, "ca")
+    client = make_cert(tmp_path, ca, "client", "DNS:ringside")
     env = {
         "RINGSIDE_CLUSTER": "blue",
         "RINGSIDE_NODE_ID": "hetzner-cpu1",
@@ -183,6 +204,9 @@ def test_every_env_variable_sets_its_field(tmp_path: Path) -> None:
         "RINGSIDE_ADVERTISE_ADDRESSES": "203.0.113.21, 100.64.0.21",
         "RINGSIDE_LOCK_FILE": "/run/ringside/blue.lock",
         "RINGSIDE_ORCHESTRATOR_HEALTH_URL": "http://127.0.0.1:8770/health",
+        "RINGSIDE_ETCD_CACERT": str(ca[0]),
+        "RINGSIDE_ETCD_CERT": str(client[0]),
+        "RINGSIDE_ETCD_KEY": str(client[1]),
     }
     loaded = load_config(None, env, {})
     config = loaded.config
@@ -201,6 +225,8 @@ def test_every_env_variable_sets_its_field(tmp_path: Path) -> None:
     assert config.advertise_addresses == ("203.0.113.21", "100.64.0.21")
     assert config.lock_file == Path("/run/ringside/blue.lock")
     assert config.orchestrator.health_url == "http://127.0.0.1:8770/health"
+    assert config.etcd.tls is not None
+    assert (config.etcd.tls.ca, config.etcd.tls.cert, config.etcd.tls.key) == (ca[0], *client)
     for name, field in ENV_FIELDS.items():
         assert loaded.sources[field] == f"env {name}"
 

@@ -95,6 +95,8 @@ OTHER_ENV_NAMES = frozenset(
         "RINGSIDE_REASON",
         "RINGSIDE_REASON_DETAIL",
         "RINGSIDE_ETCD_BINARY",
+        "RINGSIDE_SIDECAR",
+        "RINGSIDE_ETCD_PASSWORD",  # named to say it is refused
         SECRETS_ENV,
     }
 )

@@ -59,6 +59,13 @@ _CONFIG_OPTIONS: Final = (
         help="Single-instance lock file (default /run/ringside/<cluster>.lock).",
     ),
     click.option(
+        "--cacert",
+        type=click.Path(path_type=Path),
+        help="CA bundle that signed etcd's certificates (etcd.tls.ca; etcdctl's name).",
+    ),
+    click.option("--cert", type=click.Path(path_type=Path), help="Client certificate for etcd."),
+    click.option("--key", type=click.Path(path_type=Path), help="Its private key."),
+    click.option(
         "--allow-unknown-node",
         is_flag=True,
         help="Accept a node id that is not a host in the inventory.",
@@ -75,6 +82,9 @@ _FLAG_PARAMS: Final = frozenset(
         "inventory",
         "allow_unknown_node",
         "lock_file",
+        "cacert",
+        "cert",
+        "key",
     }
 )
 
@@ -93,7 +103,10 @@ class ConfigRequest:
         """Load and validate the configuration against `env` (default: the process's)."""
         from sidecar.config import load_config  # noqa: PLC0415  # pydantic: only when needed
 
-        return load_config(self.path, os.environ if env is None else env, self.flags)
+        loaded = load_config(self.path, os.environ if env is None else env, self.flags)
+        for warning in loaded.warnings:
+            click.echo(f"ringside: warning: {warning}", err=True)
+        return loaded
 
 
 def node_etcd_user(loaded: LoadedConfig) -> str | None:

@@ -53,7 +53,9 @@ _SIDECAR_OPTION: Final = click.option(
     "--sidecar",
     metavar="URL",
     callback=_sidecar_url,
-    help="The sidecar's API (default: http://<http.listen> from the configuration).",
+    envvar="RINGSIDE_SIDECAR",
+    help="The sidecar's API (default: $RINGSIDE_SIDECAR, else http://<http.listen> from the "
+    "configuration).",
 )
 
 
