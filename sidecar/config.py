@@ -299,8 +299,23 @@ def render_with_sources(loaded: LoadedConfig) -> str:
     JSON's flow syntax, which is also YAML, so apart from those secrets the output loads back
     as the same configuration.
     """
+    from sidecar.api_token import token_path  # noqa: PLC0415
+    from sidecar.lock import default_lock_path  # noqa: PLC0415
+
+    config = loaded.config
+    lock = config.lock_file or default_lock_path(config.cluster)
+    derived = {  # what a null here means on this host, shown beside it
+        "lock_file": lock,
+        "http.token_file": token_path(config.http.token_file, lock),
+    }
+    sources = {
+        field: f"{source}: {derived[field]}"
+        if field in derived and source == "default"
+        else source
+        for field, source in loaded.sources.items()
+    }
     lines: list[str] = []
-    _render_model(loaded.config, "", loaded.sources, lines)
+    _render_model(config, "", sources, lines)
     return "\n".join(lines) + "\n"
 
 

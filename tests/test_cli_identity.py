@@ -325,3 +325,20 @@ def test_etcdctls_tls_flags_set_the_tls_files(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert f'ca: "{ca[0]}"  # flag --cacert' in result.stdout, result.stdout
     assert f'key: "{key}"  # flag --key' in result.stdout
+
+
+def test_config_shows_where_the_lock_and_token_go_when_left_unset() -> None:
+    result = run("config", "--cluster", "blue", "--lock-file", "/tmp/ringside-blue.lock")
+    assert result.exit_code == 0, result.output
+    assert 'lock_file: "/tmp/ringside-blue.lock"  # flag --lock-file' in result.stdout
+    assert "token_file: null  # default: /tmp/ringside-blue.token" in result.stdout
+    unset = run("config", "--cluster", "blue")
+    assert re.search(r"^lock_file: null  # default: /\S+/blue\.lock$", unset.stdout, re.M)
+
+
+def test_shell_completion_works_as_the_readme_says() -> None:
+    """`eval "$(_RINGSIDE_COMPLETE=bash_source ringside)"`: the script, then its answers."""
+    script = run_script(_RINGSIDE_COMPLETE="bash_source")
+    assert "_ringside_completion()" in script.stdout, script.stderr
+    words = run_script(_RINGSIDE_COMPLETE="bash_complete", COMP_WORDS="ringside sw", COMP_CWORD="1")
+    assert words.stdout.strip() == "plain,switchover", words

@@ -325,14 +325,17 @@ async def test_leader_and_resign_move_leadership(fleet: Fleet) -> None:
     )
 
     refused = await ringside("resign", "--sidecar", new.url, RINGSIDE_HTTP_TOKEN="s3cret")
-    assert_one_line_error(refused, 1, "not resigned: not the leader")
+    assert_one_line_error(refused, 1, f"not resigned: not the leader; {old.node_id} leads")
     no_token = await ringside("resign", "--sidecar", old.url)
     assert_one_line_error(no_token, 2, "HTTP 401")
 
     resigned = await ringside("resign", "--sidecar", old.url, RINGSIDE_HTTP_TOKEN="s3cret")
     assert resigned.returncode == 0, resigned
-    assert resigned.stdout == f"resigned: epoch {first['epoch']} handed over\n"
     after = await fleet.wait_converged(VOTERS, within_s=5, leader_among=[new.node_id])
+    assert resigned.stdout == (
+        f"resigned: epoch {first['epoch']} handed over; {new.node_id} leads at epoch "
+        f"{after['epoch']}\n"
+    )
     assert after["epoch"] > first["epoch"]
 
     for spelling in (("-o", "yaml"), ("-o", "json")):  # the grammar of every command

@@ -339,15 +339,23 @@ def resign(config_request: ConfigRequest, sidecar: str | None, as_json: bool) ->
     node is not the leader, 2 when the sidecar refuses the request (token missing or wrong,
     not loopback).
     """
-    answer = _client(config_request, sidecar, with_token=True).resign()
+    client = _client(config_request, sidecar, with_token=True)
+    answer = client.resign()
     if as_json:
         click.echo(json.dumps({"status": answer.status, **answer.document}))
     if answer.status == 200:
         if not as_json:
-            click.echo(f"resigned: epoch {answer.document.get('epoch')} handed over")
+            epoch = answer.document.get("epoch")
+            click.echo(f"resigned: epoch {epoch} handed over; {_successor(client, epoch)}")
         return
     if answer.status == 409:
-        click.echo(f"ringside: not resigned: {answer.error}", err=True)
+        leader = answer.document.get("leader")
+        where = (
+            f"; {leader} leads (run `ringside switchover` to move it from here)"
+            if isinstance(leader, str)
+            else ""
+        )
+        click.echo(f"ringside: not resigned: {answer.error}{where}", err=True)
         raise SystemExit(EXIT_DEGRADED)
     hint = ""
     if answer.status == 401:
@@ -357,6 +365,22 @@ def resign(config_request: ConfigRequest, sidecar: str | None, as_json: bool) ->
         err=True,
     )
     raise SystemExit(EXIT_CONFIG_ERROR)
+
+
+def _successor(client: SidecarClient, old: object, within_s: float = 3.0) -> str:
+    """Who leads after our resign, once the sidecar names a leader at a higher epoch."""
+    import time  # noqa: PLC0415
+
+    from sidecar.cli import tables  # noqa: PLC0415
+
+    deadline = time.monotonic() + within_s
+    while True:
+        now = client.leader()
+        if now.leader is not None and isinstance(old, int) and (now.epoch or 0) > old:
+            return tables.safe(f"{now.leader} leads at epoch {now.epoch}")
+        if time.monotonic() >= deadline:
+            return "no new leader yet"
+        time.sleep(0.05)
 
 
 @ringside.command()
