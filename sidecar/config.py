@@ -309,9 +309,7 @@ def render_with_sources(loaded: LoadedConfig) -> str:
         "http.token_file": token_path(config.http.token_file, lock),
     }
     sources = {
-        field: f"{source}: {derived[field]}"
-        if field in derived and source == "default"
-        else source
+        field: f"{source}: {derived[field]}" if field in derived and source == "default" else source
         for field, source in loaded.sources.items()
     }
     lines: list[str] = []

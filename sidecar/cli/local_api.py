@@ -108,6 +108,16 @@ class SidecarClient:
     def leader(self) -> LeaderReport:
         return self._parse("/v1/leader", self._get("/v1/leader"), parse_leader)
 
+    def fence(self, epoch: int) -> float | None:
+        """Seconds this node may still act as leader at `epoch`, or None when it may not (the
+        synchronous twin of `sidecar.client.RingsideClient.fence`, for leader-only work)."""
+        path = f"/v1/fence?epoch={int(epoch)}"
+        answer = self._call("GET", path, accept=(200, 409))
+        valid_for = answer.document.get("valid_for_s")
+        if answer.status != 200 or not isinstance(valid_for, int | float):
+            return None
+        return float(valid_for)
+
     def ready(self, wait_s: float = 0.0) -> tuple[bool, str]:
         """Whether the sidecar is ready, waiting up to `wait_s` for it; and why not."""
         path = f"/ready?wait={wait_s:g}" if wait_s > 0 else "/ready"
