@@ -58,3 +58,23 @@ def test_a_bad_endpoint_url_is_a_config_error() -> None:
     assert code == 2
     assert err.startswith("ringside: error: etcd.endpoints")
     assert len(err.strip().splitlines()) == 1
+
+
+def test_status_from_etcd_during_a_quorum_loss_exits_1_like_through_a_sidecar(
+    etcd: LocalEtcdCluster,
+) -> None:
+    """One exit code per situation on every path: no quorum is 'degraded' (1), whether the
+    status comes from a sidecar or straight from etcd; 3 is kept for nobody answering."""
+    etcd.members[0].kill()
+    etcd.members[1].kill()
+    result = CliRunner().invoke(
+        ringside,
+        ["status", "--etcd", ",".join(etcd.client_urls), "--cluster", "lost"],
+        env={"RINGSIDE_CONFIG": ""},
+    )
+    assert result.exit_code == 1, result.output
+    assert "quorum LOST" in result.stdout
+    nobody = CliRunner().invoke(
+        ringside, ["status", "--etcd", UNREACHABLE], env={"RINGSIDE_CONFIG": ""}
+    )
+    assert nobody.exit_code == 3, nobody.output
