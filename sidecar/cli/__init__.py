@@ -18,7 +18,7 @@ Example::
     $ ringside status --etcd https://203.0.113.21:2379 --watch
 """
 
-from sidecar.cli import access, cluster, doctor, guard, history, node  # noqa: F401  # registers commands
+from sidecar.cli import access, cluster, doctor, guard, history, node, shadow  # noqa: F401  # registers commands
 from sidecar.cli.base import (
     EXIT_CONFIG_ERROR,
     EXIT_DEGRADED,
