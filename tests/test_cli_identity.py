@@ -342,3 +342,8 @@ def test_shell_completion_works_as_the_readme_says() -> None:
     assert "_ringside_completion()" in script.stdout, script.stderr
     words = run_script(_RINGSIDE_COMPLETE="bash_complete", COMP_WORDS="ringside sw", COMP_CWORD="1")
     assert words.stdout.strip() == "plain,switchover", words
+
+
+def test_members_help_shows_the_node_id_as_optional() -> None:
+    result = run("members", "--help")
+    assert result.stdout.splitlines()[0] == "Usage: ringside members [OPTIONS] [NODE_ID]"

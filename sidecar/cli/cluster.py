@@ -251,7 +251,7 @@ def _until_interrupted(follow: Callable[[], object]) -> None:
 
 
 @ringside.command()
-@click.argument("member_id", metavar="NODE_ID", required=False)
+@click.argument("member_id", metavar="[NODE_ID]", required=False)
 @_SIDECAR_OPTION
 @_output_option(FORMATS)
 @config_options
