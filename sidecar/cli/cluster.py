@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
 import click
@@ -16,7 +16,6 @@ from sidecar.cli.base import (
     EXIT_CONFIG_ERROR,
     EXIT_DEGRADED,
     ConfigRequest,
-    Result,
     config_options,
     node_etcd_user,
     output_option,
@@ -59,19 +58,6 @@ _SIDECAR_OPTION: Final = click.option(
 )
 
 
-def _output_option(
-    choices: Sequence[str],
-) -> Callable[[Callable[..., Result]], Callable[..., Result]]:
-    return click.option(
-        "-o",
-        "--output",
-        type=click.Choice(choices),
-        default=choices[0],
-        show_default=True,
-        help="A table for people; json or yaml for programs.",
-    )
-
-
 def _client(
     config_request: ConfigRequest, sidecar: str | None, *, with_token: bool = False
 ) -> SidecarClient:
@@ -105,7 +91,7 @@ def _generated_token(config: RingsideConfig) -> str | None:
     metavar="URL[,URL...]",
     help="Read etcd at these endpoints directly instead of asking a sidecar (no sidecar needed).",
 )
-@_output_option(FORMATS)
+@output_option(*FORMATS)
 @click.option("-w", "--watch", is_flag=True, help="Then print one timestamped line per change.")
 @click.option(
     "--wait-ready",
@@ -253,7 +239,7 @@ def _until_interrupted(follow: Callable[[], object]) -> None:
 @ringside.command()
 @click.argument("member_id", metavar="[NODE_ID]", required=False)
 @_SIDECAR_OPTION
-@_output_option(FORMATS)
+@output_option(*FORMATS)
 @config_options
 def members(
     config_request: ConfigRequest, member_id: str | None, sidecar: str | None, output: str
