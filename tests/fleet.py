@@ -225,6 +225,9 @@ class Fleet:
         """Start a sidecar; `name` keys its files and its entry here, `node_id` defaults to it
         (give two sidecars one node id to play two machines that claim the same name). `code`
         is a directory holding another release's `sidecar` package, to run that one."""
+        running = self.sidecars.get(name)
+        if running is not None and running.running:  # it would be orphaned, never stopped
+            raise AssertionError(f"a sidecar named {name} runs already: restart it with start()")
         node_id = node_id or name
         config = self.base_dir / f"{name}.yaml"
         config.write_text(yaml.safe_dump(settings or {}))
