@@ -51,7 +51,7 @@ from sidecar.election import (
 )
 from sidecar.event_log import EventLog
 from sidecar.events import ClusterEvent
-from sidecar.handover import LeaderChange, Why, leader_change
+from sidecar.handover import LeaderChange, Why, requested
 from sidecar.health_rule import (
     healthy_alternative,
     orchestrator_ok,
@@ -455,7 +455,7 @@ class Agent:
         if request.to is None:
             if not now.is_leader:
                 return None
-            await self.resign(_requested(request.reason, None, request.by))
+            await self.resign(requested(request))
             return f"handed over: switchover asked by {request.by}"
         target = next((c for c in self.view.electable if c.node_id == request.to), None)
         if target is None or request.to == self.node_id:
@@ -465,7 +465,7 @@ class Agent:
         if now.is_leader:
             queue = self.view.electable
             if len(queue) > 1 and queue[1].node_id == request.to:
-                await self.resign(_requested(request.reason, request.to, request.by))
+                await self.resign(requested(request))
                 return f"handed over to {request.to}: {request.reason} asked by {request.by}"
             return f"leader: switchover to {request.to} once the candidates ahead of it requeue"
         await self._withdraw()
@@ -921,13 +921,8 @@ class Agent:
     def view_changed(self, old: ClusterView, new: ClusterView) -> None:
         for event in view_changes(old, new):
             self._record(event)
-        if new.synced and (old.leader, old.epoch) != (new.leader, new.epoch):
-            self.last_change = LeaderChange(
-                new.leader.node_id if new.leader else None,
-                new.epoch,
-                leader_change(old, new),
-                new.revision,
-            )
+            if event.kind == "leader_changed":  # its reason is sidecar.handover's, once
+                self.last_change = LeaderChange.of(event)
         self._wake.set()
 
     def view_loaded(self, sent: float) -> None:
@@ -957,13 +952,6 @@ class Agent:
     def _record(self, event: ClusterEvent) -> None:
         self.events.add(event)
         log.info(event.sentence(), extra={"event": event.kind, **event.detail})
-
-
-def _requested(reason: str, to: str | None, by: str) -> Why:
-    """Why we hand over for a switchover request: its reason, and who asked for whom."""
-    if reason == "preferred-leader":
-        return Why("preferred-leader", f"handing over to {to}, the preferred leader")
-    return Why("switchover", f"switchover{f' to {to}' if to else ''} asked by {by}")
 
 
 async def _cancel_and_wait(*tasks: asyncio.Task[object]) -> None:

@@ -24,9 +24,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, Literal, get_args
 
+from sidecar.events import ClusterEvent
 from sidecar.health_rule import orchestrator_ok, why_down
 from sidecar.records import printable
-from sidecar.view import ClusterView
+from sidecar.view import ClusterView, Switchover
 
 HandoverCode = Literal[
     "election",
@@ -63,6 +64,29 @@ class LeaderChange:
     why: Why
     revision: int
 
+    @classmethod
+    def of(cls, event: ClusterEvent) -> LeaderChange:
+        """The change a `leader_changed` event of `sidecar.changes` describes."""
+        detail = event.detail
+        code = detail.get("reason")
+        why = Why(code if code in CODES else "election", str(detail.get("why") or ""))
+        leader, epoch = detail.get("leader"), detail.get("epoch")
+        return cls(
+            leader if isinstance(leader, str) else None,
+            epoch if isinstance(epoch, int) else None,
+            why,
+            event.revision,
+        )
+
+
+def requested(request: Switchover) -> Why:
+    """Why leadership moves for a switchover request (decision 0016): its reason, and who
+    asked for whom. The same sentence on the node that hands over and on every other."""
+    target = f" to {request.to}" if request.to else ""
+    if request.reason == "preferred-leader":
+        return Why("preferred-leader", f"handover{target}, the preferred leader")
+    return Why("switchover", f"switchover{target} asked by {request.by}")
+
 
 def leader_change(old: ClusterView, new: ClusterView) -> Why:
     """Why the leadership went from `old`'s leader to `new`'s, as every node can tell it
@@ -75,10 +99,7 @@ def leader_change(old: ClusterView, new: ClusterView) -> Why:
     request = old.switchover
     now = new.leader.node_id if new.leader is not None else None
     if request is not None and request.to in (None, now):  # else it moved for another reason
-        target = f" to {request.to}" if request.to else ""
-        if request.reason == "preferred-leader":
-            return Why("preferred-leader", f"{gone} handed over{target}, the preferred leader")
-        return Why("switchover", f"switchover{target} asked by {request.by}")
+        return requested(request)
     member = new.members.get(gone) or old.members.get(gone)
     record = member.record if member is not None else None
     if record is not None and record.leaving:

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 # --- asking a sidecar (or etcd) how the cluster is ---------------------------------------
 
 
-def _sidecar_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+def check_sidecar_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """`--sidecar`: an http(s) URL with a host; a bare ``host:port`` means http."""
     if value is None:
         return None
@@ -48,17 +48,17 @@ def _sidecar_url(ctx: click.Context, param: click.Parameter, value: str | None) 
     return url
 
 
-_SIDECAR_OPTION: Final = click.option(
+SIDECAR_OPTION: Final = click.option(
     "--sidecar",
     metavar="URL",
-    callback=_sidecar_url,
+    callback=check_sidecar_url,
     envvar="RINGSIDE_SIDECAR",
     help="The sidecar's API (default: $RINGSIDE_SIDECAR, else http://<http.listen> from the "
     "configuration).",
 )
 
 
-def _client(
+def client_for(
     config_request: ConfigRequest, sidecar: str | None, *, with_token: bool = False
 ) -> SidecarClient:
     """A client for `--sidecar`, else for the configured `http.listen`.
@@ -84,7 +84,7 @@ def _generated_token(config: RingsideConfig) -> str | None:
 
 
 @ringside.command()
-@_SIDECAR_OPTION
+@SIDECAR_OPTION
 @click.option(
     "--etcd",
     "etcd_direct",
@@ -133,7 +133,7 @@ def status(
             )
         status = _status_from_etcd(loaded.config, user, output, False, wait_ready)
         raise SystemExit(asyncio.run(status))
-    client = _client(config_request, sidecar)
+    client = client_for(config_request, sidecar)
     ready = True
     if wait_ready is not None:
         ready, reason = client.wait_ready(wait_ready)
@@ -238,7 +238,7 @@ def _until_interrupted(follow: Callable[[], object]) -> None:
 
 @ringside.command()
 @click.argument("member_id", metavar="[NODE_ID]", required=False)
-@_SIDECAR_OPTION
+@SIDECAR_OPTION
 @output_option(*FORMATS)
 @config_options
 def members(
@@ -250,7 +250,7 @@ def members(
     """
     from sidecar.cli import tables  # noqa: PLC0415
 
-    client = _client(config_request, sidecar)
+    client = client_for(config_request, sidecar)
     if member_id is None:
         found = client.members()
     else:
@@ -267,7 +267,7 @@ def members(
 
 
 @ringside.command()
-@_SIDECAR_OPTION
+@SIDECAR_OPTION
 @output_option("table", "json", "yaml")
 @config_options
 def version(config_request: ConfigRequest, sidecar: str | None, output: str) -> None:
@@ -277,7 +277,7 @@ def version(config_request: ConfigRequest, sidecar: str | None, output: str) -> 
     from sidecar.cli import tables  # noqa: PLC0415
     from sidecar.cli.reports import NoAnswer  # noqa: PLC0415
 
-    client = _client(config_request, sidecar)
+    client = client_for(config_request, sidecar)
     try:
         members = {m.node_id: m.version for m in client.members()}
         unanswered = None
@@ -295,14 +295,14 @@ def version(config_request: ConfigRequest, sidecar: str | None, output: str) -> 
 
 
 @ringside.command()
-@_SIDECAR_OPTION
+@SIDECAR_OPTION
 @output_option("table", "json", "yaml")
 @config_options
 def leader(config_request: ConfigRequest, sidecar: str | None, output: str) -> None:
     """Who leads and at which epoch (the fencing token). Exits 1 when nobody leads."""
     from sidecar.cli import tables  # noqa: PLC0415
 
-    report = _client(config_request, sidecar).leader()
+    report = client_for(config_request, sidecar).leader()
     if output == "json":
         click.echo(json.dumps(dataclasses.asdict(report)))
     elif output == "yaml":
@@ -314,7 +314,7 @@ def leader(config_request: ConfigRequest, sidecar: str | None, output: str) -> N
 
 
 @ringside.command()
-@_SIDECAR_OPTION
+@SIDECAR_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the sidecar's JSON answer.")
 @config_options
 def resign(config_request: ConfigRequest, sidecar: str | None, as_json: bool) -> None:
@@ -325,7 +325,7 @@ def resign(config_request: ConfigRequest, sidecar: str | None, as_json: bool) ->
     node is not the leader, 2 when the sidecar refuses the request (token missing or wrong,
     not loopback).
     """
-    client = _client(config_request, sidecar, with_token=True)
+    client = client_for(config_request, sidecar, with_token=True)
     answer = client.resign()
     if as_json:
         click.echo(json.dumps({"status": answer.status, **answer.document}))
@@ -370,7 +370,7 @@ def _successor(client: SidecarClient, old: object, within_s: float = 3.0) -> str
 
 
 @ringside.command()
-@_SIDECAR_OPTION
+@SIDECAR_OPTION
 @click.option("--to", "to", metavar="NODE", help="The node that should lead (default: the next).")
 @click.option(
     "--timeout",
@@ -392,7 +392,7 @@ def switchover(
     """
     import time  # noqa: PLC0415
 
-    client = _client(config_request, sidecar, with_token=True)
+    client = client_for(config_request, sidecar, with_token=True)
     answer = client.switchover(to, timeout)
     if answer.status in (409, 503):
         click.echo(f"ringside: no switchover: {answer.error}", err=True)

@@ -17,7 +17,7 @@ from sidecar.cli.base import (
     node_etcd_user,
     ringside,
 )
-from sidecar.cli.cluster import _SIDECAR_OPTION, _client
+from sidecar.cli.cluster import SIDECAR_OPTION, client_for
 from sidecar.events import ClusterEvent
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ def _history(
     node: str | None,
 ) -> list[ClusterEvent]:
     if etcd_direct is None:
-        return _client(config_request, sidecar).history(since, node)
+        return client_for(config_request, sidecar).history(since, node)
     if sidecar is not None:
         raise click.UsageError("--sidecar and --etcd exclude each other")
     import asyncio  # noqa: PLC0415
@@ -93,7 +93,7 @@ def _reading(default_since: str) -> Callable[[Callable[..., None]], Callable[...
                 click.option("-o", "--output", type=click.Choice(["table", "json"]),
                              default="table", show_default=True,
                              help="For people; json for programs."),
-                _SIDECAR_OPTION,
+                SIDECAR_OPTION,
                 _ETCD_OPTION,
             )
         ):  # fmt: skip

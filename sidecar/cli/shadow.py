@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from sidecar.cli.base import EXIT_DEGRADED, ConfigRequest, config_options, ringside
-from sidecar.cli.cluster import _SIDECAR_OPTION, _sidecar_url
+from sidecar.cli.cluster import SIDECAR_OPTION, check_sidecar_url, client_for
 from sidecar.cli.reports import NoAnswer
 
 
@@ -73,19 +73,18 @@ def differences(gossip: Mapping[str, Any], ours: Mapping[str, Any]) -> list[str]
     metavar="URL",
     default="http://127.0.0.1:8770",
     show_default=True,
-    callback=_sidecar_url,
+    callback=check_sidecar_url,
     help="The gossip layer's API (its /status).",
 )
-@_SIDECAR_OPTION
+@SIDECAR_OPTION
 @config_options
 def compare(config_request: ConfigRequest, gossip: str, sidecar: str | None) -> None:
     """Shadow mode: read the gossip layer's /status and ringside's, print every difference
     (leader, live and dead peers, voter quorum). Exits 0 when they agree, 1 when they differ,
     3 when either does not answer."""
-    from sidecar.cli.cluster import _client  # noqa: PLC0415
     from sidecar.cli.tables import safe  # noqa: PLC0415
 
-    ours_url = sidecar or _client(config_request, None).base_url
+    ours_url = sidecar or client_for(config_request, None).base_url
     found = differences(_status(gossip, "the gossip layer"), _status(ours_url, "the sidecar"))
     for line in found:
         click.echo(safe(line))
