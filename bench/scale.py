@@ -93,7 +93,7 @@ class ScaleRun:
         try:
             await asyncio.wait_for(arrived.wait(), 10)
             self.fanout.samples.append((time.monotonic() - put_at) * 1000)
-        except TimeoutError:
+        except asyncio.TimeoutError:
             self.fanout.note = "some probes did not reach every watcher within 10 s"
 
     async def _open_watches(self, watchers: list[asyncio.Task[None]], within_s: float) -> None:

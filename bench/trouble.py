@@ -35,13 +35,14 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bench.sidecars import leader_of
+from sidecar.compat import UTC
 from sidecar.keys import Keys
 from sidecar.records import MemberRecord
 from sidecar.store.etcd import EtcdStore
@@ -184,7 +185,7 @@ class Recorder:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
-            with contextlib.suppress(TimeoutError):
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), remaining)
 
 
@@ -566,7 +567,7 @@ class _Restarts:
     ) -> None:
         try:
             elected = await election
-        except TimeoutError as e:
+        except asyncio.TimeoutError as e:
             self.after_raft.errors.append(_short(e))
             return
         self.elections.append(elected - started)

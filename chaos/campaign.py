@@ -15,7 +15,7 @@ import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,8 @@ from chaos.plan import ALL_FAULTS, Fault, RoundPlan, make_plan
 from chaos.pollers import poll_forever
 from chaos.probe import Prober
 from chaos.testbed import ELIGIBLE, NODES, Testbed
+from sidecar.asyncio_compat import timeout_at
+from sidecar.compat import UTC
 from sidecar.testing.localcluster import LocalClusterError, LocalEtcdCluster
 
 START_CONVERGENCE_S = 30.0
@@ -114,7 +116,7 @@ class Campaign:
                 asyncio.create_task(self.faults.supervise()),
             ]
             self._background = background
-            async with asyncio.timeout_at(deadline):
+            async with timeout_at(deadline):
                 await self._start()
                 for plan in self.plan:
                     needed = plan.hold_s + HEAL_ALLOWANCE_S + self.options.convergence_bound_s
@@ -126,7 +128,7 @@ class Campaign:
                         break
                     await self._round(plan)
                     self._checkers_alive()
-        except TimeoutError:
+        except asyncio.TimeoutError:
             self.stopped = f"time limit of {self.options.time_limit_s:.0f} s reached mid-round"
         except (TestbedBroken, LocalClusterError) as e:
             self.broken = str(e)

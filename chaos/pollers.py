@@ -22,9 +22,8 @@ async def poll_forever(
     sidecars: Mapping[str, Sidecar], prober: Prober, checks: ClaimChecks, interval_s: float
 ) -> None:
     """Run one poller per sidecar until cancelled."""
-    async with asyncio.TaskGroup() as group:
-        for name in sorted(sidecars):
-            group.create_task(_poll(sidecars[name], prober, checks, interval_s))
+    pollers = [_poll(sidecars[name], prober, checks, interval_s) for name in sorted(sidecars)]
+    await asyncio.gather(*pollers)
 
 
 async def _poll(sidecar: Sidecar, prober: Prober, checks: ClaimChecks, interval_s: float) -> None:

@@ -9,6 +9,7 @@ validity, so a claim answered between them is bounded on both sides.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import dataclass
@@ -58,7 +59,7 @@ class Prober:
             ) as r:
                 text = await r.text(errors="replace")
                 status = r.status
-        except (aiohttp.ClientError, TimeoutError, OSError):
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
             self.unanswered += 1
             return Answer(None, None, sent, time.monotonic())
         received = time.monotonic()

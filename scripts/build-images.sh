@@ -82,11 +82,15 @@ if [ "$needs_standin" = yes ]; then
     say "importing the root filesystem"
     docker import "$rootfs_tar" "$standin-rootfs" >/dev/null
     # The names the real images answer to: etcd and etcdctl in /usr/local/bin, python on PATH.
+    # /var/lib/etcd is root's, as in the real etcd image, whose etcd runs as root: Debian's
+    # package gives it (mode 0700) to its own etcd user, and a root without capabilities
+    # (compose/voter.yml drops them all) could then not open the data dir inside it.
     DOCKER_BUILDKIT=0 docker build -q -t "$standin" - >/dev/null <<EOF
 FROM $standin-rootfs
 RUN ln -sf /usr/bin/etcd /usr/local/bin/etcd \\
  && ln -sf /usr/bin/etcdctl /usr/local/bin/etcdctl \\
- && ln -sf /usr/bin/python3 /usr/local/bin/python
+ && ln -sf /usr/bin/python3 /usr/local/bin/python \\
+ && chown root:root /var/lib/etcd && chmod 755 /var/lib/etcd
 ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 ETCDCTL_API=3
 LABEL $standin_label="debian $suite minbase + $packages"
 CMD ["python3"]

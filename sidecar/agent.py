@@ -39,6 +39,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from sidecar.asyncio_compat import timeout
 from sidecar.changes import QuorumChanges, view_changes
 from sidecar.deadline import within
 from sidecar.election import (
@@ -348,8 +349,8 @@ class Agent:
                 await asyncio.sleep(0.5)
             log.debug("cycle: %s", self.last_cycle)
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(TICK_S):
+            with contextlib.suppress(asyncio.TimeoutError):
+                async with timeout(TICK_S):
                     await self._wake.wait()
 
     async def _cycle(self) -> str:
@@ -884,8 +885,8 @@ class Agent:
             self.farewell = "no lease held"
             return
         revoked = False
-        with within(SHUTDOWN_BUDGET_S), contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(SHUTDOWN_BUDGET_S + 0.25):  # a backstop only
+        with within(SHUTDOWN_BUDGET_S), contextlib.suppress(asyncio.TimeoutError):
+            async with timeout(SHUTDOWN_BUDGET_S + 0.25):  # a backstop only
                 if session is not None:
                     await self._say_leaving(session)
                 answers = await asyncio.gather(
@@ -912,8 +913,8 @@ class Agent:
         the rest of the shutdown budget."""
         ours = self.candidacy
         also = [Delete(ours.key)] if ours is not None and ours.lease == session.lease_id else []
-        with contextlib.suppress(StoreError, TimeoutError):
-            async with asyncio.timeout(LEAVING_NOTICE_S):
+        with contextlib.suppress(StoreError, asyncio.TimeoutError):
+            async with timeout(LEAVING_NOTICE_S):
                 await self.member.say_leaving(session, self._leaving or "stopped", also)
 
     # --- what the background tasks tell us (the view keeper's and the quorum monitor's) ---

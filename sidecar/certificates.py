@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import base64
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
+from sidecar.compat import UTC
 from sidecar.files import read_text
 
 _PEM = re.compile(r"-----BEGIN CERTIFICATE-----(.+?)-----END CERTIFICATE-----", re.DOTALL)

@@ -34,6 +34,7 @@ from typing import Any
 
 import aiohttp
 
+from sidecar.asyncio_compat import timeout
 from sidecar.events import ClusterEvent
 
 log = logging.getLogger(__name__)
@@ -116,15 +117,15 @@ class RingsideClient:
                 async for event in self._stream(last):
                     last = max(last, event.revision)
                     yield event
-            except (aiohttp.ClientError, TimeoutError, SidecarUnavailable) as e:
+            except (aiohttp.ClientError, asyncio.TimeoutError, SidecarUnavailable) as e:
                 log.info("event stream broken (%s); resuming after revision %d", e, last)
             await asyncio.sleep(POLL_S)
 
     async def _stream(self, since: int) -> AsyncIterator[ClusterEvent]:
         session = self._client()
         url = f"{self.base_url}/v1/events?since={max(since, 0)}"
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout_s, sock_read=60)
-        async with session.get(url, timeout=timeout) as response:
+        limits = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout_s, sock_read=60)
+        async with session.get(url, timeout=limits) as response:
             if response.status != 200:
                 raise SidecarUnavailable(f"/v1/events answered HTTP {response.status}")
             data: list[str] = []
@@ -142,7 +143,7 @@ class RingsideClient:
         try:
             async with self._client().get(self.base_url + path) as response:
                 document = await response.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
             raise SidecarUnavailable(f"the sidecar at {self.base_url} did not answer: {e}") from e
         if not isinstance(document, dict):
             raise SidecarUnavailable(f"{path} answered something that is not an object")
@@ -205,11 +206,11 @@ async def _guard(
     while not task.done():
         sent = loop.time()
         try:  # never wait on an answer past the validity we hold: a silent sidecar ends it
-            async with asyncio.timeout(max(0.01, valid_until - sent)):
+            async with timeout(max(0.01, valid_until - sent)):
                 valid_for = await client.fence(epoch)
         except FenceLost:
             return
-        except (SidecarUnavailable, TimeoutError):
+        except (SidecarUnavailable, asyncio.TimeoutError):
             if loop.time() >= valid_until:
                 return  # no word past the promise: we cannot know we still lead
         else:

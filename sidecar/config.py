@@ -77,6 +77,7 @@ FLAG_FIELDS: Final[Mapping[str, str]] = {
     "--cluster": "cluster",
     "--node-id": "node_id",
     "--etcd-endpoints": "etcd.endpoints",
+    "--etcd": "etcd.endpoints",  # `status`, `events`, `flaps`: read etcd at these endpoints
     "--lease-ttl": "lease_ttl",
     "--http-listen": "http.listen",
     "--leader-eligible": "leader.eligible",
@@ -315,6 +316,20 @@ def render_with_sources(loaded: LoadedConfig) -> str:
     lines: list[str] = []
     _render_model(config, "", sources, lines)
     return "\n".join(lines) + "\n"
+
+
+def config_document(loaded: LoadedConfig) -> dict[str, Any]:
+    """The effective configuration and each setting's source, for `ringside config -o json`:
+    the same values `render_with_sources` prints, secrets as ``"***"``."""
+    document: dict[str, Any] = loaded.config.model_dump(mode="json")
+    for leaf in _SECRET_LEAVES:
+        *parents, name = leaf.split(".")
+        holder = document
+        for parent in parents:
+            holder = holder[parent]
+        if holder.get(name) is not None:
+            holder[name] = "***"
+    return {"config": document, "sources": dict(sorted(loaded.sources.items()))}
 
 
 def _render_model(

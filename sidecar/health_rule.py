@@ -19,8 +19,9 @@ that view; `sidecar.agent` applies them.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
+from sidecar.compat import UTC, parse_iso_time
 from sidecar.records import OrchestratorHealth
 from sidecar.view import ClusterView, Member
 
@@ -63,7 +64,7 @@ def healthy_alternative(
 def seconds_in_state(health: OrchestratorHealth, now: datetime | None = None) -> float:
     """Seconds since `health` began (its `since`, whole seconds, UTC); 0 when unreadable."""
     try:
-        since = datetime.fromisoformat(health.since)
+        since = parse_iso_time(health.since)
     except ValueError:
         return 0.0
     if since.tzinfo is None:

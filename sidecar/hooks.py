@@ -165,7 +165,7 @@ class RoleHooks:
         if worker is not None and not worker.done():
             try:
                 await asyncio.wait_for(self._queue.join(), wait_s)
-            except TimeoutError:
+            except asyncio.TimeoutError:
                 log.warning(
                     "role hooks still running after %.1f s at shutdown; %s",
                     wait_s,
@@ -220,7 +220,7 @@ class RoleHooks:
         timed_out = False
         try:
             exit_code = await asyncio.wait_for(proc.wait(), self._timeout_s)
-        except TimeoutError:
+        except asyncio.TimeoutError:
             timed_out = True
             await _kill_group(proc)
         except asyncio.CancelledError:
@@ -309,7 +309,7 @@ async def _kill_group(proc: asyncio.subprocess.Process) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     try:
         await asyncio.wait_for(proc.wait(), _REAP_AFTER_KILL_S)
-    except TimeoutError:
+    except asyncio.TimeoutError:
         log.error("role hook process %d did not die after SIGKILL", proc.pid)
 
 

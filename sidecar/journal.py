@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from sidecar.asyncio_compat import timeout
 from sidecar.election import Campaign
 from sidecar.event_log import EventLog
 from sidecar.events import EVENT_KINDS, ClusterEvent
@@ -144,8 +145,8 @@ class Journal:
 
     async def run(self, lead: Callable[[], Campaign | None], *, idle_s: float = 1.0) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(idle_s):
+            with contextlib.suppress(asyncio.TimeoutError):
+                async with timeout(idle_s):
                     await self._wake.wait()
             self._wake.clear()
             try:

@@ -34,11 +34,12 @@ import os
 import secrets
 import stat
 import tempfile
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Final
 
+from sidecar.compat import UTC
 from sidecar.errors import ConfigError, RingsideError
 
 RUN_DIR: Final = Path("/run/ringside")

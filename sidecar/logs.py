@@ -20,9 +20,10 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Final, Literal, TextIO
 
+from sidecar.compat import UTC
 from sidecar.errors import ConfigError
 
 TEXT_FORMAT: Final = "%(asctime)s %(levelname)-5s %(name)s: %(message)s"
@@ -42,8 +43,8 @@ def setup_logging(
     The root logger's existing handlers are replaced, so calling this again (say, after the
     config is reloaded) changes the format instead of printing every line twice.
     """
-    level_number = logging.getLevelNamesMapping().get(level.upper())
-    if level_number is None:
+    level_number = logging.getLevelName(level.upper())  # a number only for a level's name
+    if not isinstance(level_number, int):
         raise ConfigError(f"unknown log level {level!r}: use DEBUG, INFO, WARNING or ERROR")
     formatter: logging.Formatter
     if fmt == "json":

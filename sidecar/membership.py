@@ -23,10 +23,11 @@ import logging
 import os
 import socket
 from collections.abc import Sequence
-from datetime import datetime
 
 import psutil
 
+from sidecar.asyncio_compat import timeout
+from sidecar.compat import parse_iso_time
 from sidecar.deadline import Deadline
 from sidecar.errors import RingsideError
 from sidecar.keys import Keys
@@ -78,7 +79,7 @@ def _is_dead_predecessor(holder: MemberRecord | None) -> bool:
     except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
         return not psutil.pid_exists(holder.pid)
     try:
-        recorded = datetime.fromisoformat(holder.started_at).timestamp()
+        recorded = parse_iso_time(holder.started_at).timestamp()
     except ValueError:
         return False
     return abs(started - recorded) > 2.0  # the pid was reused by another process
@@ -170,8 +171,8 @@ async def _wait_out(
         remaining + 1,
     )
     async with store.watch(holder.key, start_revision=holder.mod_revision + 1) as batches:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(min(remaining + 1, deadline.remaining())):
+        with contextlib.suppress(asyncio.TimeoutError):
+            async with timeout(min(remaining + 1, deadline.remaining())):
                 async for batch in batches:
                     if any(e.type is EventType.DELETE for e in batch.events):
                         return

@@ -20,10 +20,11 @@ import asyncio
 import logging
 import os
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import datetime
 
 import aiohttp
 
+from sidecar.compat import UTC
 from sidecar.records import OrchestratorHealth
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ async def probe(session: aiohttp.ClientSession, url: str, timeout_s: float) -> t
             url, timeout=aiohttp.ClientTimeout(total=timeout_s), allow_redirects=False
         ) as response:
             return 200 <= response.status < 300, f"HTTP {response.status}"
-    except TimeoutError:
+    except asyncio.TimeoutError:
         return False, f"no answer within {timeout_s:g} s"
     except aiohttp.ClientConnectorError as e:
         errno = e.os_error.errno  # asyncio's own text is "connect call failed (...)"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from pydantic import (
@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from sidecar import __version__
+from sidecar.compat import UTC
 from sidecar.store.model import KeyValue
 
 log = logging.getLogger(__name__)

@@ -21,6 +21,21 @@ from tests.fleet import FLEET_TTL, Fleet
 from tests.orchestrators import Orchestrators, serve_orchestrators
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `etcd` every test that runs etcd, so `-m "not etcd"` selects the unit tests (the
+    pass under each other Python of `make test`).
+
+    A test runs etcd when it uses a fixture named for it (`etcd`, `secured_etcd`, ...) or is a
+    store contract test on the etcd store, which asks for the cluster at run time. The few
+    tests that start a cluster in their own body carry the mark themselves."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        on_etcd = callspec is not None and callspec.params.get("store") == "etcd"
+        fixtures = getattr(item, "fixturenames", ())
+        if on_etcd or any("etcd" in name for name in fixtures):
+            item.add_marker(pytest.mark.etcd)
+
+
 @pytest.fixture(scope="session")
 def etcd_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalEtcdCluster]:
     cluster = LocalEtcdCluster(tmp_path_factory.mktemp("etcd"))

@@ -45,7 +45,7 @@ async def fetch_json(session: aiohttp.ClientSession, url: str) -> dict[str, Any]
         async with session.get(url, timeout=timeout) as response:
             document: dict[str, Any] = await response.json()
             return document
-    except (aiohttp.ClientError, TimeoutError, ValueError):
+    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
         return None
 
 

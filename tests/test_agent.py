@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from sidecar.agent import _cancel_and_wait
+from sidecar.asyncio_compat import timeout
 from sidecar.changes import view_changes
 from sidecar.election import (
     Campaign,
@@ -207,6 +208,6 @@ async def test_shutdown_outlasts_a_cancel_that_a_task_swallowed() -> None:
 
     task = asyncio.create_task(swallows_one_cancel())
     await asyncio.sleep(0)
-    async with asyncio.timeout(2):
+    async with timeout(2):
         await _cancel_and_wait(task)
     assert task.cancelled()

@@ -16,6 +16,7 @@ import pytest
 
 from sidecar.agent import SHUTDOWN_BUDGET_S, Agent
 from sidecar.api.bodies import readiness
+from sidecar.asyncio_compat import timeout
 from sidecar.keys import Keys
 from sidecar.records import MemberRecord, OrchestratorHealth
 from sidecar.store.base import Store
@@ -191,7 +192,7 @@ async def test_shutdown_stops_claiming_before_etcd_answers(cluster: str) -> None
         stop.set()
         assert not agent.leadership().is_leader
         started = time.monotonic()
-        async with asyncio.timeout(SHUTDOWN_BUDGET_S + 1.5):
+        async with timeout(SHUTDOWN_BUDGET_S + 1.5):
             await task
         assert time.monotonic() - started < SHUTDOWN_BUDGET_S + 1
         assert "not revoked" in agent.farewell

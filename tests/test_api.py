@@ -4,7 +4,6 @@ same routes are in test_api_cluster.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -16,6 +15,7 @@ from openapi_spec_validator import validate
 
 from sidecar.agent import Agent
 from sidecar.api.server import MAX_BODY_BYTES, Handler, create_app, openapi_document
+from sidecar.asyncio_compat import timeout
 from sidecar.inventory import load_inventory
 from sidecar.metrics import Metrics
 from sidecar.store.memory import MemoryStore
@@ -161,7 +161,7 @@ async def test_events_replay_since_a_revision(client: TestClient[Any, Any]) -> N
     assert response.status == 200
     assert response.headers["Content-Type"] == "text/event-stream"
     text = ""
-    async with asyncio.timeout(5):
+    async with timeout(5):
         while "event: leader_changed" not in text:
             text += (await response.content.readany()).decode()
     response.close()
@@ -177,7 +177,7 @@ async def test_events_stream_live_changes(
     response = await client.get("/v1/events")
     async with running_agent(leader_agent.store, "hetzner-cpu2", leader_agent.config.cluster):
         text = ""
-        async with asyncio.timeout(5):
+        async with timeout(5):
             while "hetzner-cpu2" not in text:
                 text += (await response.content.readany()).decode()
     response.close()

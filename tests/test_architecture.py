@@ -22,7 +22,13 @@ PACKAGE = ROOT / "sidecar"
 # What `ringside status` must not load: the HTTP and validation libraries, asyncio (about 60 ms
 # on this machine), and the whole daemon core (all of sidecar/ but the CLI and what it shares).
 HEAVY = ("aiohttp", "pydantic", "psutil", "prometheus_client", "yaml", "asyncio")
-CLI_MAY_LOAD = {"sidecar", "sidecar.errors", "sidecar.events", "sidecar.flaps"}  # stdlib only
+CLI_MAY_LOAD = {
+    "sidecar",
+    "sidecar.compat",
+    "sidecar.errors",
+    "sidecar.events",
+    "sidecar.flaps",
+}  # stdlib
 
 SHOW_MODULES = """
 import json, sys

@@ -34,6 +34,8 @@ from tests.pki import make_ca, make_cert
 from tests.reads import get_one
 from tests.waiting import wait_for
 
+pytestmark = pytest.mark.etcd  # these tests start etcd clusters of their own
+
 CLUSTER = "secured"
 ELIGIBLE, OTHER, OBSERVER = "node-a", "node-b", "node-c"
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import subprocess
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from sidecar.certificates import CertificateError, expiries, not_after
+from sidecar.compat import UTC
 from tests.pki import make_ca, make_cert
 
 

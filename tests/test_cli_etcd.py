@@ -78,3 +78,21 @@ def test_status_from_etcd_during_a_quorum_loss_exits_1_like_through_a_sidecar(
         ringside, ["status", "--etcd", UNREACHABLE], env={"RINGSIDE_CONFIG": ""}
     )
     assert nobody.exit_code == 3, nobody.output
+
+
+def test_status_etcd_without_a_value_reads_the_configured_endpoints(
+    etcd_cluster: LocalEtcdCluster,
+) -> None:
+    """`--etcd` alone means the endpoints the configuration names (here the environment);
+    `--etcd URL` overrides them, and a bad URL there is named with the flag that gave it."""
+    env = {"RINGSIDE_CONFIG": "", "RINGSIDE_ETCD_ENDPOINTS": ",".join(etcd_cluster.client_urls)}
+    configured = CliRunner().invoke(
+        ringside, ["status", "--etcd", "-o", "json", "--cluster", "configured"], env=env
+    )
+    assert configured.exit_code == 1, configured.output  # nobody leads in an empty cluster
+    assert json.loads(configured.stdout)["quorum_ok"] is True
+    overridden = CliRunner().invoke(ringside, ["status", "--etcd", UNREACHABLE], env=env)
+    assert overridden.exit_code == 3, overridden.output
+    bad = CliRunner().invoke(ringside, ["status", "--etcd", "ftp://x:1"], env=env)
+    assert bad.exit_code == 2, bad.output
+    assert "(flag --etcd)" in bad.stderr

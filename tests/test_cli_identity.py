@@ -14,6 +14,7 @@ from click.testing import CliRunner, Result
 
 from sidecar import __version__
 from sidecar.cli import config_options, ringside
+from sidecar.cli.base import EVERY_SETTING
 from sidecar.config import FLAG_FIELDS
 from sidecar.identity import HostFacts
 from tests.cli_support import clean_env
@@ -234,7 +235,7 @@ BAD_INPUTS = {
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS.values(), ids=BAD_INPUTS.keys())
-@pytest.mark.parametrize("command", ["config", "identity"])
+@pytest.mark.parametrize("command", ["config", "run"])
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, command: str, case: BadInput) -> None:
     config = tmp_path / "ringside.yaml"
     if case.config_text is not None:
@@ -251,13 +252,58 @@ def test_click_usage_errors_exit_2() -> None:
 
 def test_every_config_option_maps_to_a_setting() -> None:
     @click.command()
-    @config_options
+    @config_options(*EVERY_SETTING)
     def probe(config_request: object) -> None:
         """Probe command."""
 
     options = {opt for param in probe.params for opt in (*param.opts, *param.secondary_opts)}
     options.discard("--config")
-    assert options == set(FLAG_FIELDS)
+    assert options == set(FLAG_FIELDS) - {"--etcd"}  # `--etcd` is its own option (status)
+
+
+def _options(*command: str) -> set[str]:
+    """The long options `ringside COMMAND --help` lists."""
+    result = run(*command, "--help")
+    assert result.exit_code == 0, result.stderr
+    return set(re.findall(r"^\s+(?:-\w, )?(--[a-z-]+)", result.stdout, re.M))
+
+
+DAEMON_FLAGS = {"--lease-ttl", "--http-listen", "--leader-eligible", "--lock-file"}
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("status",), ("members",), ("leader",), ("resign",), ("switchover",), ("version",),
+     ("events",), ("flaps",), ("compare",), ("identity",), ("etcd",), ("auth", "show")],
+)  # fmt: skip
+def test_a_command_lists_only_the_options_it_uses(command: tuple[str, ...]) -> None:
+    """Issue 14: every command listed all the daemon's flags. Only `run`, `config` and
+    `doctor` (which check the daemon's settings) take them now."""
+    listed = _options(*command)
+    assert not listed & DAEMON_FLAGS, f"{command} lists {sorted(listed & DAEMON_FLAGS)}"
+    assert "--config" in listed
+
+
+@pytest.mark.parametrize(
+    ("command", "own"),
+    [("members", {"--output"}), ("leader", {"--output"}), ("version", {"--output"}),
+     ("resign", {"--output"}), ("switchover", {"--to", "--timeout"})],
+)  # fmt: skip
+def test_the_sidecar_commands_take_no_setting_flags(command: str, own: set[str]) -> None:
+    assert _options(command) == {"--sidecar", "--config", "--help"} | own
+
+
+def test_status_reads_etcd_with_one_option() -> None:
+    """`status` had both `--etcd URL` and `--etcd-endpoints URL` with different meanings."""
+    listed = _options("status")
+    assert "--etcd" in listed
+    assert "--etcd-endpoints" not in listed
+    assert not listed & (DAEMON_FLAGS | {"--node-id", "--allow-unknown-node"})
+
+
+@pytest.mark.parametrize("command", [("run",), ("config",), ("doctor",)])
+def test_the_daemon_commands_take_every_setting(command: tuple[str, ...]) -> None:
+    assert _options(*command) >= set(FLAG_FIELDS) - {"--etcd", "--not-leader-eligible"}
 
 
 def run_script(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -347,3 +393,18 @@ def test_shell_completion_works_as_the_readme_says() -> None:
 def test_members_help_shows_the_node_id_as_optional() -> None:
     result = run("members", "--help")
     assert result.stdout.splitlines()[0] == "Usage: ringside members [OPTIONS] [NODE_ID]"
+
+
+def test_config_prints_json_too_with_secrets_hidden(tmp_path: Path) -> None:
+    """`config` printed YAML only (issue 14): `-o json` has the settings and their sources."""
+    config = tmp_path / "ringside.yaml"
+    config.write_text("http: {token: s3cret}\nlease_ttl: 12\n")
+    result = run("config", "--config", str(config), "-o", "json", env={"RINGSIDE_CLUSTER": "blue"})
+    assert result.exit_code == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["config"]["http"]["token"] == "***"
+    assert "s3cret" not in result.stdout
+    assert document["config"]["lease_ttl"] == 12
+    assert document["config"]["cluster"] == "blue"
+    assert document["sources"]["cluster"] == "env RINGSIDE_CLUSTER"
+    assert document["sources"]["lease_ttl"] == f"file {config}"

@@ -236,7 +236,7 @@ class LineReader:
         while (remaining := deadline - time.monotonic()) > 0:
             try:
                 raw = await asyncio.wait_for(self.process.stdout.readline(), remaining)
-            except TimeoutError:
+            except asyncio.TimeoutError:
                 break
             if not raw:
                 break
@@ -303,6 +303,17 @@ async def test_members_lists_and_finds_members(fleet: Fleet) -> None:
     assert one.returncode == 0, one
     assert json.loads(one.stdout)["node_id"] == OBSERVER
 
+    # One JSON shape per object (issue 14: `members -o json` renamed `orchestrator` and dropped
+    # `version`, `hostname`, `pid`): what `status -o json` and `/v1/members` say of a member.
+    listed = await fleet.get(fleet.sidecars[VOTERS[0]], "/v1/members")
+    assert listed is not None
+    served = {m["node_id"]: m for m in listed["members"]}
+    in_status = json.loads((await ringside("status", "--sidecar", url, "-o", "json")).stdout)
+    for document in (members, served, {m["node_id"]: m for m in in_status["members"]}):
+        assert set(document[OBSERVER]) == set(served[OBSERVER]), document[OBSERVER]
+    assert {"version", "hostname", "pid", "orchestrator"} <= set(members[OBSERVER])
+    assert members[OBSERVER]["pid"] == served[OBSERVER]["pid"]
+
     missing = await ringside("members", "mac-studio", "--sidecar", url)
     assert_one_line_error(missing, 1, "mac-studio is not a live member")
 
@@ -344,11 +355,22 @@ async def test_leader_and_resign_move_leadership(fleet: Fleet) -> None:
         assert yaml.safe_load(other.stdout)["leader"] == new.node_id
     shown = await ringside("leader", "--sidecar", old.url, "--json")  # the older spelling
     assert shown.returncode == 0, shown
-    assert json.loads(shown.stdout)["leader"] == new.node_id
-    assert json.loads(shown.stdout)["is_self"] is False
+    document = json.loads(shown.stdout)
+    assert document["leader"] == new.node_id
+    assert document["is_self"] is False
+    # One JSON shape per object: the command prints what `/v1/leader` serves.
+    assert set(document) == set(await fleet.get(old, "/v1/leader") or {})
     # Every node tells why: the old leader stepped down and stayed (its member key lives on).
+    change = document["leader_change"]
+    assert (change["leader"], change["epoch"], change["reason"]) == (
+        new.node_id,
+        after["epoch"],
+        "resign",
+    )
+    assert change["why"] == f"{old.node_id} stepped down"
+    text = await ringside("leader", "--sidecar", old.url)
     why = f"last leader change: {new.node_id} (epoch {after['epoch']}): {old.node_id} stepped down"
-    assert json.loads(shown.stdout)["handover"] == [f"{why} [resign]"]
+    assert f"{why} [resign]" in text.stdout
 
 
 async def test_watch_survives_a_sidecar_restart_and_reports_what_it_missed(fleet: Fleet) -> None:

@@ -9,8 +9,11 @@ import sys
 import uuid
 
 import psutil
+import pytest
 
 from tests.cli_support import clean_env
+
+pytestmark = pytest.mark.etcd  # these tests start etcd clusters of their own
 
 NODES = ("hetzner-cpu1", "hetzner-cpu2", "hetzner-cpu3", "lambda-gh200-3", "vast-29118471")
 MARK = "RINGSIDE_TEST_DEMO_MARK"

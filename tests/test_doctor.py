@@ -212,6 +212,7 @@ def test_the_right_certificates_pass_and_show_the_days_left(
     )
 
 
+@pytest.mark.etcd  # starts a cluster of its own
 def test_stopped_members_mean_no_quorum(tmp_path: Path) -> None:
     with LocalEtcdCluster(tmp_path / "etcd", size=3) as cluster:
         for member in cluster.members[1:]:

@@ -18,6 +18,7 @@ from aiohttp.test_utils import TestClient
 
 from sidecar.agent import Agent
 from sidecar.api.server import create_app
+from sidecar.asyncio_compat import timeout
 from sidecar.event_log import EventLog
 from sidecar.events import ClusterEvent
 from sidecar.store.memory import MemoryStore
@@ -99,8 +100,8 @@ async def read_stream(
     assert response.status == 200
     text = ""
     # A stream that stalls or breaks ends the reading; the caller's assertion shows what came.
-    with contextlib.suppress(TimeoutError, aiohttp.ClientPayloadError):
-        async with asyncio.timeout(5):
+    with contextlib.suppress(asyncio.TimeoutError, aiohttp.ClientPayloadError):
+        async with timeout(5):
             while f'"{until_id}"' not in text:
                 chunk = await response.content.readany()
                 if not chunk:

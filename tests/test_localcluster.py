@@ -15,6 +15,8 @@ import pytest
 from sidecar.testing.localcluster import LocalEtcdCluster
 from tests.paths import ROOT
 
+pytestmark = pytest.mark.etcd  # these tests start etcd clusters of their own
+
 
 def alive(pid: int) -> bool:
     """True while `pid` runs (a zombie waiting for its parent to reap it counts as gone)."""

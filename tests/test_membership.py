@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from sidecar.asyncio_compat import timeout
 from sidecar.keys import Keys
 from sidecar.membership import DuplicateNode, register
 from sidecar.records import MemberRecord
@@ -31,7 +32,7 @@ async def test_a_record_with_our_pid_on_our_host_is_waited_out() -> None:
     await register(store, KEYS, this_process(), earlier)  # then never kept alive again
     started = time.monotonic()
     now = await Session.open(store, 60)
-    async with asyncio.timeout(MIN_LEASE_TTL + 3):
+    async with timeout(MIN_LEASE_TTL + 3):
         await register(store, KEYS, this_process(), now)
     held = (await store.get(KEYS.member("hetzner-cpu1"))).kvs[0]
     assert held.lease == now.lease_id
@@ -45,7 +46,7 @@ async def test_a_record_from_another_host_is_refused_at_once() -> None:
     await register(store, KEYS, elsewhere, other)
     ours = await Session.open(store, 60)
     with pytest.raises(DuplicateNode, match="on host some-other-host"):
-        async with asyncio.timeout(1):
+        async with timeout(1):
             await register(store, KEYS, this_process(), ours)
 
 
@@ -68,7 +69,7 @@ async def test_a_record_on_no_lease_is_replaced_not_obeyed() -> None:
     forged = MemberRecord(node_id="hetzner-cpu1", hostname="evil", pid=1)
     await store.put(KEYS.member("hetzner-cpu1"), forged.encode())
     ours = await Session.open(store, 60)
-    async with asyncio.timeout(1):
+    async with timeout(1):
         await register(store, KEYS, this_process(), ours)
     held = (await store.get(KEYS.member("hetzner-cpu1"))).kvs[0]
     assert held.lease == ours.lease_id
@@ -84,7 +85,7 @@ async def test_a_predecessor_named_by_our_lock_token_is_revoked_at_once() -> Non
     before = this_process().model_copy(update={"instance": "0123abcd", "pid": 999_999})
     await register(store, KEYS, before, dead)
     ours = await Session.open(store, 60)
-    async with asyncio.timeout(1):
+    async with timeout(1):
         await register(store, KEYS, this_process(), ours, previous_instances=("0123abcd",))
     held = (await store.get(KEYS.member("hetzner-cpu1"))).kvs[0]
     assert held.lease == ours.lease_id
@@ -97,7 +98,7 @@ async def test_a_live_holder_with_another_token_is_still_refused() -> None:
     await register(store, KEYS, elsewhere, other)
     ours = await Session.open(store, 60)
     with pytest.raises(DuplicateNode):
-        async with asyncio.timeout(1):
+        async with timeout(1):
             await register(store, KEYS, this_process(), ours, previous_instances=("0123abcd",))
 
 
@@ -113,9 +114,10 @@ async def test_waiting_out_a_predecessor_survives_its_key_vanishing_mid_wait() -
         await asyncio.sleep(0.3)
         await store.lease_revoke(earlier.lease_id)
 
-    async with asyncio.timeout(3), asyncio.TaskGroup() as group:
-        group.create_task(revoke_soon())
-        group.create_task(register(store, KEYS, this_process(), ours, patience_s=2))
+    async with timeout(3):
+        await asyncio.gather(
+            revoke_soon(), register(store, KEYS, this_process(), ours, patience_s=2)
+        )
     held = (await store.get(KEYS.member("hetzner-cpu1"))).kvs[0]
     assert held.lease == ours.lease_id
 

@@ -3,11 +3,12 @@ Prometheus text parser exactly as a scraper would see them."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar import __version__
+from sidecar.compat import UTC
 from sidecar.metrics import Metrics
 from sidecar.store.memory import ENDPOINT, MemoryStore
 from sidecar.store.model import EndpointState, StoreStats

@@ -9,13 +9,14 @@ import json
 import re
 import shutil
 import subprocess
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from sidecar.compat import UTC
 from sidecar.metrics import Metrics
 from sidecar.store.memory import MemoryStore
 from tests.agents import make_agent, running, until

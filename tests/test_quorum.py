@@ -276,6 +276,7 @@ async def test_two_voters_killed_is_no_quorum(etcd: LocalEtcdCluster, client: Et
     assert "no Raft leader" in alone.error
 
 
+@pytest.mark.etcd  # starts a cluster of its own
 async def test_a_learner_is_listed_but_never_counted_as_a_voter(tmp_path: Path) -> None:
     """etcd 3.4+ learners get the log without a vote; counting one would let 2 of 4 "voters"
     look like a quorum when only 1 of 3 real voters answers. A cluster of its own, since

@@ -94,7 +94,7 @@ async def http_get(url: str, *, timeout_s: float = HTTP_TIMEOUT_S) -> tuple[int,
                 return response.status, json.loads(text)
             except ValueError:
                 return response.status, text
-    except (aiohttp.ClientError, TimeoutError) as e:
+    except (aiohttp.ClientError, asyncio.TimeoutError) as e:
         return 0, f"no answer: {e!r}"
 
 

@@ -35,6 +35,7 @@ from sidecar.api.bodies import (
     readiness,
     status_document,
 )
+from sidecar.asyncio_compat import timeout
 from sidecar.election import reported_validity
 from sidecar.inventory import Inventory
 from sidecar.settings import DNS_LABEL
@@ -279,9 +280,9 @@ async def history(request: web.Request) -> web.Response:
         return error(400, "node must be a node id")
     agent = request.app[STATE].agent
     try:
-        async with asyncio.timeout(HISTORY_TIMEOUT_S):
+        async with timeout(HISTORY_TIMEOUT_S):
             found = await agent.history(since=since, node=node)
-    except (StoreError, TimeoutError) as e:
+    except (StoreError, asyncio.TimeoutError) as e:
         return error(503, f"cannot read the cluster history from etcd: {e or 'no answer'}")
     return web.json_response({"events": [e.document() for e in found]})
 
@@ -302,9 +303,9 @@ async def events(request: web.Request) -> web.StreamResponse:
             await response.write(_sse(past.kind, past.revision, past.document()))
         while True:
             try:
-                async with asyncio.timeout(SSE_KEEPALIVE_S):
+                async with timeout(SSE_KEEPALIVE_S):
                     event = await queue.get()
-            except TimeoutError:
+            except asyncio.TimeoutError:
                 await response.write(b": keepalive\n\n")
                 continue
             if event is None:

@@ -1,6 +1,6 @@
 """The ``ringside`` command line.
 
-Every command takes the same configuration options (`config_options`), and every operator
+Every command takes `--config` and the setting flags it uses (`config_options`), and every operator
 mistake (a `ConfigError`, which includes identity and inventory errors) ends the same way: one
 ``ringside: error: ...`` line on stderr and exit code 2, never a traceback. Click's own usage
 errors exit 2 as well. A sidecar or etcd that does not answer, or answers something that is

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import click
 
-from sidecar.cli.base import EXIT_DEGRADED, ConfigRequest, config_options, ringside
+from sidecar.cli.base import ETCD, EXIT_DEGRADED, ConfigRequest, config_options, ringside
 from sidecar.cli.reports import NoAnswer
 from sidecar.errors import ConfigError
 
@@ -87,7 +87,7 @@ def _node_ids(value: str) -> list[str]:
     help="Turn auth on at the end. --no-enable on a live cluster: hand out the passwords and "
     "restart the sidecars with them first, then run again with --enable.",
 )
-@config_options
+@config_options(*ETCD, "inventory")
 def init(
     config_request: ConfigRequest,
     secrets_dir: Path,
@@ -125,7 +125,7 @@ def init(
     show_default=True,
     help="Whether the node may campaign (write election/<node_id>).",
 )
-@config_options
+@config_options(*ETCD, "inventory")
 def add(config_request: ConfigRequest, node: str, secrets_dir: Path, eligible: bool) -> None:
     """Create (or correct) one node's user and role; its password goes to
     <secrets>/<node>.password unless that file exists."""
@@ -142,7 +142,7 @@ def add(config_request: ConfigRequest, node: str, secrets_dir: Path, eligible: b
 @auth.command("rotate")
 @click.argument("node", metavar="NODE")
 @_SECRETS
-@config_options
+@config_options(*ETCD, "inventory")
 def rotate(config_request: ConfigRequest, node: str, secrets_dir: Path) -> None:
     """Give one node a new password (written to <secrets>/<node>.password). etcd drops the
     tokens of the old one, so the node's next request is refused: copy the new file to it and
@@ -167,7 +167,7 @@ def rotate(config_request: ConfigRequest, node: str, secrets_dir: Path) -> None:
 @auth.command("remove")
 @click.argument("node", metavar="NODE")
 @_SECRETS
-@config_options
+@config_options(*ETCD, "inventory")
 def remove(config_request: ConfigRequest, node: str, secrets_dir: Path) -> None:
     """Revoke a node: delete its user and role. Its next request to etcd is refused and its
     keys disappear when its lease runs out."""
@@ -183,7 +183,7 @@ def remove(config_request: ConfigRequest, node: str, secrets_dir: Path) -> None:
 @auth.command("show")
 @_SECRETS
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
-@config_options
+@config_options(*ETCD, "inventory")
 def show(config_request: ConfigRequest, secrets_dir: Path, output: str) -> None:
     """Who can do what: every etcd user, its roles and what they allow."""
     config = config_request.load().config

@@ -30,63 +30,68 @@ EXIT_UNREACHABLE: Final = 3  # the sidecar or etcd did not answer, or answered g
 
 Result = TypeVar("Result")
 
-_CONFIG_OPTIONS: Final = (
-    click.option(
-        "--config",
-        "config_path",
-        type=click.Path(path_type=Path),
-        help="YAML config file (default: $RINGSIDE_CONFIG, else /etc/ringside/ringside.yaml "
-        "when it exists).",
+_CONFIG_FILE_OPTION: Final = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    help="YAML config file (default: $RINGSIDE_CONFIG, else /etc/ringside/ringside.yaml "
+    "when it exists).",
+)
+# The flags that override one configuration setting each, by parameter name. A command takes
+# only those it uses (`config_options`), so its --help lists nothing it would ignore.
+_SETTING_OPTIONS: Final = {
+    "cluster": click.option(
+        "--cluster", help="Cluster name; keys live under /ringside/<cluster>/."
     ),
-    click.option("--cluster", help="Cluster name; keys live under /ringside/<cluster>/."),
-    click.option("--node-id", help="This node's id; overrides every other identity source."),
-    click.option("--etcd-endpoints", metavar="URL[,URL...]", help="etcd client URLs."),
-    click.option("--lease-ttl", type=int, metavar="SECONDS", help="Membership lease TTL (2-600)."),
-    click.option("--http-listen", metavar="HOST:PORT", help="Local HTTP API address."),
-    click.option(
-        "--leader-eligible/--not-leader-eligible",
-        default=None,
-        help="Whether this node campaigns for leadership.",
+    "etcd_endpoints": click.option(
+        "--etcd-endpoints", metavar="URL[,URL...]", help="etcd client URLs."
     ),
-    click.option(
-        "--inventory",
-        type=click.Path(path_type=Path),
-        help="The orchestrator's distributed_hosts.yaml.",
-    ),
-    click.option(
-        "--lock-file",
-        type=click.Path(path_type=Path),
-        help="Single-instance lock file (default /run/ringside/<cluster>.lock).",
-    ),
-    click.option(
+    "cacert": click.option(
         "--cacert",
         type=click.Path(path_type=Path),
         help="CA bundle that signed etcd's certificates (etcd.tls.ca; etcdctl's name).",
     ),
-    click.option("--cert", type=click.Path(path_type=Path), help="Client certificate for etcd."),
-    click.option("--key", type=click.Path(path_type=Path), help="Its private key."),
-    click.option(
+    "cert": click.option(
+        "--cert", type=click.Path(path_type=Path), help="Client certificate for etcd."
+    ),
+    "key": click.option("--key", type=click.Path(path_type=Path), help="Its private key."),
+    "node_id": click.option(
+        "--node-id", help="This node's id; overrides every other identity source."
+    ),
+    "inventory": click.option(
+        "--inventory",
+        type=click.Path(path_type=Path),
+        help="The orchestrator's distributed_hosts.yaml.",
+    ),
+    "allow_unknown_node": click.option(
         "--allow-unknown-node",
         is_flag=True,
         help="Accept a node id that is not a host in the inventory.",
     ),
-)
-_FLAG_PARAMS: Final = frozenset(
-    {
-        "cluster",
-        "node_id",
-        "etcd_endpoints",
-        "lease_ttl",
-        "http_listen",
-        "leader_eligible",
-        "inventory",
-        "allow_unknown_node",
-        "lock_file",
-        "cacert",
-        "cert",
-        "key",
-    }
-)
+    "lease_ttl": click.option(
+        "--lease-ttl", type=int, metavar="SECONDS", help="Membership lease TTL (2-600)."
+    ),
+    "http_listen": click.option(
+        "--http-listen", metavar="HOST:PORT", help="Local HTTP API address."
+    ),
+    "leader_eligible": click.option(
+        "--leader-eligible/--not-leader-eligible",
+        default=None,
+        help="Whether this node campaigns for leadership.",
+    ),
+    "lock_file": click.option(
+        "--lock-file",
+        type=click.Path(path_type=Path),
+        help="Single-instance lock file (default /run/ringside/<cluster>.lock).",
+    ),
+}
+
+# Groups of them, for `config_options`.
+ETCD_TLS: Final = ("cacert", "cert", "key")
+ETCD: Final = ("cluster", "etcd_endpoints", *ETCD_TLS)  # reaching etcd as this node does
+NODE: Final = ("node_id", "inventory", "allow_unknown_node")  # who this node is
+DAEMON: Final = ("lease_ttl", "http_listen", "leader_eligible", "lock_file")  # only `run` uses
+EVERY_SETTING: Final = (*ETCD, *NODE, *DAEMON)
 
 
 @dataclass(frozen=True)
@@ -126,30 +131,40 @@ def node_etcd_user(loaded: LoadedConfig) -> str | None:
     return Keys(loaded.config.cluster).etcd_user(node_id)
 
 
-def config_options(command: Callable[..., Result]) -> Callable[..., Result]:
-    """Add the shared configuration options; the command receives them as `config_request`.
+def config_options(
+    *settings: str,
+) -> Callable[[Callable[..., Result]], Callable[..., Result]]:
+    """Add `--config` and the flags for `settings` (names from `_SETTING_OPTIONS`, e.g. the
+    groups `ETCD`, `NODE`); the command receives them together as `config_request`.
 
     Only options given on the command line become flags, so a flag never hides an environment
     variable or a file setting the user did not mean to override.
     """
+    unknown = set(settings) - set(_SETTING_OPTIONS)
+    if unknown:
+        raise ValueError(f"no such configuration option: {sorted(unknown)}")
 
-    @functools.wraps(command)
-    def with_config_request(*args: Any, **kwargs: Any) -> Result:
-        ctx = click.get_current_context()
-        flags: dict[str, object] = {}
-        for param in ctx.command.params:
-            name = param.name
-            if name in _FLAG_PARAMS:
-                value = kwargs.pop(name)
-                if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE:
-                    flags[_option_name(param, value)] = value
-        request = ConfigRequest(path=kwargs.pop("config_path"), flags=flags)
-        return command(*args, config_request=request, **kwargs)
+    def decorate(command: Callable[..., Result]) -> Callable[..., Result]:
+        @functools.wraps(command)
+        def with_config_request(*args: Any, **kwargs: Any) -> Result:
+            ctx = click.get_current_context()
+            flags: dict[str, object] = {}
+            for param in ctx.command.params:
+                name = param.name
+                if name in settings:
+                    value = kwargs.pop(name)
+                    if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE:
+                        flags[_option_name(param, value)] = value
+            request = ConfigRequest(path=kwargs.pop("config_path"), flags=flags)
+            return command(*args, config_request=request, **kwargs)
 
-    decorated: Callable[..., Result] = with_config_request
-    for option in reversed(_CONFIG_OPTIONS):
-        decorated = option(decorated)
-    return decorated
+        decorated: Callable[..., Result] = with_config_request
+        for name in reversed(EVERY_SETTING):
+            if name in settings:
+                decorated = _SETTING_OPTIONS[name](decorated)
+        return _CONFIG_FILE_OPTION(decorated)
+
+    return decorate
 
 
 def output_option(
@@ -172,7 +187,7 @@ def output_option(
             type=click.Choice(choices),
             default=choices[0],
             show_default=True,
-            help="For people (table); json or yaml for programs.",
+            help=f"{choices[0]} for people; json for programs.",
         )(decorated)
 
     return decorate

@@ -4,15 +4,15 @@ path is the standard library, click and `sidecar.cli.local_api`."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import urllib.parse
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeVar
 
 import click
 
 from sidecar.cli.base import (
+    ETCD_TLS,
     EXIT_CONFIG_ERROR,
     EXIT_DEGRADED,
     ConfigRequest,
@@ -28,6 +28,8 @@ from sidecar.events import ClusterEvent
 
 if TYPE_CHECKING:
     from sidecar.config import RingsideConfig
+
+Result = TypeVar("Result")
 
 
 # --- asking a sidecar (or etcd) how the cluster is ---------------------------------------
@@ -58,6 +60,31 @@ SIDECAR_OPTION: Final = click.option(
 )
 
 
+ETCD_READ: Final = ("cluster", *ETCD_TLS)
+"""The settings a command that can read etcd directly (`--etcd`) takes besides `--etcd`."""
+
+
+def etcd_direct_option(what: str) -> Callable[[Callable[..., Result]], Callable[..., Result]]:
+    """`--etcd [URL,...]`: read `what` from etcd instead of asking a sidecar; without a value,
+    at the configured endpoints (`etcd.endpoints`, `RINGSIDE_ETCD_ENDPOINTS`)."""
+    return click.option(
+        "--etcd",
+        "etcd_direct",
+        is_flag=False,
+        flag_value="",
+        metavar="[URL,...]",
+        help=f"Read {what} from etcd, not from a sidecar: at these endpoints, or without a "
+        "value at the configured ones (no sidecar needed).",
+    )
+
+
+def reading_etcd(config_request: ConfigRequest, etcd_direct: str) -> ConfigRequest:
+    """The configuration request with `--etcd`'s endpoints, when it named some."""
+    if not etcd_direct:
+        return config_request
+    return ConfigRequest(config_request.path, {**config_request.flags, "--etcd": etcd_direct})
+
+
 def client_for(
     config_request: ConfigRequest, sidecar: str | None, *, with_token: bool = False
 ) -> SidecarClient:
@@ -85,12 +112,7 @@ def _generated_token(config: RingsideConfig) -> str | None:
 
 @ringside.command()
 @SIDECAR_OPTION
-@click.option(
-    "--etcd",
-    "etcd_direct",
-    metavar="URL[,URL...]",
-    help="Read etcd at these endpoints directly instead of asking a sidecar (no sidecar needed).",
-)
+@etcd_direct_option("the cluster")
 @output_option(*FORMATS)
 @click.option("-w", "--watch", is_flag=True, help="Then print one timestamped line per change.")
 @click.option(
@@ -99,7 +121,7 @@ def _generated_token(config: RingsideConfig) -> str | None:
     metavar="SECONDS",
     help="First wait up to SECONDS for the sidecar to be ready.",
 )
-@config_options
+@config_options(*ETCD_READ, "inventory")
 def status(
     *,
     config_request: ConfigRequest,
@@ -120,10 +142,7 @@ def status(
 
         if sidecar is not None:
             raise click.UsageError("--sidecar and --etcd exclude each other")
-        request = ConfigRequest(
-            config_request.path, {**config_request.flags, "--etcd-endpoints": etcd_direct}
-        )
-        loaded = request.load()
+        loaded = reading_etcd(config_request, etcd_direct).load()
         user = node_etcd_user(loaded)
         if watch:
             _until_interrupted(
@@ -240,7 +259,7 @@ def _until_interrupted(follow: Callable[[], object]) -> None:
 @click.argument("member_id", metavar="[NODE_ID]", required=False)
 @SIDECAR_OPTION
 @output_option(*FORMATS)
-@config_options
+@config_options()
 def members(
     config_request: ConfigRequest, member_id: str | None, sidecar: str | None, output: str
 ) -> None:
@@ -260,7 +279,7 @@ def members(
             raise SystemExit(EXIT_DEGRADED)
         found = (member,)
     if output in ("json", "yaml"):
-        documents = [dataclasses.asdict(m) for m in found]
+        documents = [dict(m.document) for m in found]
         click.echo(tables.document(documents[0] if member_id else {"members": documents}, output))
     else:
         click.echo("\n".join(tables.member_rows(found, wide=output == "wide")))
@@ -269,7 +288,7 @@ def members(
 @ringside.command()
 @SIDECAR_OPTION
 @output_option("table", "json", "yaml")
-@config_options
+@config_options()
 def version(config_request: ConfigRequest, sidecar: str | None, output: str) -> None:
     """This command's version and, when the sidecar answers, every live member's: what a
     rolling upgrade needs to see (as `patronictl version`)."""
@@ -297,16 +316,14 @@ def version(config_request: ConfigRequest, sidecar: str | None, output: str) -> 
 @ringside.command()
 @SIDECAR_OPTION
 @output_option("table", "json", "yaml")
-@config_options
+@config_options()
 def leader(config_request: ConfigRequest, sidecar: str | None, output: str) -> None:
     """Who leads and at which epoch (the fencing token). Exits 1 when nobody leads."""
     from sidecar.cli import tables  # noqa: PLC0415
 
     report = client_for(config_request, sidecar).leader()
-    if output == "json":
-        click.echo(json.dumps(dataclasses.asdict(report)))
-    elif output == "yaml":
-        click.echo(tables.document(dataclasses.asdict(report), "yaml"))
+    if output in ("json", "yaml"):
+        click.echo(tables.document(report.document, output))
     else:
         click.echo(tables.leader_text(report))
     if report.leader is None:
@@ -315,9 +332,9 @@ def leader(config_request: ConfigRequest, sidecar: str | None, output: str) -> N
 
 @ringside.command()
 @SIDECAR_OPTION
-@click.option("--json", "as_json", is_flag=True, help="Print the sidecar's JSON answer.")
-@config_options
-def resign(config_request: ConfigRequest, sidecar: str | None, as_json: bool) -> None:
+@output_option("text", "json", "yaml")
+@config_options()
+def resign(config_request: ConfigRequest, sidecar: str | None, output: str) -> None:
     """Make this node hand leadership over now; the next candidate leads with a higher epoch.
 
     Sends `http.token` from the configuration, else the token the sidecar generated (its
@@ -327,10 +344,12 @@ def resign(config_request: ConfigRequest, sidecar: str | None, as_json: bool) ->
     """
     client = client_for(config_request, sidecar, with_token=True)
     answer = client.resign()
-    if as_json:
-        click.echo(json.dumps({"status": answer.status, **answer.document}))
+    if output != "text":
+        from sidecar.cli import tables  # noqa: PLC0415
+
+        click.echo(tables.document({"status": answer.status, **answer.document}, output))
     if answer.status == 200:
-        if not as_json:
+        if output == "text":
             epoch = answer.document.get("epoch")
             click.echo(f"resigned: epoch {epoch} handed over; {_successor(client, epoch)}")
         return
@@ -379,7 +398,7 @@ def _successor(client: SidecarClient, old: object, within_s: float = 3.0) -> str
     show_default=True,
     help="Seconds to wait for the new leader; the request is withdrawn after that.",
 )
-@config_options
+@config_options()
 def switchover(
     config_request: ConfigRequest, sidecar: str | None, to: str | None, timeout: float
 ) -> None:

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from sidecar.addresses import discovered_addresses
+from sidecar.asyncio_compat import timeout
 from sidecar.cli.etcd_check import check_etcd
 from sidecar.cli.probe import Finding, Level, probe, skew_finding
 from sidecar.config import LoadedConfig
@@ -295,8 +296,8 @@ async def _local(config: RingsideConfig, identity: IdentityResult | None) -> Sec
 
 
 async def _answers(host: str, port: int) -> bool:
-    with contextlib.suppress(OSError, TimeoutError):
-        async with asyncio.timeout(1.0):
+    with contextlib.suppress(OSError, asyncio.TimeoutError):
+        async with timeout(1.0):
             _, writer = await asyncio.open_connection(host, port)
             writer.close()
             return True

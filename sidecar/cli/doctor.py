@@ -7,7 +7,13 @@ import os
 
 import click
 
-from sidecar.cli.base import EXIT_DEGRADED, ConfigRequest, config_options, ringside
+from sidecar.cli.base import (
+    EVERY_SETTING,
+    EXIT_DEGRADED,
+    ConfigRequest,
+    config_options,
+    ringside,
+)
 
 _MARK = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}
 
@@ -15,7 +21,7 @@ _MARK = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}
 @ringside.command()
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table",
               show_default=True, help="Lines for people; json for programs.")  # fmt: skip
-@config_options
+@config_options(*EVERY_SETTING)
 def doctor(config_request: ConfigRequest, output: str) -> None:
     """Check everything this node needs to join, in order, and say what to change: the
     configuration, the node id, each etcd endpoint (name, TCP, TLS, certificates), the login

@@ -17,7 +17,13 @@ from sidecar.cli.base import (
     node_etcd_user,
     ringside,
 )
-from sidecar.cli.cluster import SIDECAR_OPTION, client_for
+from sidecar.cli.cluster import (
+    ETCD_READ,
+    SIDECAR_OPTION,
+    client_for,
+    etcd_direct_option,
+    reading_etcd,
+)
 from sidecar.events import ClusterEvent
 
 if TYPE_CHECKING:
@@ -34,12 +40,7 @@ def _since(ctx: click.Context, param: click.Parameter, value: str) -> float:
         raise click.BadParameter(str(e)) from None
 
 
-_ETCD_OPTION = click.option(
-    "--etcd",
-    "etcd_direct",
-    metavar="URL[,URL...]",
-    help="Read the history from etcd at these endpoints (no sidecar needed).",
-)
+_ETCD_OPTION = etcd_direct_option("the history")
 
 
 def _history(
@@ -55,10 +56,7 @@ def _history(
         raise click.UsageError("--sidecar and --etcd exclude each other")
     import asyncio  # noqa: PLC0415
 
-    request = ConfigRequest(
-        config_request.path, {**config_request.flags, "--etcd-endpoints": etcd_direct}
-    )
-    loaded = request.load()
+    loaded = reading_etcd(config_request, etcd_direct).load()
     return asyncio.run(_from_etcd(loaded.config, node_etcd_user(loaded), since, node))
 
 
@@ -98,7 +96,7 @@ def _reading(default_since: str) -> Callable[[Callable[..., None]], Callable[...
             )
         ):  # fmt: skip
             command = option(command)
-        return config_options(command)
+        return config_options(*ETCD_READ)(command)
 
     return decorate
 

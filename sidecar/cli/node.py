@@ -7,19 +7,23 @@ import dataclasses
 import json
 import os
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from sidecar.cli.base import (
+    ETCD,
+    EVERY_SETTING,
     EXIT_DEGRADED,
+    NODE,
     ConfigRequest,
     config_options,
     node_etcd_user,
     output_option,
     ringside,
 )
+from sidecar.compat import UTC
 
 if TYPE_CHECKING:
     from sidecar.cli.etcd_check import EtcdHealth
@@ -29,7 +33,7 @@ if TYPE_CHECKING:
 
 @ringside.command()
 @output_option("table", "json", "yaml")
-@config_options
+@config_options(*NODE)
 def identity(config_request: ConfigRequest, output: str) -> None:
     """Show this node's id, the source it came from, and what every source offered.
 
@@ -55,9 +59,11 @@ def identity(config_request: ConfigRequest, output: str) -> None:
 
 @ringside.command("config")
 @click.option("--check", is_flag=True, help="Only validate; print 'config ok' or the error.")
-@config_options
-def show_config(config_request: ConfigRequest, check: bool) -> None:
-    """Validate the configuration; print it as YAML with each setting's source.
+@output_option("yaml", "json")
+@config_options(*EVERY_SETTING)
+def show_config(config_request: ConfigRequest, check: bool, output: str) -> None:
+    """Validate the configuration; print it as YAML with each setting's source (`-o json`:
+    the settings and their sources as two objects).
 
     A configured inventory is read too, so a broken inventory fails here rather than at start.
     """
@@ -70,12 +76,17 @@ def show_config(config_request: ConfigRequest, check: bool) -> None:
     if check:
         click.echo("config ok")
         return
+    if output == "json":
+        from sidecar.config import config_document  # noqa: PLC0415
+
+        click.echo(json.dumps(config_document(loaded), indent=2))
+        return
     click.echo(render_with_sources(loaded), nl=False)
 
 
 @ringside.command("etcd")
 @output_option("table", "json", "yaml")
-@config_options
+@config_options(*ETCD, *NODE)
 def etcd_check(config_request: ConfigRequest, output: str) -> None:
     """Check etcd from this node: each endpoint's status, the Raft leader, quorum.
 
@@ -200,7 +211,7 @@ def _health_document(health: EtcdHealth) -> dict[str, Any]:
     help="One line of text, or one JSON object, per event.",
 )
 @click.option("--log-level", default="INFO", show_default=True, help="DEBUG, INFO, WARNING...")
-@config_options
+@config_options(*EVERY_SETTING)
 def run(config_request: ConfigRequest, log_format: str, log_level: str) -> None:
     """Run the sidecar: membership lease, election, and the local API, until SIGTERM.
 

@@ -21,11 +21,13 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Literal
 from urllib.parse import urlsplit
 
+from sidecar.asyncio_compat import timeout
+from sidecar.compat import UTC
 from sidecar.settings import TlsSettings
 
 Level = Literal["ok", "warn", "fail"]
@@ -79,16 +81,16 @@ async def probe(
     port = parts.port or 2379
     loop = asyncio.get_running_loop()
     try:
-        async with asyncio.timeout(timeout_s):
+        async with timeout(timeout_s):
             addresses = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (OSError, TimeoutError) as e:
+    except (OSError, asyncio.TimeoutError) as e:
         found.add(
             "fail", f"{host} does not resolve ({_why(e)})", "check the name in etcd.endpoints"
         )
         return found
     address = str(addresses[0][4][0])
     try:
-        async with asyncio.timeout(timeout_s):
+        async with timeout(timeout_s):
             _, writer = await asyncio.open_connection(address, port)
         writer.close()
         with contextlib.suppress(OSError):
@@ -100,7 +102,7 @@ async def probe(
             "is etcd running on that host, and is the port right (2379 by default)?",
         )
         return found
-    except (OSError, TimeoutError) as e:
+    except (OSError, asyncio.TimeoutError) as e:
         found.add(
             "fail",
             f"no answer from {address}:{port} within {timeout_s:g} s ({_why(e)})",
@@ -158,14 +160,14 @@ async def _http_version(
 ) -> None:
     """GET /version over a connection of our own: the TLS verdicts, then etcd's answer."""
     try:
-        async with asyncio.timeout(timeout_s):
+        async with timeout(timeout_s):
             reader, writer = await asyncio.open_connection(
                 address, port, ssl=context, server_hostname=host if context else None
             )
     except ssl.SSLCertVerificationError as e:
         found.add(*_untrusted(e, host))
         return
-    except (OSError, TimeoutError) as e:  # ssl.SSLError included
+    except (OSError, asyncio.TimeoutError) as e:  # ssl.SSLError included
         if context is not None and await _speaks_plain_http(address, port, timeout_s):
             found.add(
                 "fail",
@@ -182,7 +184,7 @@ async def _http_version(
             _server_certificate(found, writer.get_extra_info("peercert"))
         request = f"GET /version HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
         writer.write(request.encode())
-        async with asyncio.timeout(timeout_s):
+        async with timeout(timeout_s):
             await writer.drain()
             answer = await reader.read(65536)
             while len(answer) < 65536 and (more := await reader.read(65536 - len(answer))):
@@ -190,7 +192,7 @@ async def _http_version(
     except ssl.SSLError as e:
         found.add(*_refused_client(e, sent_cert))
         return
-    except (OSError, TimeoutError) as e:
+    except (OSError, asyncio.TimeoutError) as e:
         found.add("fail", f"etcd at {address}:{port} did not answer GET /version ({_why(e)})")
         return
     finally:
@@ -270,8 +272,8 @@ def _untrusted(e: ssl.SSLCertVerificationError, host: str) -> tuple[Level, str, 
 
 async def _speaks_plain_http(address: str, port: int, timeout_s: float) -> bool:
     """Whether the port answers a plain HTTP request with HTTP (it is no TLS port)."""
-    with contextlib.suppress(OSError, TimeoutError):
-        async with asyncio.timeout(timeout_s):
+    with contextlib.suppress(OSError, asyncio.TimeoutError):
+        async with timeout(timeout_s):
             reader, writer = await asyncio.open_connection(address, port)
             try:
                 writer.write(b"GET /version HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -303,7 +305,7 @@ def _refused_client(e: ssl.SSLError, sent_cert: bool) -> tuple[Level, str, str]:
 
 
 def _why(e: BaseException) -> str:
-    if isinstance(e, TimeoutError):
+    if isinstance(e, (TimeoutError, asyncio.TimeoutError)):
         return "timed out"
     if isinstance(e, ssl.SSLError) and e.reason:
         return e.reason.replace("_", " ").lower()

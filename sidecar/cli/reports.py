@@ -70,6 +70,9 @@ class MemberInfo:
     version: str | None = None  # its sidecar's ringside version (None: unknown)
     hostname: str | None = None
     pid: int | None = None
+    # The member document as received, for `-o json|yaml`: one shape per object, the one
+    # `/v1/members` and `/v1/status` serve, whatever this client's fields are named.
+    document: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def role(self) -> str:
@@ -94,6 +97,7 @@ def parse_member(value: object, where: str = "member") -> MemberInfo:
         version=_optional(document, "version", str, where),
         hostname=_optional(document, "hostname", str, where),
         pid=_optional(document, "pid", int, where),
+        document=dict(document),
     )
 
 
@@ -239,6 +243,8 @@ class LeaderReport:
     valid_for_s: float | None
     last_known: str | None = None  # "<leader>, epoch <n>, <age> s ago" when the view is stale
     handover: tuple[str, ...] = ()  # pending switchover, last change, preferred leader
+    document: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    """The `/v1/leader` document as received, for `-o json|yaml` (one shape per object)."""
 
 
 def _last_known(document: Mapping[str, Any], where: str) -> str | None:
@@ -270,6 +276,7 @@ def parse_leader(value: object) -> LeaderReport:
         valid_for_s=None if valid_for is None else float(valid_for),
         last_known=_last_known(document, where),
         handover=handover_lines(document, where),
+        document=dict(document),
     )
 
 

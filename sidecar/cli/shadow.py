@@ -77,7 +77,7 @@ def differences(gossip: Mapping[str, Any], ours: Mapping[str, Any]) -> list[str]
     help="The gossip layer's API (its /status).",
 )
 @SIDECAR_OPTION
-@config_options
+@config_options()
 def compare(config_request: ConfigRequest, gossip: str, sidecar: str | None) -> None:
     """Shadow mode: read the gossip layer's /status and ringside's, print every difference
     (leader, live and dead peers, voter quorum). Exits 0 when they agree, 1 when they differ,

@@ -19,10 +19,11 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Final
 
 from sidecar.cli.reports import LeaderReport, MemberInfo, StatusReport
+from sidecar.compat import UTC, parse_iso_time
 from sidecar.flaps import duration
 
 FORMATS: Final = ("table", "wide", "json", "yaml")
@@ -49,7 +50,7 @@ def age(since: str | None, now: float | None = None) -> str:
     if not since:
         return "-"
     try:
-        started = datetime.fromisoformat(since).timestamp()
+        started = parse_iso_time(since).timestamp()
     except ValueError:
         return "-"
     return duration(max(0.0, (time.time() if now is None else now) - started))

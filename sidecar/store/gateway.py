@@ -32,6 +32,7 @@ from pathlib import Path
 
 import aiohttp
 
+from sidecar.asyncio_compat import timeout
 from sidecar.deadline import Deadline, enclosing
 from sidecar.store.codec import JsonObject
 from sidecar.store.errors import (
@@ -286,18 +287,18 @@ class EtcdGateway:
     ) -> JsonObject:
         """One HTTP request and its decoded answer; `ServerDisconnectedError` passes through."""
         started = time.monotonic()
-        timeout = aiohttp.ClientTimeout(
+        limits = aiohttp.ClientTimeout(
             total=max(0.001, min(self.request_timeout, deadline.remaining()))
         )
         try:
             async with self._client().post(
-                endpoint + path, json=body, headers=self._headers(), timeout=timeout
+                endpoint + path, json=body, headers=self._headers(), timeout=limits
             ) as response:
                 raw = await response.read()
                 status = response.status
         except aiohttp.ServerDisconnectedError:
             raise
-        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
             raise self._fail(endpoint, describe_error(e)) from None
         answer = self._decode(endpoint, status, raw)
         self._record(endpoint, ok=True, latency=time.monotonic() - started)
@@ -324,16 +325,16 @@ class EtcdGateway:
         """Start a streamed POST; only connecting and the response head are time-limited."""
         if self._login_due():
             await self._authenticate(endpoint, Deadline(self.request_timeout))
-        timeout = aiohttp.ClientTimeout(
+        limits = aiohttp.ClientTimeout(
             total=None, connect=self.request_timeout, sock_connect=self.request_timeout
         )
         try:
             # asyncio.timeout, not wait_for: on 3.11 wait_for can drop a cancel (CPython gh-86296).
-            async with asyncio.timeout(self.request_timeout):
+            async with timeout(self.request_timeout):
                 response = await self._client().post(
-                    endpoint + path, json=body, headers=self._headers(), timeout=timeout
+                    endpoint + path, json=body, headers=self._headers(), timeout=limits
                 )
-        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
             raise self._fail(endpoint, describe_error(e)) from None
         if response.status != 200:
             raw = await response.read()

@@ -71,7 +71,7 @@ class StreamEnded(Exception):
 
 def describe_error(error: BaseException) -> str:
     """One short line for a transport error, for logs and endpoint states."""
-    if isinstance(error, TimeoutError):
+    if isinstance(error, (TimeoutError, asyncio.TimeoutError)):
         return "timed out"
     text = str(error) or type(error).__name__
     return text.splitlines()[0][:200]

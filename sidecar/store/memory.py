@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 
+from sidecar.asyncio_compat import timeout
 from sidecar.store.base import Store
 from sidecar.store.errors import (
     Compacted,
@@ -418,6 +419,6 @@ class MemoryStore(Store):
             self._lease_granted.clear()
             deadline = min((lease.deadline for lease in self._leases.values()), default=None)
             delay = None if deadline is None else deadline - time.monotonic()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
+            with contextlib.suppress(asyncio.TimeoutError):
+                async with timeout(delay):
                     await self._lease_granted.wait()

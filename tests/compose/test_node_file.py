@@ -9,6 +9,7 @@ The sidecar uses the host's network, so it reaches the members on 127.0.0.1 and 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import subprocess
@@ -26,6 +27,7 @@ import yaml
 from sidecar import __version__
 from sidecar.testing.localcluster import LocalEtcdCluster, ServerTls, free_port
 from tests.cli_support import clean_env
+from tests.guides import block, ok, run_on_host
 from tests.paths import ROOT
 from tests.pki import make_ca, make_cert
 
@@ -35,6 +37,7 @@ NODE = "lambda-gh200-3"
 CLUSTER = "composenode"
 SIDECAR_UID = 10001
 COMPOSE_FILE = ROOT / "compose" / "node.yml"
+GUIDE = "compose/README.md"
 
 
 def owned_by_sidecar(path: Path, mode: int) -> None:
@@ -47,6 +50,7 @@ class NodeHost:
 
     def __init__(self, base: Path, etcd: LocalEtcdCluster, tls: ServerTls, secrets: Path) -> None:
         self.port = free_port()
+        self.operator_secrets = secrets
         self.config_dir = base / "etc-ringside"
         self.secrets = base / "secrets"
         for folder in (self.config_dir, self.secrets):
@@ -192,3 +196,36 @@ def test_the_container_is_unprivileged_and_its_secrets_never_in_the_environment(
     assert host.token not in environment
     exit_code, output = container.exec_run(["id", "-u"])
     assert (exit_code, output.strip()) == (0, str(SIDECAR_UID).encode())
+
+
+def test_the_guide_block_runs_as_written(host: NodeHost, tmp_path: Path) -> None:
+    """compose/README.md's block for a node, with the edits it asks for done by `sed`: this
+    host's etcd, node id and folders. A second node, `someone-else`, beside the first."""
+    where = tmp_path / "checkout"
+    shutil.copytree(ROOT / "compose", where / "compose", ignore=shutil.ignore_patterns("state"))
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    owned_by_sidecar(secrets, 0o700)
+    shutil.copy(host.operator_secrets / "someone-else.password", secrets / "etcd.password")
+    (secrets / "http.token").write_text("another-token\n")
+    for name in ("etcd.password", "http.token"):
+        owned_by_sidecar(secrets / name, 0o600)
+    edits = {
+        "RINGSIDE_ETCD_ENDPOINTS": host.env["RINGSIDE_ETCD_ENDPOINTS"],
+        "RINGSIDE_NODE_ID": "someone-else",
+        "HOST_RINGSIDE_DIR": str(host.config_dir),
+        "RINGSIDE_SECRETS": str(secrets),
+        "RINGSIDE_CLUSTER": CLUSTER,
+        "RINGSIDE_IMAGE": host.env["RINGSIDE_IMAGE"],
+    }
+    edit = " && ".join(f"sed -i 's|^{k}=.*|{k}={v}|' compose/node.env" for k, v in edits.items())
+    copy = "cp compose/node.env.example compose/node.env"
+    script = block(GUIDE, "node", **{copy: f"{copy} && {edit}"})
+    down = "docker-compose --env-file compose/node.env -f compose/node.yml down -t 5"
+    try:
+        shown = ok(run_on_host(script, where))
+    finally:
+        run_on_host(down, where)
+    status, _ = json.JSONDecoder().raw_decode(shown)  # curl's answer, then `identity`
+    assert status["node_id"] == "someone-else", shown
+    assert "node id: someone-else" in shown, shown

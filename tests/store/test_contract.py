@@ -32,6 +32,8 @@ from sidecar.store.model import (
 from tests.reads import get_one
 from tests.waiting import next_batch, wait_for
 
+pytestmark = pytest.mark.contract  # also run under every other Python by `make test`
+
 
 async def current_revision(store: Store, prefix: str) -> int:
     return (await store.get(prefix, prefix=True)).revision

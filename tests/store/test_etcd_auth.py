@@ -17,6 +17,8 @@ from sidecar.store.model import EventType, prefix_end
 from sidecar.testing.localcluster import LocalEtcdCluster
 from tests.waiting import next_batch
 
+pytestmark = pytest.mark.etcd  # these tests start etcd clusters of their own
+
 USER, PASSWORD = "ringside", "s3cret"
 
 

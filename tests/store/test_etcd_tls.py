@@ -20,6 +20,8 @@ from tests.cli_support import ringside
 from tests.pki import make_ca, make_cert
 from tests.reads import get_one
 
+pytestmark = pytest.mark.etcd  # these tests start etcd clusters of their own
+
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
