@@ -57,12 +57,15 @@ def test_local_cluster_block(tmp_path: Path) -> None:
         run_on_host(
             "docker-compose -p ringside -f compose/local-cluster.yml down -v -t 5", where, **env
         )
-    leaders = re.findall(r"leader (hetzner-cpu\d) \(epoch (\d+)\)", shown)
+    leaders = re.findall(r"^ringrift: leader (hetzner-cpu\d) \(epoch (\d+)\)", shown, re.M)
     assert len(leaders) == 2, shown
     (first, first_epoch), (second, second_epoch) = leaders
-    assert second != "hetzner-cpu1", shown  # killed: it cannot be the leader after
-    if first == "hetzner-cpu1":
-        assert int(second_epoch) > int(first_epoch)
+    # Right after the kill, hetzner-cpu1 may still lead in everyone's view: its lease runs for
+    # up to 5 s more. Then it leads at the same epoch; anyone else leads at a higher one.
+    if second == first:
+        assert second_epoch == first_epoch, shown
+    else:
+        assert int(second_epoch) > int(first_epoch), shown
     left = subprocess.run(
         ["docker", "ps", "-aq", "--filter", "label=com.docker.compose.project=ringside"],
         capture_output=True, text=True, check=True,
