@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,11 +134,7 @@ class Sandbox:
                 f"workdir={work} {directory}"
             )
         prologue = "\n".join(["mount --make-rprivate /", *mounts, "set -euo pipefail"])
-        path = f"{self.shims}:{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
-        environment = {
-            k: v for k, v in os.environ.items() if not k.startswith(("RINGSIDE_", "ETCDCTL_"))
-        }
-        environment.update(env or {}, PATH=path, HOME="/root")
+        environment = _environment(self.shims, {**(env or {}), "HOME": "/root"})
         return subprocess.run(
             ["unshare", "--mount", *(["--net"] if network else []), "--fork", "bash", "-c",
              prologue + "\n" + script],
@@ -161,9 +158,7 @@ def run_on_host(script: str, cwd: Path, **env: str) -> subprocess.CompletedProce
     for name, text in _LOCAL_SHIMS.items():
         (shims / name).write_text(text)
         (shims / name).chmod(0o755)
-    path = f"{shims}:{Path(sys.executable).parent}:{os.environ['PATH']}"
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("RINGSIDE_")}
-    environment.update(env, PATH=path)
+    environment = _environment(shims, env)
     return subprocess.run(
         ["bash", "-euo", "pipefail", "-c", script],
         cwd=cwd,
@@ -182,6 +177,22 @@ def gen_tls(out: Path, *extra: str) -> None:
          str(out)],
         check=True, capture_output=True, timeout=120,
     )  # fmt: skip
+
+
+def _environment(shims: Path, env: Mapping[str, str]) -> dict[str, str]:
+    """A block's environment: this process's without any ringside or etcdctl setting (a block
+    sets its own), then `env`; the shims, then this venv's pip and ringside, first on PATH."""
+    environment = {
+        k: v for k, v in os.environ.items() if not k.startswith(("RINGSIDE_", "ETCDCTL_"))
+    }
+    path = f"{shims}:{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
+    return {**environment, **env, "PATH": path}
+
+
+def env_file_edits(env_file: str, values: Mapping[str, str]) -> str:
+    """The "edit:" step a guide asks of the reader, as commands: each `KEY=` line of the env
+    file set to this host's value."""
+    return " && ".join(f"sed -i 's|^{k}=.*|{k}={v}|' {env_file}" for k, v in values.items())
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> str:

@@ -36,6 +36,15 @@ from docker.models.networks import Network
 from tests.fleet import POLL_TIMEOUT_S, fetch_json, wait_until_converged
 from tests.paths import ROOT
 
+SIDECAR_UID = 10001  # the image's `ringside` user
+
+
+def owned_by_sidecar(path: Path, mode: int) -> None:
+    """A host file or folder the sidecar's container reads, as the guides say to make it."""
+    os.chown(path, SIDECAR_UID, SIDECAR_UID)
+    path.chmod(mode)
+
+
 COMPOSE_FILE = ROOT / "compose" / "local-cluster.yml"
 SETUP = ROOT / "compose" / "local" / "setup.sh"
 ELIGIBLE = ("hetzner-cpu1", "hetzner-cpu2", "hetzner-cpu3")

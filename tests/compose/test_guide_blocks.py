@@ -4,7 +4,6 @@ explicitly (`tests.guides.block` fails when one is no longer in the text)."""
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import socket
@@ -16,12 +15,12 @@ import yaml
 
 from sidecar import __version__
 from sidecar.testing.localcluster import free_port
-from tests.guides import ROOT, block, gen_tls, ok, run_on_host
+from tests.compose.cluster import owned_by_sidecar
+from tests.guides import ROOT, block, env_file_edits, gen_tls, ok, run_on_host
 
 pytestmark = [pytest.mark.compose, pytest.mark.timeout(600)]
 
 GUIDE = "compose/README.md"
-SIDECAR_UID = 10001
 
 
 def workspace(tmp_path: Path) -> Path:
@@ -101,8 +100,7 @@ def voter_host(tmp_path: Path) -> dict[str, str]:
     secrets = tmp_path / "secrets"
     for folder in (ringside_dir, secrets):
         folder.mkdir()
-        os.chown(folder, SIDECAR_UID, SIDECAR_UID)
-        folder.chmod(0o700)
+        owned_by_sidecar(folder, 0o700)
     for name, source in (("etcd-ca", "ca"), ("etcd-client", "client-ringside"),
                          ("etcd-client-key", "client-ringside-key")):  # fmt: skip
         shutil.copy(pki / f"{source}.pem", ringside_dir / f"{name}.pem")
@@ -110,8 +108,7 @@ def voter_host(tmp_path: Path) -> dict[str, str]:
     (secrets / "etcd.password").write_text("unused-without-auth\n")
     (secrets / "http.token").write_text("voter-token\n")
     for path in [*ringside_dir.iterdir(), *secrets.iterdir()]:
-        os.chown(path, SIDECAR_UID, SIDECAR_UID)
-        path.chmod(0o600)
+        owned_by_sidecar(path, 0o600)
     return {
         "HOST_ETCD_DIR": str(etcd_dir),
         "RINGSIDE_ETCD_ENDPOINTS": "https://127.0.0.1:2379",
@@ -129,7 +126,7 @@ def test_voter_block(tmp_path: Path) -> None:
             assert probe.connect_ex(("127.0.0.1", port)) != 0, f"127.0.0.1:{port} is taken"
     where = workspace(tmp_path)
     edits = voter_host(tmp_path / "host")
-    edit = " && ".join(f"sed -i 's|^{k}=.*|{k}={v}|' compose/voter.env" for k, v in edits.items())
+    edit = env_file_edits("compose/voter.env", edits)
     copy = "cp compose/voter.env.example compose/voter.env"
     script = block(GUIDE, "voter", **{copy: f"{copy} && {edit}"})
     compose = "docker-compose --env-file compose/voter.env -f compose/voter.yml"

@@ -27,7 +27,8 @@ import yaml
 from sidecar import __version__
 from sidecar.testing.localcluster import LocalEtcdCluster, ServerTls, free_port
 from tests.cli_support import clean_env
-from tests.guides import block, ok, run_on_host
+from tests.compose.cluster import SIDECAR_UID, owned_by_sidecar
+from tests.guides import block, env_file_edits, ok, run_on_host
 from tests.paths import ROOT
 from tests.pki import make_ca, make_cert
 
@@ -35,14 +36,8 @@ pytestmark = [pytest.mark.compose, pytest.mark.timeout(300)]
 
 NODE = "lambda-gh200-3"
 CLUSTER = "composenode"
-SIDECAR_UID = 10001
 COMPOSE_FILE = ROOT / "compose" / "node.yml"
 GUIDE = "compose/README.md"
-
-
-def owned_by_sidecar(path: Path, mode: int) -> None:
-    os.chown(path, SIDECAR_UID, SIDECAR_UID)
-    path.chmod(mode)
 
 
 class NodeHost:
@@ -218,7 +213,7 @@ def test_the_guide_block_runs_as_written(host: NodeHost, tmp_path: Path) -> None
         "RINGSIDE_CLUSTER": CLUSTER,
         "RINGSIDE_IMAGE": host.env["RINGSIDE_IMAGE"],
     }
-    edit = " && ".join(f"sed -i 's|^{k}=.*|{k}={v}|' compose/node.env" for k, v in edits.items())
+    edit = env_file_edits("compose/node.env", edits)
     copy = "cp compose/node.env.example compose/node.env"
     script = block(GUIDE, "node", **{copy: f"{copy} && {edit}"})
     down = "docker-compose --env-file compose/node.env -f compose/node.yml down -t 5"
