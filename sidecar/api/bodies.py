@@ -95,12 +95,18 @@ def handover_fields(state: NodeState) -> Json:
 
 def readiness(state: NodeState) -> str | None:
     """Why this node is not ready, or None when it is: etcd answered through a quorum within
-    the validity budget, our lease is valid, our member key is in the view as we wrote it,
-    and a leader is known. The first reason that applies is the one given, so it names the
-    cause, not a symptom."""
+    the validity budget, the latest quorum check found a quorum, our lease is valid, our
+    member key is in the view as we wrote it, and a leader is known. The first reason that
+    applies is the one given, so it names the cause, not a symptom.
+
+    A lost quorum makes this node not ready at once, not only once the validity budget is
+    spent: `/ready` must never say 200 while `/v1/status` says `quorum_ok: false`, as the
+    orchestrator reads the two together (issue 21)."""
     now = state.leadership
     if now.stale or state.stopping:
         return now.reason
+    if not state.quorum.quorum_ok:
+        return _no_quorum(state.quorum)
     if state.conflict is not None:
         return state.conflict
     if state.retiring:
@@ -119,6 +125,16 @@ def readiness(state: NodeState) -> str | None:
         why = f" ({len(view.ignored)} invalid candidate keys ignored)" if view.ignored else ""
         return "no leader known: no valid candidate" + why
     return None
+
+
+def _no_quorum(health: QuorumHealth) -> str:
+    """The readiness reason for a quorum check that found no quorum, e.g. "etcd has no
+    quorum: 1 of 3 voters healthy (m2 does not answer: ...)"."""
+    detail = (health.error or "").removeprefix("no quorum: ")
+    if health.voters_total == 0:
+        return f"etcd quorum not confirmed yet: {detail or 'no voters known'}"
+    counted = f"{health.voters_healthy} of {health.voters_total} voters healthy"
+    return f"etcd has no quorum: {counted}" + (f" ({detail})" if detail else "")
 
 
 def _lease_document(state: NodeState) -> Json | None:

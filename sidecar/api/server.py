@@ -35,6 +35,7 @@ from sidecar.api.bodies import (
     readiness,
     status_document,
 )
+from sidecar.api.streams import MAX_STREAMS, StreamSlots
 from sidecar.asyncio_compat import timeout
 from sidecar.election import reported_validity
 from sidecar.inventory import Inventory
@@ -46,13 +47,15 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ApiState:
-    """What the handlers read: the agent, the inventory and the metrics renderer."""
+    """What the handlers read: the agent, the inventory and the metrics renderer; and the
+    slots the routes that hold a connection share (`sidecar.api.streams`)."""
 
     agent: Agent
     inventory: Inventory | None = None
     render_metrics: Callable[[], tuple[bytes, str]] | None = None
     token: str | None = None  # required by mutations when set
     started: float = field(default_factory=time.monotonic)
+    streams: StreamSlots = field(default_factory=StreamSlots)  # streams and long polls
 
 
 STATE: web.AppKey[ApiState] = web.AppKey("state", ApiState)
@@ -60,6 +63,7 @@ STATE: web.AppKey[ApiState] = web.AppKey("state", ApiState)
 MAX_BODY_BYTES = 16 * 1024
 MAX_WAIT_S = 300.0
 SSE_KEEPALIVE_S = 15.0
+CLIENT_GONE_CHECK_S = 1.0  # how soon a stream or long poll notices its client left
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -151,15 +155,26 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
+    """`?wait=S` holds the request until ready, up to S seconds: a long poll, so only while a
+    stream slot is free (`sidecar.api.streams`); a node ready at once answers without one."""
     wait_s = _float_param(request, "wait", 0.0, MAX_WAIT_S) or 0.0
-    agent = request.app[STATE].agent
+    api = request.app[STATE]
+    agent = api.agent
     deadline = time.monotonic() + wait_s
     state = agent.state()
     reason = readiness(state)
-    while reason is not None and time.monotonic() < deadline:
-        await asyncio.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
-        state = agent.state()
-        reason = readiness(state)
+    if reason is not None and wait_s > 0:
+        if not api.streams.take():
+            return api.streams.refusal()
+        try:
+            while reason is not None and time.monotonic() < deadline:
+                await asyncio.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+                if _client_gone(request):
+                    break  # nobody to answer: give the slot back now, not after `wait`
+                state = agent.state()
+                reason = readiness(state)
+        finally:
+            api.streams.give_back()
     if reason is not None:
         return web.json_response({"ready": False, "reason": reason}, status=503)
     now = state.leadership
@@ -278,18 +293,33 @@ async def history(request: web.Request) -> web.Response:
     node = request.query.get("node") or None
     if node is not None and not DNS_LABEL.fullmatch(node):
         return error(400, "node must be a node id")
-    agent = request.app[STATE].agent
+    api = request.app[STATE]
+    if not api.streams.take():  # it may wait on etcd for seconds: counted as a long poll
+        return api.streams.refusal()
     try:
         async with timeout(HISTORY_TIMEOUT_S):
-            found = await agent.history(since=since, node=node)
+            found = await api.agent.history(since=since, node=node)
     except (StoreError, asyncio.TimeoutError) as e:
         return error(503, f"cannot read the cluster history from etcd: {e or 'no answer'}")
+    finally:
+        api.streams.give_back()
     return web.json_response({"events": [e.document() for e in found]})
 
 
 async def events(request: web.Request) -> web.StreamResponse:
-    """Server-sent events; `?since=REV` first replays what is still remembered after REV."""
+    """Server-sent events; `?since=REV` first replays what is still remembered after REV.
+    Each stream holds one of the stream slots (`sidecar.api.streams`) while it is open."""
     since = _int_param(request, "since")
+    api = request.app[STATE]
+    if not api.streams.take():
+        return api.streams.refusal()
+    try:
+        return await _stream_events(request, since)
+    finally:
+        api.streams.give_back()
+
+
+async def _stream_events(request: web.Request, since: int | None) -> web.StreamResponse:
     log_ = request.app[STATE].agent.events
     # One step: what happened until now is a copy to replay, everything later comes through
     # the queue, so a slow replay neither sees the log change under it nor misses an event.
@@ -301,21 +331,35 @@ async def events(request: web.Request) -> web.StreamResponse:
         await response.prepare(request)  # inside the try: a client gone already unsubscribes
         for past in replay:
             await response.write(_sse(past.kind, past.revision, past.document()))
+        written_at = time.monotonic()
         while True:
             try:
-                async with timeout(SSE_KEEPALIVE_S):
+                async with timeout(CLIENT_GONE_CHECK_S):
                     event = await queue.get()
             except asyncio.TimeoutError:
-                await response.write(b": keepalive\n\n")
+                if _client_gone(request):
+                    break
+                if time.monotonic() - written_at >= SSE_KEEPALIVE_S:
+                    await response.write(b": keepalive\n\n")
+                    written_at = time.monotonic()
                 continue
             if event is None:
                 break  # shutting down, or this client fell too far behind (it resumes ?since=)
             await response.write(_sse(event.kind, event.revision, event.document()))
+            written_at = time.monotonic()
     except ConnectionResetError:
         pass
     finally:
         log_.unsubscribe(queue)
     return response
+
+
+def _client_gone(request: web.Request) -> bool:
+    """The client closed its connection. aiohttp does not cancel a handler when that happens
+    (unless the server is built with `handler_cancellation`), so a stream or long poll asks,
+    or it would hold its slot until it next writes or its wait ends."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 def _sse(kind: str, revision: int, data: dict[str, object]) -> bytes:
@@ -354,14 +398,16 @@ def create_app(
     inventory: Inventory | None = None,
     render_metrics: Callable[[], tuple[bytes, str]] | None = None,
     token: str | None = None,
+    max_streams: int = MAX_STREAMS,
 ) -> web.Application:
     """The API of `agent`. `token` defaults to `http.token`; the daemon passes the generated
-    one when none is configured (`sidecar.api_token`)."""
+    one when none is configured (`sidecar.api_token`). At most `max_streams` event streams
+    and long polls are open at once (`sidecar.api.streams`)."""
     app = web.Application(
         middlewares=[json_errors, named_as_ourselves], client_max_size=MAX_BODY_BYTES
     )
     token = token if token is not None else agent.config.http.token
-    app[STATE] = ApiState(agent, inventory, render_metrics, token)
+    app[STATE] = ApiState(agent, inventory, render_metrics, token, streams=StreamSlots(max_streams))
 
     async def stop_streams(app: web.Application) -> None:
         app[STATE].agent.events.end_subscriptions()
