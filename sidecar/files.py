@@ -3,7 +3,8 @@ as untrusted input: regular files only, of bounded size.
 
 `RINGSIDE_CONFIG=/dev/zero` once read without end into a MemoryError, and a FIFO hung the
 start. Each file is opened without blocking (a FIFO with no writer does not hang the open),
-checked to be a regular file, and read up to its limit and no further.
+checked to be a regular file, and read up to its limit and no further. A secret (the etcd
+password file) must moreover be closed to group and others (mode 0600 or stricter).
 """
 
 from __future__ import annotations
@@ -11,6 +12,24 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+
+
+class OpenToOthers(OSError):
+    """A secret file that group or others may read or write, refused as ssh refuses such a
+    private key: whoever could read it may already have used it. `mode` is its permission bits."""
+
+    def __init__(self, path: Path, mode: int) -> None:
+        super().__init__(f"{path}: mode {mode:04o}")
+        self.path = path
+        self.mode = mode
+        self.strerror = f"mode {mode:04o}"
+
+    def advice(self) -> str:
+        """One sentence: the file, its mode and the command that fixes it."""
+        return (
+            f"{self.path} has mode {self.mode:04o}: group or others may read or write it; "
+            f"run `chmod 600 {self.path}`"
+        )
 
 
 class UnfitFile(OSError):
@@ -30,17 +49,22 @@ def _unfit(path: Path, mode: int) -> UnfitFile | None:
     return None
 
 
-def read_text(path: Path, *, limit: int) -> str:
+def read_text(path: Path, *, limit: int, private: bool = False) -> str:
     """The UTF-8 text of the regular file at `path`, at most `limit` bytes.
 
     Raises `UnfitFile` for a device, FIFO, directory or a file over the limit, OSError when it
-    cannot be opened, UnicodeDecodeError when it is not UTF-8.
+    cannot be opened, UnicodeDecodeError when it is not UTF-8. With `private` (a secret),
+    `OpenToOthers` when group or others have any access to it: the mode is read from the file
+    opened, so a symlink is judged by what it points at and a swap after the check is no use.
     """
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        unfit = _unfit(path, os.fstat(fd).st_mode)
+        mode = os.fstat(fd).st_mode
+        unfit = _unfit(path, mode)
         if unfit is not None:
             raise unfit
+        if private and mode & 0o077:
+            raise OpenToOthers(path, stat.S_IMODE(mode))
         chunks: list[bytes] = []
         size = 0
         while size <= limit:

@@ -12,7 +12,6 @@ Example::
 """
 
 import ipaddress
-import logging
 import re
 import socket
 import ssl
@@ -33,7 +32,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from sidecar.compat import Self
-from sidecar.files import UnfitFile, check_readable, read_text
+from sidecar.files import OpenToOthers, UnfitFile, check_readable, read_text
 
 DNS_LABEL: Final = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 
@@ -203,18 +202,15 @@ class EtcdSettings(_Settings):
             raise field_error(("password_file",), "set password or password_file, not both")
         if self.password_file is not None:
             try:
-                secret = read_text(self.password_file, limit=4096).rstrip("\r\n")
+                secret = read_text(self.password_file, limit=4096, private=True).rstrip("\r\n")
             except UnfitFile as e:
                 message = f"cannot read {self.password_file}: {e.reason}"
                 raise field_error(("password_file",), message) from None
+            except OpenToOthers as e:  # refused, not warned about: ssh does the same with keys
+                raise field_error(("password_file",), e.advice()) from None
             except (OSError, UnicodeDecodeError) as e:
                 message = f"cannot read {self.password_file}: {e}"
                 raise field_error(("password_file",), message) from None
-            if self.password_file.stat().st_mode & 0o077:
-                logging.getLogger(__name__).warning(
-                    "etcd password file %s is readable by others: chmod 600 it",
-                    self.password_file,
-                )
             if not secret:
                 raise field_error(("password_file",), f"{self.password_file} is empty")
             self._file_password = secret

@@ -18,14 +18,17 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 import yaml
 
+from sidecar.cli.etcd_access import Access
 from sidecar.journal import read_history
 from sidecar.keys import Keys
-from sidecar.store.errors import AuthFailed, StoreError
+from sidecar.store.errors import AuthFailed, LeaseNotFound, StoreError
 from sidecar.store.etcd import EtcdStore
+from sidecar.store.gateway import EtcdGateway
 from sidecar.store.model import KeyValue
 from sidecar.testing.localcluster import LocalEtcdCluster, ServerTls
 from tests.cli_support import clean_env
@@ -300,7 +303,88 @@ async def test_a_removed_node_is_refused_at_its_next_request(
     finally:
         await store.close()
     again = ringside_auth(etcd, secrets, "remove", "node-gone")
-    assert (again.returncode, again.stdout.strip()) == (0, "unchanged")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith("unchanged: node-gone is already removed"), again.stdout
+    assert again.stdout.count("\n") == 1, again.stdout
+
+
+async def test_remove_takes_the_nodes_keys_and_leases_at_once(
+    secured: tuple[LocalEtcdCluster, Path],
+) -> None:
+    """Issue 21, as measured: an eligible node's credential granted itself a lease of
+    9,000,000,000 s, put its member and candidate keys on it and could keep them alive without
+    any permission after `auth remove`; `auth add` then handed out the same password again.
+    Now the keys go and the lease is revoked before the command returns, and the old password
+    file is set aside, so the node comes back only with a new password."""
+    etcd, secrets = secured
+    node = "node-rm"
+    assert ringside_auth(etcd, secrets, "add", node, "--eligible").returncode == 0
+    old = (secrets / f"{node}.password").read_text()
+    store = login(etcd, secrets, node)
+    root = as_root(etcd, secrets)
+    neighbour = KEYS.member(node + "x")  # named like it, and not its own
+    try:
+        lease = (await store.lease_grant(9_000_000_000)).id  # etcd's longest
+        await store.put(KEYS.member(node), b'{"node_id": "node-rm"}', lease=lease)
+        await store.put(KEYS.candidate(node), node.encode(), lease=lease)
+        await store.put(KEYS.switchover(node), b'{"to": null, "epoch": 1}')  # no lease at all
+        await root.put(neighbour, b"{}")
+        removed = ringside_auth(etcd, secrets, "remove", node)
+        assert removed.returncode == 0, removed.stderr
+        mine = [kv.key for kv in (await root.get(KEYS.prefix, prefix=True)).kvs]
+        assert [key for key in mine if key.split("/")[-1] == node] == []
+        assert neighbour in mine
+        with pytest.raises(LeaseNotFound):
+            await root.lease_time_to_live(lease)
+        lines = removed.stdout.splitlines()
+        assert f"deleted user ringside-{CLUSTER}-{node}" in lines
+        assert f"revoked lease {lease:x}, deleting {KEYS.candidate(node)}, {KEYS.member(node)}" in (
+            lines
+        )
+        assert f"deleted {KEYS.switchover(node)}" in lines
+        aside = list(secrets.glob(f"{node}.password.removed-*"))
+        assert [p.read_text() for p in aside] == [old]
+        assert stat.S_IMODE(aside[0].stat().st_mode) == 0o600
+        assert any(line.startswith(f"moved {secrets / node}.password aside") for line in lines)
+        with pytest.raises(AuthFailed):  # and it cannot put anything back
+            await store.put(KEYS.member(node), b"{}")
+        added = ringside_auth(etcd, secrets, "add", node, "--eligible")
+        assert added.returncode == 0, added.stderr
+        new = (secrets / f"{node}.password").read_text()
+        assert new.strip()
+        assert new != old
+        assert stat.S_IMODE((secrets / f"{node}.password").stat().st_mode) == 0o600
+        back = login(etcd, secrets, node)  # the new password is the one etcd knows
+        try:
+            await back.put(KEYS.member(node), b"{}")
+        finally:
+            await back.delete(KEYS.member(node))
+            await back.close()
+    finally:
+        await store.close()
+        await root.delete(neighbour)
+        await root.close()
+        ringside_auth(etcd, secrets, "remove", node)
+
+
+@pytest.mark.parametrize(
+    ("key", "owned"),
+    [
+        (KEYS.member("node-rm"), True),
+        (KEYS.candidate("node-rm"), True),
+        (KEYS.switchover("node-rm"), True),
+        (KEYS.prefix + "deposals/node-rm/node-a", True),  # written by it, about node-a
+        (KEYS.prefix + "deposals/node-a/node-rm", False),  # written by node-a, about it
+        (KEYS.member("node-rmx"), False),
+        (KEYS.election + "694d7f3a1b2c", False),  # a 0.1 candidate, named by its lease
+        (f"/ringside/{CLUSTER}x/members/node-rm", False),  # another cluster's
+        (KEYS.history + "node-rm", False),
+    ],
+)
+def test_the_keys_remove_counts_as_a_nodes_own(key: str, owned: bool) -> None:
+    """A node's own keys are named by it right after their kind (`<kind>/<node_id>...`)."""
+    access = Access(cast(EtcdGateway, None), KEYS)  # naming only: no call is made
+    assert access.owns("node-rm", key) is owned
 
 
 async def test_rotate_replaces_the_password(secured: tuple[LocalEtcdCluster, Path]) -> None:

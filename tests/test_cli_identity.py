@@ -140,6 +140,7 @@ def test_identity_inventory_flag_and_allow_unknown_node(config_file: Path) -> No
 def test_config_shows_values_with_sources(tmp_path: Path, config_file: Path) -> None:
     secret = tmp_path / "pw"
     secret.write_text("hunter2\n")
+    secret.chmod(0o600)  # a password file open to others is refused
     with config_file.open("a") as f:
         f.write(f"lease_ttl: 20\netcd:\n  username: u\n  password_file: {secret}\n")
     env = {"RINGSIDE_LEASE_TTL": "25", "RINGSIDE_LEADER_ELIGIBLE": "true"}

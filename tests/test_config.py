@@ -34,6 +34,13 @@ def load_error(path: Path | None = None, env: dict[str, str] | None = None, **fl
     return message
 
 
+def write_secret(tmp_path: Path, text: str, name: str = "password") -> Path:
+    """A password file as `ringside auth` writes it: mode 0600 (anything looser is refused)."""
+    path = write(tmp_path, text, name)
+    path.chmod(0o600)
+    return path
+
+
 def leaf(loaded: LoadedConfig, field: str) -> Any:
     value: Any = loaded.config
     for part in field.split("."):
@@ -186,7 +193,7 @@ def test_a_password_in_the_environment_is_refused_in_one_line() -> None:
 
 
 def test_every_env_variable_sets_its_field(tmp_path: Path) -> None:
-    secret = write(tmp_path, "s3cret\n", "password")
+    secret = write_secret(tmp_path, "s3cret\n")
     ca = make_ca(tmp_path, "ca")
     client = make_cert(tmp_path, ca, "client", "DNS:ringside")
     env = {
@@ -440,11 +447,41 @@ def test_missing_password_file() -> None:
 
 
 def test_password_file_is_read_and_newline_stripped(tmp_path: Path) -> None:
-    secret = write(tmp_path, "pa ss\r\n\n", "pw")
+    secret = write_secret(tmp_path, "pa ss\r\n\n", "pw")
     path = write(tmp_path, f"etcd: {{username: u, password_file: {secret}}}\n")
     etcd = load_config(path, {}, {}).config.etcd
     assert etcd.effective_password == "pa ss"
     assert etcd.password is None
+
+
+@pytest.mark.parametrize(
+    ("mode", "refused"),
+    [(0o644, True), (0o640, True), (0o604, True), (0o600, False), (0o400, False)],
+)
+def test_a_password_file_open_to_group_or_others_is_refused(
+    tmp_path: Path, mode: int, refused: bool
+) -> None:
+    secret = write_secret(tmp_path, "s3cret\n", "pw")
+    secret.chmod(mode)
+    env = {"RINGSIDE_ETCD_USERNAME": "u", "RINGSIDE_ETCD_PASSWORD_FILE": str(secret)}
+    if not refused:
+        assert load_config(None, env, {}).config.etcd.effective_password == "s3cret"
+        return
+    assert load_error(env=env) == (
+        f"etcd.password_file (env RINGSIDE_ETCD_PASSWORD_FILE): {secret} has mode {mode:04o}: "
+        f"group or others may read or write it; run `chmod 600 {secret}`"
+    )
+
+
+def test_a_password_file_is_judged_by_the_file_a_symlink_points_at(tmp_path: Path) -> None:
+    """A symlink's own mode is 0777: what counts is who may read the password itself."""
+    secret = write_secret(tmp_path, "s3cret\n", "pw")
+    link = tmp_path / "link"
+    link.symlink_to(secret)
+    env = {"RINGSIDE_ETCD_USERNAME": "u", "RINGSIDE_ETCD_PASSWORD_FILE": str(link)}
+    assert load_config(None, env, {}).config.etcd.effective_password == "s3cret"
+    secret.chmod(0o644)
+    assert f"{link} has mode 0644" in load_error(env=env)
 
 
 def test_inline_password(tmp_path: Path) -> None:
@@ -453,7 +490,7 @@ def test_inline_password(tmp_path: Path) -> None:
 
 
 def test_empty_password_file(tmp_path: Path) -> None:
-    secret = write(tmp_path, "\n", "pw")
+    secret = write_secret(tmp_path, "\n", "pw")
     path = write(tmp_path, f"etcd: {{username: u, password_file: {secret}}}\n")
     assert load_error(path) == f"etcd.password_file (file {path}): {secret} is empty"
 

@@ -59,18 +59,23 @@ async def test_an_unfit_password_file_is_one_line_and_exit_2(
     assert_one_line_error(result, 2, ": not a regular file")
 
 
-async def test_a_password_file_others_can_read_is_warned_about(tmp_path: Path) -> None:
+async def test_a_sidecar_refuses_a_password_file_others_can_read(tmp_path: Path) -> None:
+    """As ssh refuses a private key others can read: one line naming the file, its mode and the
+    fix, exit 2 (configuration), before any etcd is dialled. Once private, it is accepted."""
     secret = tmp_path / "etcd.password"
     secret.write_text("s3cret\n")
     secret.chmod(0o644)
     config = tmp_path / "ringside.yaml"
     config.write_text(f"etcd:\n  username: n1\n  password_file: {secret}\n")
-    result = await ringside("config", "--check", RINGSIDE_CONFIG=str(config))
-    assert result.returncode == 0, result.stderr
-    assert "readable by others: chmod 600 it" in result.stderr
+    env = {"RINGSIDE_CONFIG": str(config), "RINGSIDE_NODE_ID": "n1",
+           "RINGSIDE_LOCK_FILE": str(tmp_path / "n1.lock")}  # fmt: skip
+    refused = await ringside("run", **env)
+    assert_one_line_error(refused, 2, f"{secret} has mode 0644")
+    assert f"run `chmod 600 {secret}`" in refused.stderr
     secret.chmod(0o600)
-    quiet = await ringside("config", "--check", RINGSIDE_CONFIG=str(config))
-    assert "readable by others" not in quiet.stderr
+    checked = await ringside("config", "--check", **env)
+    assert checked.returncode == 0, checked.stderr
+    assert "mode" not in checked.stderr
 
 
 @pytest.mark.parametrize("how", ["symlink", "same file"])

@@ -9,6 +9,8 @@
 
 The secrets directory (mode 0700) holds `root.password` and one `<node_id>.password` per node
 (mode 0600); copy each node's file to that node only, and point its `etcd.password_file` at it.
+`remove` takes a node's keys and leases away at once and moves its file aside, so a password
+that may have leaked is never handed out again.
 Every command is idempotent and prints what it changed ("unchanged" when nothing). Exit codes:
 0 done, 1 etcd refused (wrong root password, a node that does not exist), 2 usage or
 configuration, 3 etcd did not answer.
@@ -17,7 +19,9 @@ configuration, 3 etcd did not answer.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -25,6 +29,7 @@ import click
 
 from sidecar.cli.base import ETCD, EXIT_DEGRADED, ConfigRequest, config_options, ringside
 from sidecar.cli.reports import NoAnswer
+from sidecar.compat import UTC
 from sidecar.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -169,15 +174,23 @@ def rotate(config_request: ConfigRequest, node: str, secrets_dir: Path) -> None:
 @_SECRETS
 @config_options(*ETCD, "inventory")
 def remove(config_request: ConfigRequest, node: str, secrets_dir: Path) -> None:
-    """Revoke a node: delete its user and role. Its next request to etcd is refused and its
-    keys disappear when its lease runs out."""
+    """Revoke a node at once: delete its user and role, revoke the leases its keys are on and
+    delete its keys (members/, election/, switchover/<node>...), and move its password file
+    aside, so that a later `auth add` makes a new password. Run again: "already removed"."""
     node_id = _one_node(node)
     config = config_request.load().config
+    _private_dir(secrets_dir)
 
     async def run(access: Access) -> list[str]:
         return await access.remove_node(node_id)
 
-    _report(_as_root(config, secrets_dir, run))
+    done = _as_root(config, secrets_dir, run) + _retire_password(secrets_dir, node_id)
+    if not done:
+        done = [
+            f"unchanged: {node_id} is already removed (no etcd user, role or keys, no "
+            f"{node_id}.password)"
+        ]
+    _report(done)
 
 
 @auth.command("show")
@@ -301,6 +314,28 @@ def _private_dir(path: Path) -> None:
         raise ConfigError(f"cannot create {path}: {e.strerror}") from None
     if path.stat().st_mode & 0o077:
         raise ConfigError(f"{path} is readable by others: chmod 700 it first")
+
+
+def _retire_password(secrets_dir: Path, node_id: str) -> list[str]:
+    """Move a removed node's password file aside (`<file>.removed-<UTC time>`, mode kept):
+    the node's host may still hold it, so `auth add` must not find and reuse it."""
+    path = secrets_dir / f"{node_id}.password"
+    if not path.exists():
+        return []
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    for attempt in range(100):
+        aside = path.with_name(f"{path.name}.removed-{stamp}" + (f".{attempt}" if attempt else ""))
+        try:
+            os.link(path, aside)  # never replaces an older one, unlike a rename
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise ConfigError(f"cannot move {path} aside: {e.strerror or e}") from None
+        path.unlink()
+        return [
+            f"moved {path} aside to {aside.name}: `ringside auth add {node_id}` makes a new one"
+        ]
+    raise ConfigError(f"cannot move {path} aside: too many {aside.name} files")
 
 
 def _read_secret(path: Path) -> str:

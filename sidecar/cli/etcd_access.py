@@ -1,11 +1,13 @@
 """Who may do what in etcd: one etcd user and one role per node, managed by the operator.
 
 Each node's role can read the cluster prefix and write exactly its own keys: `members/<node_id>`
-and, when it is leader-eligible, `election/<node_id>` (rule 15; the key layout is
+and, when it is leader-eligible, `election/<node_id>` and its own part of the cluster
+history, `/ringside-history/<cluster>/<node_id>/` (rule 15; the key layout is
 `sidecar.keys`). Nothing else: no other node's keys, nothing outside the prefix, no auth or
 cluster-membership call (etcd reserves those to its `root` role). Lease grant and keepalive
 need no permission in etcd; revoking a lease needs write access to every key on it, so a node
-can revoke its own lease and no one else's.
+can revoke its own lease and no one else's. Since a node's keepalives cannot be stopped by
+taking its user away, removing a node also revokes its leases and deletes its keys (root may).
 
 Every operation here is idempotent: it looks first and changes only what differs, so running a
 command twice changes nothing the second time, and it says what it did. Passwords are only
@@ -23,10 +25,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from sidecar.keys import Keys
-from sidecar.store.codec import b64, unb64
+from sidecar.store.codec import as_int, b64, key_range, parse_range, unb64
 from sidecar.store.errors import AuthFailed, StoreError
-from sidecar.store.gateway import EtcdGateway
-from sidecar.store.model import prefix_end
+from sidecar.store.gateway import EtcdApiError, EtcdGateway
+from sidecar.store.model import KeyValue, prefix_end
 
 ROOT = "root"
 
@@ -84,15 +86,20 @@ class Access:
         prefix, history = self.keys.prefix, self.keys.history
         wanted = [
             Permission("READ", prefix, _end_of(prefix)),
-            # The cluster history (decision 0018): everyone reads it, candidates write it
-            # (only the leader does; a txn fenced by its candidate key guards that).
-            Permission("READWRITE" if eligible else "READ", history, _end_of(history)),
+            # The cluster history (decisions 0018, 0023): everyone reads it; a candidate
+            # writes its own part only (while it leads: a txn fenced by its candidate key).
+            Permission("READ", history, _end_of(history)),
             Permission("READWRITE", self.keys.member(node_id)),
             # Its own switchover request: any node may ask the leader to hand over (0016).
             Permission("READWRITE", self.keys.switchover(node_id)),
         ]
         if eligible:
             wanted.append(Permission("READWRITE", self.keys.candidate(node_id)))
+            own = self.keys.history_of(node_id)
+            wanted.append(Permission("READWRITE", own, _end_of(own)))
+            # Its deposals of candidates that stopped proving they are alive (decision 0022).
+            deposals = self.keys.deposal(node_id, "")
+            wanted.append(Permission("READWRITE", deposals, _end_of(deposals)))
         return tuple(sorted(wanted))
 
     # --- reading ---------------------------------------------------------------------------
@@ -199,8 +206,8 @@ class Access:
         await self.gateway.call("/v3/auth/user/changepw", {"name": name, "password": password})
 
     async def remove_node(self, node_id: str) -> list[str]:
-        """Delete the node's user and role: its next request is refused, and its keys go
-        when its lease runs out (no one keeps it alive any more)."""
+        """Revoke the node: delete its user and role, then its leases and keys (`drop_keys`).
+        The user goes first, so that from then on the node can write nothing back."""
         name = self.user_of(node_id)
         done = []
         if name in await self.users():
@@ -209,7 +216,59 @@ class Access:
         if await self._role(name) is not None:
             await self.gateway.call("/v3/auth/role/delete", {"role": name})
             done.append(f"deleted role {name}")
+        return done + await self.drop_keys(node_id)
+
+    def owns(self, node_id: str, key: str) -> bool:
+        """Whether `key` is one of the node's own keys: under the cluster prefix and named by
+        the node right after its kind: `members/<node_id>`, `election/<node_id>`,
+        `switchover/<node_id>`, and any `<kind>/<node_id>/...` (rule 20 puts what a node
+        writes under a name of its own). A key that names the node further down, such as
+        another node's lock called after it, is not its."""
+        if not key.startswith(self.keys.prefix):
+            return False
+        parts = key[len(self.keys.prefix) :].split("/")
+        return len(parts) >= 2 and parts[1] == node_id
+
+    async def drop_keys(self, node_id: str) -> list[str]:
+        """Revoke every lease the node's keys are on, then delete its member, candidate and
+        switchover keys if one had no lease. Needed at once: keepalives need no permission and
+        a node may grant itself a lease of 9,000,000,000 s (rule 21), so without this a removed
+        node's keys, its candidacy included, could outlive its user indefinitely. Revoking a
+        lease also deletes whatever else is on it; each line says which keys went.
+
+        Kept: records without a lease that the node wrote about others (its deposals,
+        `deposals/<node_id>/<target>`). They give it no presence, and deleting one would bring
+        back a stale candidacy it had rightly deposed."""
+        done = []
+        leases = sorted({kv.lease for kv in await self._keys_of(node_id) if kv.lease})
+        for lease in leases:
+            answer = await self.gateway.call(
+                "/v3/lease/timetolive", {"ID": str(lease), "keys": True}
+            )
+            held = sorted(
+                unb64(k, "a key").decode(errors="replace") for k in answer.get("keys") or []
+            )
+            try:
+                await self.gateway.call("/v3/lease/revoke", {"ID": str(lease)})
+            except EtcdApiError:
+                continue  # expired meanwhile: its keys went with it
+            done.append(f"revoked lease {lease:x}, deleting {', '.join(held) or 'no key'}")
+        presence = {
+            self.keys.member(node_id),
+            self.keys.candidate(node_id),
+            self.keys.switchover(node_id),
+        }
+        for kv in await self._keys_of(node_id):  # read again: what no revoked lease held
+            if kv.key not in presence:
+                continue
+            deleted = await self.gateway.call("/v3/kv/deleterange", key_range(kv.key, False))
+            if as_int(deleted, "deleted"):
+                done.append(f"deleted {kv.key}")
         return done
+
+    async def _keys_of(self, node_id: str) -> list[KeyValue]:
+        answer = await self.gateway.call("/v3/kv/range", key_range(self.keys.prefix, True))
+        return [kv for kv in parse_range(answer).kvs if self.owns(node_id, kv.key)]
 
     async def enable(self) -> list[str]:
         if await self.auth_enabled():
