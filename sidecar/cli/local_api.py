@@ -217,6 +217,8 @@ class SidecarClient:
             return e  # type: ignore[return-value]  # an HTTPError is the response itself
         except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as e:
             reason = getattr(e, "reason", None) or e
+            if isinstance(reason, TimeoutError):  # its text, "timed out", names neither
+                reason = f"no answer to {method} {path} within {timeout_s:g} s"
             raise SidecarUnreachable(
                 f"cannot reach the sidecar at {self.base_url}: {reason}"
             ) from e
