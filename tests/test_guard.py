@@ -1,17 +1,21 @@
 """The etcd guard (decision 0011) in front of a real etcd with auth on: a node's credentials get
-what a sidecar needs through it, and not the calls etcd 3.4 fails to check (CVE-2026-33413)."""
+what a sidecar needs through it, and not the calls etcd 3.4 fails to check (CVE-2026-33413),
+nor another node's lease (etcd checks no permission on keepalive: decision 0024)."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from sidecar.guard import Guard
+from sidecar.guard_leases import PROBE_OPS
 from sidecar.keys import Keys
-from sidecar.store.errors import AuthFailed, InvalidRequest
+from sidecar.store.errors import AuthFailed, InvalidRequest, LeaseNotFound
 from sidecar.store.etcd import EtcdStore
 from sidecar.store.model import EventType
 from sidecar.testing.localcluster import LocalEtcdCluster
@@ -81,6 +85,8 @@ async def test_what_a_sidecar_does_passes(
         ("/v3/cluster/member/add", {"peerURLs": ["http://127.0.0.1:9"]}),
         ("/v3/maintenance/defragment", {}),
         ("/v3/maintenance/snapshot", {}),
+        ("/v3/maintenance/transfer-leadership", {"targetID": "1"}),  # renews every lease
+        ("/v3/kv/lease/timetolive", {"ID": "1"}),  # the gateway's second name for it
     ],
 )
 async def test_what_etcd_34_does_not_check_is_refused(
@@ -152,3 +158,159 @@ async def test_sidecars_through_the_guard_elect_and_fail_over(
         await wait_for(quorum_seen, 10, what="the quorum check does not pass the guard")
     finally:
         await fleet.close()
+
+
+def lease_calls(store: EtcdStore, lease: int) -> dict[str, Callable[[], Awaitable[object]]]:
+    return {
+        "keepalive": lambda: store.lease_keepalive(lease),
+        "timetolive": lambda: store.lease_time_to_live(lease, keys=True),
+        "revoke": lambda: store.lease_revoke(lease),
+    }
+
+
+@pytest.fixture
+async def victims_lease(
+    guarded_etcd: tuple[LocalEtcdCluster, Path], guard_url: str
+) -> AsyncIterator[int]:
+    """n1's lease, granted through the guard, holding n1's member and candidate keys."""
+    _, secrets = guarded_etcd
+    owner = node(guard_url, secrets, "n1")
+    try:
+        lease = await owner.lease_grant(30)
+        await owner.put(KEYS.member("n1"), b"{}", lease=lease.id)
+        await owner.put(KEYS.candidate("n1"), b"n1", lease=lease.id)
+        yield lease.id
+        with contextlib.suppress(LeaseNotFound):
+            await owner.lease_revoke(lease.id)
+    finally:
+        await owner.close()
+
+
+async def test_etcd_itself_renews_a_lease_for_a_client_without_a_user(
+    guarded_etcd: tuple[LocalEtcdCluster, Path], victims_lease: int
+) -> None:
+    """Why the guard checks lease calls (docs/security.md's table; 3.4.23 and 3.5.1)."""
+    etcd, _ = guarded_etcd
+    stranger = etcd.client()  # straight to etcd, no user
+    try:
+        assert await stranger.lease_keepalive(victims_lease) == 30
+    finally:
+        await stranger.close()
+
+
+# etcd 3.4.23 and 3.5.1 check revoke themselves, keepalive and time-to-live not at all.
+@pytest.mark.parametrize("call", ["keepalive", "timetolive", "revoke"])
+async def test_a_stranger_without_a_token_cannot_touch_a_lease(
+    guard_url: str, victims_lease: int, call: str
+) -> None:
+    stranger = EtcdStore.connect([guard_url])  # a client certificate, no user
+    try:
+        with pytest.raises(AuthFailed, match="user name is empty"):
+            await lease_calls(stranger, victims_lease)[call]()
+    finally:
+        await stranger.close()
+
+
+@pytest.mark.parametrize("call", ["keepalive", "timetolive", "revoke"])
+async def test_another_nodes_token_cannot_touch_a_lease(
+    guarded_etcd: tuple[LocalEtcdCluster, Path], guard_url: str, victims_lease: int, call: str
+) -> None:
+    _, secrets = guarded_etcd
+    other = node(guard_url, secrets, "n2")
+    try:
+        with pytest.raises(AuthFailed, match="permission denied"):
+            await lease_calls(other, victims_lease)[call]()
+    finally:
+        await other.close()
+
+
+async def test_the_owner_keeps_reads_and_revokes_its_lease(
+    guarded_etcd: tuple[LocalEtcdCluster, Path], guard_url: str, victims_lease: int
+) -> None:
+    _, secrets = guarded_etcd
+    owner = node(guard_url, secrets, "n1")  # a new login: leases belong to users, not tokens
+    try:
+        assert await owner.lease_keepalive(victims_lease) == 30
+        info = await owner.lease_time_to_live(victims_lease, keys=True)
+        assert sorted(info.keys) == sorted([KEYS.member("n1"), KEYS.candidate("n1")])
+        await owner.lease_revoke(victims_lease)
+        with pytest.raises(LeaseNotFound):  # a gone lease is etcd's answer, not a refusal
+            await owner.lease_keepalive(victims_lease)
+        fresh = await owner.lease_grant(10)  # no keys on it yet: its owner's token suffices
+        assert await owner.lease_keepalive(fresh.id) == 10
+        await owner.lease_revoke(fresh.id)
+    finally:
+        await owner.close()
+
+
+async def test_a_token_etcd_does_not_know_gets_etcds_answer_so_clients_log_in_again(
+    guard_url: str, victims_lease: int
+) -> None:
+    async with aiohttp.ClientSession() as http:
+        headers = {"Authorization": "forged.42"}
+        body = {"ID": str(victims_lease)}
+        async with http.post(guard_url + "/v3/lease/keepalive", json=body, headers=headers) as r:
+            assert r.status == 401
+            assert (await r.json())["code"] == 16  # UNAUTHENTICATED: EtcdGateway logs in again
+
+
+async def token(url: str, secrets: Path, node_id: str) -> str:
+    """A node's etcd token, fetched through the guard as its sidecar would."""
+    login = {
+        "name": f"ringside-{CLUSTER}-{node_id}",
+        "password": (secrets / f"{node_id}.password").read_text().strip(),
+    }
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(url + "/v3/auth/authenticate", json=login) as answer,
+    ):
+        found = (await answer.json())["token"]
+    assert isinstance(found, str)
+    return found
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"ID": "%(own)d"}{"ID": "%(victim)d"}',  # etcd reads a keepalive body as a stream
+        '{"ID": "%(own)d", "ID": "%(victim)d"}',
+        '{"ID": "+%(victim)d"}',
+        '{"ID": "%(victim)d", "TTL": "5"}',
+        '[{"ID": "%(victim)d"}]',
+    ],
+)
+async def test_a_lease_request_the_guard_could_read_otherwise_than_etcd_is_refused(
+    guarded_etcd: tuple[LocalEtcdCluster, Path], guard_url: str, victims_lease: int, body: str
+) -> None:
+    _, secrets = guarded_etcd
+    other = node(guard_url, secrets, "n2")
+    try:
+        own = await other.lease_grant(10)
+        headers = {"Authorization": await token(guard_url, secrets, "n2")}
+        data = (body % {"own": own.id, "victim": victims_lease}).encode()
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(guard_url + "/v3/lease/keepalive", data=data, headers=headers) as r,
+        ):
+            answer = await r.json()
+        assert (r.status, answer["code"]) == (400, 3), answer
+        assert "bad lease request" in answer["message"]
+        await other.lease_revoke(own.id)
+    finally:
+        await other.close()
+
+
+async def test_a_lease_with_more_keys_than_one_check_holds_still_passes(
+    guarded_etcd: tuple[LocalEtcdCluster, Path], guard_url: str
+) -> None:
+    _, secrets = guarded_etcd
+    password = (secrets / "root.password").read_text().strip()
+    root = EtcdStore.connect([guard_url], username="root", password=password)
+    try:
+        lease = await root.lease_grant(10)
+        for i in range(2 * PROBE_OPS + 3):  # over etcd's 128 operations per transaction
+            await root.put(f"{KEYS.prefix}bulk/{i}", b"x", lease=lease.id)
+        assert await root.lease_keepalive(lease.id) == 10
+        await root.lease_revoke(lease.id)
+    finally:
+        await root.close()
