@@ -31,6 +31,32 @@ EventKind = Literal[
 EVENT_KINDS: frozenset[str] = frozenset(get_args(EventKind))
 
 
+@dataclass(frozen=True, order=True)
+class Recorder:
+    """A node that wrote an event into the cluster history, and the epoch it led at then."""
+
+    node_id: str
+    epoch: int
+
+    def document(self) -> dict[str, Any]:
+        return {"node_id": self.node_id, "epoch": self.epoch}
+
+
+def parse_recorders(value: object) -> tuple[Recorder, ...]:
+    """`recorded_by` from an event document; what is not a recorder is left out (a reader
+    shows who wrote an entry, it does not trust the document to say it right)."""
+    if not isinstance(value, list):
+        return ()
+    found = []
+    for item in value[:16]:
+        if not isinstance(item, dict):
+            continue
+        node_id, epoch = item.get("node_id"), item.get("epoch")
+        if isinstance(node_id, str) and isinstance(epoch, int) and not isinstance(epoch, bool):
+            found.append(Recorder(node_id, epoch))
+    return tuple(found)
+
+
 @dataclass(frozen=True)
 class ClusterEvent:
     """One change: a member joined or left, the leader changed, quorum was lost or regained,
@@ -39,20 +65,33 @@ class ClusterEvent:
     `revision` is the etcd revision it happened at, `at` the wall-clock time (unix seconds, for
     people). `detail` carries `node_id` (joined, left), `leader` and `epoch` (leader changed),
     `reason` (quorum lost) or `what` and `key` (key restored).
+
+    `recorded_by` is set on events read back from the cluster history (decision 0022): each
+    node that recorded it, with the epoch it recorded it under. An event a sidecar saw
+    itself has none.
     """
 
     kind: str
     revision: int
     detail: Mapping[str, Any]
     at: float = field(default_factory=time.time)
+    recorded_by: tuple[Recorder, ...] = ()
 
     def document(self) -> dict[str, Any]:
-        return {
+        document = {
             "kind": self.kind,
             "revision": self.revision,
             "at": self.at,
             "detail": dict(self.detail),
         }
+        if self.recorded_by:
+            document["recorded_by"] = [r.document() for r in self.recorded_by]
+        return document
+
+    @property
+    def writers(self) -> str:
+        """Who recorded it, for a column: ``n1`` or ``n1+n2``; ``-`` when no one did."""
+        return "+".join(r.node_id for r in self.recorded_by) or "-"
 
     def sentence(self) -> str:
         """The event as one sentence: the sidecar's log line and `status --watch`'s line."""

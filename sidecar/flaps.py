@@ -58,12 +58,18 @@ class NodeFlaps:
 
 
 def flap_report(events: Iterable[ClusterEvent], now: float) -> list[NodeFlaps]:
-    """Every node that left at least once in `events`, most absences first."""
+    """Every node that left at least once in `events`, most absences first.
+
+    `events` are the history's believed entries (`sidecar.history_entries`). A node leaves
+    or joins at most once per revision: two leaders' differing records of one leave (one of
+    them forged) count once."""
     nodes: dict[str, NodeFlaps] = {}
+    seen: set[tuple[int, str, str]] = set()
     for event in sorted(events, key=lambda e: (e.revision, e.at)):
         node = event.detail.get("node_id")
-        if not isinstance(node, str):
+        if not isinstance(node, str) or (event.revision, event.kind, node) in seen:
             continue
+        seen.add((event.revision, event.kind, node))
         if event.kind == "member_left":
             reason = str(event.detail.get("reason") or "unknown")
             nodes.setdefault(node, NodeFlaps(node)).leave(event.at, reason)

@@ -5,9 +5,11 @@
 | `members/<node_id>`  | JSON member record | the sidecar's     |
 | `election/<node_id>` | node id            | the same lease    |
 | `switchover/<node_id>` | a switchover this node asked for: `{to, epoch}` | the same lease |
+| `deposals/<node_id>/<target>` | `{epoch, proof}`: this node deposed `target`'s candidacy | none |
 
-The cluster history lives beside the prefix, in `/ringside-history/<cluster>/<revision>-<kind>-
-<subject>` (JSON events, no lease), written by the leader (`sidecar.journal`).
+The cluster history lives beside the prefix, in `/ringside-history/<cluster>/<writer>/<revision>-
+<kind>-<subject>` (JSON events, no lease), each leader under its own node id, so RBAC can let
+each eligible node write its own part only (`sidecar.journal`, decision 0023).
 
 Both keys are named by the node, so etcd's RBAC can let each node write its own two keys and
 nothing else (rule 15). ringside 0.1 named the candidate key by its lease
@@ -53,6 +55,21 @@ class Keys:
         """The cluster history (decision 0018): beside the prefix, not under it, so the view
         every sidecar loads and watches does not carry thousands of past events."""
         return f"/ringside-history/{self.cluster}/"
+
+    def history_of(self, writer: str) -> str:
+        """The part of the history `writer` records while it leads, and only it may write
+        (decision 0023)."""
+        return f"{self.history}{writer}/"
+
+    @property
+    def deposals(self) -> str:
+        """Where candidates record the candidacies they deposed for want of proof of life
+        (decision 0022): one key per deposer and target, named by both, so RBAC can let
+        each eligible node write under `deposals/<its id>/` only."""
+        return self.prefix + "deposals/"
+
+    def deposal(self, deposer: str, target: str) -> str:
+        return f"{self.deposals}{deposer}/{target}"
 
     def member(self, node_id: str) -> str:
         return self.members + node_id

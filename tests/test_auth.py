@@ -26,6 +26,7 @@ import yaml
 from sidecar.cli.etcd_access import Access
 from sidecar.journal import read_history
 from sidecar.keys import Keys
+from sidecar.store.codec import b64
 from sidecar.store.errors import AuthFailed, LeaseNotFound, StoreError
 from sidecar.store.etcd import EtcdStore
 from sidecar.store.gateway import EtcdGateway
@@ -170,8 +171,10 @@ def test_show_says_who_can_write_what(secured: tuple[LocalEtcdCluster, Path]) ->
     users = {u["user"]: u for u in json.loads(shown.stdout)["users"]}
     prefix, history = KEYS.prefix, KEYS.history
     assert users[f"ringside-{CLUSTER}-{ELIGIBLE}"]["permissions"] == [
-        f"read {prefix}*", f"readwrite {history}*", f"readwrite {prefix}election/{ELIGIBLE}",
-        f"readwrite {prefix}members/{ELIGIBLE}", f"readwrite {prefix}switchover/{ELIGIBLE}",
+        f"read {history}*", f"read {prefix}*", f"readwrite {history}{ELIGIBLE}/*",
+        f"readwrite {prefix}deposals/{ELIGIBLE}/*", f"readwrite {prefix}election/{ELIGIBLE}",
+        f"readwrite {prefix}members/{ELIGIBLE}",
+        f"readwrite {prefix}switchover/{ELIGIBLE}",
     ]  # fmt: skip
     assert users[f"ringside-{CLUSTER}-{OBSERVER}"]["permissions"] == [
         f"read {history}*", f"read {prefix}*", f"readwrite {prefix}members/{OBSERVER}",
@@ -271,19 +274,59 @@ async def test_an_observer_cannot_campaign(secured: tuple[LocalEtcdCluster, Path
         await store.close()
 
 
-async def test_an_observer_reads_the_history_and_cannot_write_it(
-    secured: tuple[LocalEtcdCluster, Path],
+@pytest.mark.parametrize("writer", [OTHER, OBSERVER])
+async def test_a_node_writes_only_its_own_part_of_the_history(
+    secured: tuple[LocalEtcdCluster, Path], writer: str
 ) -> None:
-    """Candidates may write the history (only the leader does: its writes are fenced by its
-    candidate key; decision 0018); a node that can never lead may only read it."""
+    """A candidate writes its own part of the history (only while it leads: its writes are
+    fenced by its candidate key), never another's nor the old shared layout (decision 0023);
+    a node that can never lead only reads it."""
     etcd, secrets = secured
-    store = login(etcd, secrets, OBSERVER)
+    store = login(etcd, secrets, writer)
+    entry = "00000000000000000001-member_left-node-x"
     try:
         await store.get(KEYS.history, prefix=True)
-        with pytest.raises(AuthFailed, match="permission denied"):
-            await store.put(KEYS.history + "00000000000000000001-member_left-node-a", b"{}")
+        for elsewhere in (KEYS.history_of(ELIGIBLE) + entry, KEYS.history + entry):
+            with pytest.raises(AuthFailed, match="permission denied"):
+                await store.put(elsewhere, b"{}")
+            with pytest.raises(AuthFailed, match="permission denied"):
+                await store.delete(elsewhere)
+        if writer == OBSERVER:
+            with pytest.raises(AuthFailed, match="permission denied"):
+                await store.put(KEYS.history_of(writer) + entry, b"{}")
+        else:
+            await store.put(KEYS.history_of(writer) + entry, b"{}")
+            assert await store.delete(KEYS.history_of(writer) + entry) == 1
     finally:
         await store.close()
+
+
+async def test_auth_add_replaces_the_wide_history_grant_of_before(
+    secured: tuple[LocalEtcdCluster, Path],
+) -> None:
+    """Upgrading (decision 0023): an eligible role from before had write access to the whole
+    history; `auth add` (as `auth init` run again) takes it back and grants its own part."""
+    etcd, secrets = secured
+    node, history = "node-old", KEYS.history
+    assert ringside_auth(etcd, secrets, "add", node, "--eligible").returncode == 0
+    root = as_root(etcd, secrets)
+    try:
+        wide = {"permType": "READWRITE", "key": b64(history), "range_end": b64(history[:-1] + "0")}
+        await root.gateway.call("/v3/auth/role/grant", {"name": f"ringside-{CLUSTER}-{node}",
+                                                          "perm": wide})  # fmt: skip
+        again = ringside_auth(etcd, secrets, "add", node, "--eligible")
+        assert again.returncode == 0, again.stderr
+        assert f"revoked readwrite {history}* from" in again.stdout, again.stdout
+        store = login(etcd, secrets, node)
+        try:
+            with pytest.raises(AuthFailed, match="permission denied"):
+                await store.put(KEYS.history_of(ELIGIBLE) + "00000000000000000001-x", b"{}")
+            await store.put(KEYS.history_of(node) + "00000000000000000001-x", b"{}")
+            await store.get(history, prefix=True)
+        finally:
+            await store.close()
+    finally:
+        await root.close()
 
 
 async def test_a_removed_node_is_refused_at_its_next_request(

@@ -15,9 +15,10 @@ import pytest
 from sidecar.cli.cluster import FlapWindow
 from sidecar.election import Campaign
 from sidecar.event_log import EventLog
-from sidecar.events import ClusterEvent
+from sidecar.events import ClusterEvent, Recorder
 from sidecar.flaps import flap_report, parse_since
-from sidecar.journal import Bounds, Journal, event_key, read_history
+from sidecar.history_entries import entry_key
+from sidecar.journal import Bounds, Journal, read_history
 from sidecar.keys import Keys
 from sidecar.store.memory import MemoryStore
 from sidecar.testing.localcluster import LocalEtcdCluster
@@ -28,9 +29,14 @@ from tests.waiting import wait_for
 # --- the journal on the in-memory store ---------------------------------------------------
 
 
-async def leading(store: MemoryStore, keys: Keys, node: str = "n1") -> Campaign:
-    """A candidate key, as a leader's: the journal's writes are fenced by it."""
+async def leading(store: MemoryStore, keys: Keys, log: EventLog, node: str = "n1") -> Campaign:
+    """A candidate key, as a leader's (the journal's writes are fenced by it), and the
+    leader's own change to it in its log (which backs its entries, decision 0023). The store
+    is moved past revision 100 first: an entry reports what happened before it was written."""
+    while await store.put("/filler", b"") < 100:
+        pass
     revision = await store.put(keys.candidate(node), node.encode())
+    log.add(event("leader_changed", revision, 99.0, leader=node, epoch=revision))
     return Campaign(keys.candidate(node), 0, revision)
 
 
@@ -42,27 +48,33 @@ def event(kind: str, revision: int, at: float, **detail: Any) -> ClusterEvent:
     return ClusterEvent(kind, revision, detail, at)
 
 
+def changes(found: list[ClusterEvent]) -> list[tuple[str, int]]:
+    return [(e.kind, e.revision) for e in found if e.kind != "leader_changed"]
+
+
 async def test_the_leader_records_events_and_a_deposed_one_records_nothing(
     store: MemoryStore, cluster: str
 ) -> None:
     keys, log = Keys(cluster), EventLog()
     journal = Journal(store, keys, log, node_id="n1", clock=NOW)
-    campaign = await leading(store, keys)
     log.add(event("member_joined", 10, 100.0, node_id="n2"))
     log.add(event("key_restored", 11, 101.0, what="member", key="k"))  # local: not recorded
     log.add(event("member_joined", 12, 102.0, node_id="n3", initial=True))  # found at start
+    campaign = await leading(store, keys, log)
     await journal.step(campaign)
     found = await read_history(store, keys)
     assert [(e.kind, e.revision, e.detail) for e in found] == [
-        ("member_joined", 10, {"node_id": "n2"})
+        ("member_joined", 10, {"node_id": "n2"}),
+        ("leader_changed", campaign.epoch, {"leader": "n1", "epoch": campaign.epoch}),
     ]
-    stored = (await store.get(event_key(keys, found[0]))).kvs[0].value
-    assert json.loads(stored)["epoch"] == campaign.epoch  # who wrote it, under which epoch
+    assert found[0].recorded_by == (Recorder("n1", campaign.epoch),)  # who, at which epoch
+    stored = (await store.get(entry_key(keys, "n1", found[0]))).kvs[0].value
+    assert json.loads(stored)["epoch"] == campaign.epoch
 
     await store.delete(campaign.key)  # leadership lost: the fence no longer holds
     log.add(event("member_left", 20, 110.0, node_id="n2", reason="expired"))
     await journal.step(campaign)
-    assert len(await read_history(store, keys)) == 1
+    assert len(await read_history(store, keys)) == 2
 
 
 async def test_a_new_leader_records_what_happened_while_nobody_led(
@@ -74,19 +86,19 @@ async def test_a_new_leader_records_what_happened_while_nobody_led(
     second = Journal(store, keys, second_log, node_id="n2", clock=NOW)
     for log in (first_log, second_log):
         log.add(event("member_joined", 10, 100.0, node_id="n3"))
-    await first.step(await leading(store, keys, "n1"))
+    await first.step(await leading(store, keys, first_log, "n1"))
     # n1 crashes; n2 saw it as a follower, and leads afterwards.
     second_log.add(event("member_left", 20, 110.0, node_id="n1", reason="expired"))
-    second_log.add(event("leader_changed", 20, 110.0, leader="n2", epoch=15, reason="crash"))
     await second.step(None)  # a follower records nothing
-    assert len(await read_history(store, keys)) == 1
-    await second.step(await leading(store, keys, "n2"))
+    assert changes(await read_history(store, keys)) == [("member_joined", 10)]
+    second_campaign = await leading(store, keys, second_log, "n2")
+    await second.step(second_campaign)
     found = await read_history(store, keys)
-    assert [(e.kind, e.revision) for e in found] == [
-        ("member_joined", 10),
-        ("leader_changed", 20),
-        ("member_left", 20),
-    ]
+    assert changes(found) == [("member_joined", 10), ("member_left", 20)]
+    # n2 recorded what it saw, the join too: one event, shown once, with both writers.
+    assert [e.writers for e in found if e.kind != "leader_changed"] == ["n1+n2", "n2"]
+    leaders = [e.detail["leader"] for e in found if e.kind == "leader_changed"]
+    assert leaders == ["n1", "n2"]
 
 
 async def test_the_history_is_bounded_by_count_and_age(store: MemoryStore, cluster: str) -> None:
@@ -95,14 +107,43 @@ async def test_the_history_is_bounded_by_count_and_age(store: MemoryStore, clust
     journal = Journal(
         store, keys, log, node_id="n1", bounds=Bounds(count=5, age_s=100.0), clock=lambda: now[0]
     )
-    campaign = await leading(store, keys)
     for i in range(8):
         log.add(event("member_joined", 10 + i, 950.0 + i, node_id=f"n{i}"))
-    await journal.step(campaign)  # records, then trims: the 3 oldest are past the count
-    assert [e.revision for e in await read_history(store, keys)] == [13, 14, 15, 16, 17]
-    now[0] = 955.5 + 100.0  # revisions 13-15 (at 953-955) are now past the age
-    assert await journal.trim(campaign) == 3
-    assert [e.revision for e in await read_history(store, keys)] == [16, 17]
+    campaign = await leading(store, keys, log)
+    await journal.step(campaign)  # records 9 (with its leader change), trims the 4 oldest
+    assert changes(await read_history(store, keys)) == [("member_joined", r) for r in range(14, 18)]
+    now[0] = 955.5 + 100.0  # revisions 14 and 15 (at 954-955) are now past the age
+    assert await journal.trim(campaign) == 2
+    assert changes(await read_history(store, keys)) == [
+        ("member_joined", 16),
+        ("member_joined", 17),
+    ]
+
+
+async def test_a_leader_change_stays_while_its_epoch_has_entries(
+    store: MemoryStore, cluster: str
+) -> None:
+    """Trimming oldest first would take the leader's own change before the entries it backs;
+    it stays while they do."""
+    keys, log = Keys(cluster), EventLog()
+    now = [1000.0]
+    journal = Journal(
+        store, keys, log, node_id="n1", bounds=Bounds(age_s=100.0), clock=lambda: now[0]
+    )
+    campaign = await leading(store, keys, log)  # its change is at 99.0
+    await journal.step(campaign)
+    later = await store.put("/filler", b"")
+    log.add(event("member_joined", later, 950.0, node_id="n9"))
+    await journal.step(campaign)
+    now[0] = 99.0 + 100.0 + 500.0  # the change is past the age, the join is not
+    assert await journal.trim(campaign) == 0  # leading at that epoch: the change stays
+    await store.delete(campaign.key)  # n1 leads again, at a later epoch
+    again = Campaign(campaign.key, 0, await store.put(campaign.key, b"n1"))
+    assert await journal.trim(again) == 0  # the join of the old epoch still needs it
+    assert changes(await read_history(store, keys)) == [("member_joined", later)]
+    now[0] = 950.0 + 100.5  # both past the age: the join goes, then the change it needed
+    assert [await journal.trim(again) for _ in range(3)] == [1, 1, 0]
+    assert (await store.get(keys.history, prefix=True)).kvs == ()
 
 
 @pytest.mark.parametrize(
@@ -123,10 +164,15 @@ async def test_values_that_are_no_event_are_skipped(
     store: MemoryStore, cluster: str, value: bytes
 ) -> None:
     keys = Keys(cluster)
-    await store.put(keys.history + "00000000000000000005-member_left-n1", value)
+    while await store.put("/filler", b"") < 10:  # entries report what happened before them
+        pass
+    await store.put(keys.history + "n1/00000000000000000005-member_left-n1", value)
+    declared = event("leader_changed", 4, 1.0, leader="n1", epoch=4)
     good = event("member_left", 6, 2.0, node_id="n2", reason="stopped", nested=None)
-    await store.put(event_key(keys, good), json.dumps(good.document()).encode())
-    assert [e.revision for e in await read_history(store, keys)] == [6]
+    for entry in (declared, good):
+        document = {**entry.document(), "by": "n1", "epoch": 4}
+        await store.put(entry_key(keys, "n1", entry), json.dumps(document).encode())
+    assert [e.revision for e in await read_history(store, keys)] == [4, 6]
 
 
 def test_the_flap_report_counts_absences_and_reasons() -> None:
@@ -195,11 +241,11 @@ async def test_history_outlives_the_sidecars_that_saw_it(
     shown = await ringside("events", "--since", "10m", *direct)
     assert shown.returncode == 0, shown.stderr
     lines = shown.stdout.splitlines()
-    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ"
-    assert any(re_match(rf"{stamp} member vast-1 joined", line) for line in lines), lines
-    assert any(re_match(rf"{stamp} member vast-1 left \(stopped\)", line) for line in lines)
-    assert any(re_match(rf"{stamp} member vast-2 left \(lease expired\)", line) for line in lines)
-    crash = rf"{stamp} leader changed: {second['node_id']} \(epoch {second['epoch']}\): .*\[crash\]"
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ by n[123](\+n[123])* +"  # who recorded it
+    assert any(re_match(rf"{stamp}member vast-1 joined", line) for line in lines), lines
+    assert any(re_match(rf"{stamp}member vast-1 left \(stopped\)", line) for line in lines)
+    assert any(re_match(rf"{stamp}member vast-2 left \(lease expired\)", line) for line in lines)
+    crash = rf"{stamp}leader changed: {second['node_id']} \(epoch {second['epoch']}\): .*\[crash\]"
     assert any(re_match(crash, line) for line in lines), lines
 
     as_json = await ringside("events", "--since", "10m", "--node", "vast-2", "-o", "json", *direct)
@@ -207,6 +253,7 @@ async def test_history_outlives_the_sidecars_that_saw_it(
     about = json.loads(as_json.stdout)
     assert [e["kind"] for e in about] == ["member_joined", "member_left"]
     assert about[1]["detail"]["reason"] == "expired"
+    assert {r["node_id"] for r in about[1]["recorded_by"]} <= set(voters)  # who recorded it
 
     report = await ringside("flaps", "--since", "1h", "-o", "json", *direct)
     assert report.returncode == 0, report.stderr

@@ -27,6 +27,7 @@ from sidecar.cli.cluster import (
 from sidecar.events import ClusterEvent
 
 if TYPE_CHECKING:
+    from sidecar.history_entries import HistoryRead
     from sidecar.settings import RingsideConfig
 
 
@@ -57,21 +58,24 @@ def _history(
     import asyncio  # noqa: PLC0415
 
     loaded = reading_etcd(config_request, etcd_direct).load()
-    return asyncio.run(_from_etcd(loaded.config, node_etcd_user(loaded), since, node))
+    read = asyncio.run(_from_etcd(loaded.config, node_etcd_user(loaded), since, node))
+    if read.skipped:
+        click.echo(read.summary(), err=True)
+    return read.events
 
 
 async def _from_etcd(
     config: RingsideConfig, user: str | None, since: float, node: str | None
-) -> list[ClusterEvent]:
+) -> HistoryRead:
     from sidecar.cli.reports import NoAnswer  # noqa: PLC0415
     from sidecar.etcd_connection import open_store  # noqa: PLC0415
-    from sidecar.journal import read_history  # noqa: PLC0415
+    from sidecar.history_entries import read_recorded  # noqa: PLC0415
     from sidecar.keys import Keys  # noqa: PLC0415
     from sidecar.store.errors import StoreError  # noqa: PLC0415
 
     store = open_store(config.etcd, default_user=user)
     try:
-        return await read_history(store, Keys(config.cluster), since=since, node=node)
+        return await read_recorded(store, Keys(config.cluster), since=since, node=node)
     except StoreError as e:
         where = ", ".join(config.etcd.endpoints)
         raise NoAnswer(f"cannot read the cluster history from etcd at {where}: {e}") from None
@@ -115,15 +119,16 @@ def events(
 ) -> None:
     """The cluster's history: joins and leaves (stopped or expired), leader changes and why,
     quorum lost and regained, orchestrators down and up. Recorded in etcd by the leader, so it
-    outlives any sidecar."""
+    outlives any sidecar; `by` names the leaders that recorded each event (decision 0023)."""
     found = _history(config_request, sidecar, etcd_direct, since, node)
     if output == "json":
         click.echo(json.dumps([e.document() for e in found], indent=2))
         return
     from sidecar.cli.tables import stamped  # noqa: PLC0415
 
+    width = max((len(e.writers) for e in found), default=0)
     for event in found:
-        click.echo(stamped(event.sentence(), event.at))
+        click.echo(stamped(f"by {event.writers:<{width}}  {event.sentence()}", event.at))
     if not found:
         click.echo("no events recorded in that time", err=True)
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sidecar.errors import RingsideError
-from sidecar.events import EVENT_KINDS, ClusterEvent, membership_changes
+from sidecar.events import EVENT_KINDS, ClusterEvent, membership_changes, parse_recorders
 
 
 class NoAnswer(RingsideError):
@@ -291,6 +291,7 @@ def parse_event(value: object) -> ClusterEvent:
         revision=_take(document, "revision", int, where=where),
         detail=dict(_mapping(document.get("detail") or {}, "event.detail")),
         at=float(_take(document, "at", float, int, where=where)),
+        recorded_by=parse_recorders(document.get("recorded_by")),
     )
 
 
