@@ -66,6 +66,7 @@ from sidecar.keys import Keys
 from sidecar.membership import DuplicateNode, MemberKey
 from sidecar.orchestrator import OrchestratorWatch
 from sidecar.preference import Preference
+from sidecar.proof import ProofOfLife
 from sidecar.quorum import QuorumHealth, QuorumMonitor
 from sidecar.records import OrchestratorHealth
 from sidecar.session import Session
@@ -133,6 +134,7 @@ class Agent:
         self.quorum = parts.quorum
         self.orchestrator = parts.orchestrator
         self.journal = parts.journal
+        self.liveness = ProofOfLife(store, self.keys, node_id, self.member)
         self.keeper.listen(self)
         self.quorum.listen(self._quorum_changed)
         self.session: Session | None = None
@@ -374,6 +376,10 @@ class Agent:
             await self._withdraw()
             self._remind(blocked)
             return f"not a candidate: {blocked}"
+        deposed = await self.liveness.depose_stale(self.candidacy, self.view, time.monotonic())
+        if deposed is not None:
+            return deposed
+        await self.liveness.forget(self.view)
         moved = await self._switchover_rule(now)
         if moved is not None:
             return moved
@@ -720,6 +726,16 @@ class Agent:
         ours = self.candidacy
         if ours is None or self.view.revision < ours.epoch:
             return None
+        deposal = next((d for d in self.view.deposals.values() if d.epoch == ours.epoch), None)
+        if deposal is not None:
+            log.warning(
+                "our candidacy (epoch %d) was deposed by %s: we did not prove we were alive "
+                "in time; campaigning again",
+                ours.epoch, deposal.by,
+                extra={"event": "candidate_deposed", "by": deposal.by},
+            )  # fmt: skip
+            await self._withdraw()
+            return f"our candidacy was deposed by {deposal.by}; campaigning again"
         for c in self.view.candidates:
             if (c.key, c.lease, c.create_revision, c.node_id) == (
                 ours.key, ours.lease, ours.epoch, self.node_id
@@ -787,7 +803,11 @@ class Agent:
             self._drop_session()
         await self._revoke_stale_leases()
         session = await Session.open(
-            self.store, self.config.lease_ttl, on_keepalive=self._keepalive_done
+            self.store,
+            self.config.lease_ttl,
+            on_keepalive=self._keepalive_done,
+            declared_ttl=self.member.record.proof_ttl or None,
+            prove=lambda session: self.liveness.prove(session, self.candidacy, self.view),
         )
         try:
             await self.member.register(
@@ -920,6 +940,7 @@ class Agent:
     # --- what the background tasks tell us (the view keeper's and the quorum monitor's) ---
 
     def view_changed(self, old: ClusterView, new: ClusterView) -> None:
+        self.liveness.observe(new, time.monotonic())
         for event in view_changes(old, new):
             self._record(event)
             if event.kind == "leader_changed":  # its reason is sidecar.handover's, once

@@ -38,7 +38,7 @@ from sidecar.quorum import QuorumMonitor
 from sidecar.records import MemberRecord, printable
 from sidecar.settings import DNS_LABEL, RingsideConfig
 from sidecar.store.base import Store
-from sidecar.view import ViewKeeper
+from sidecar.view import Rules, ViewKeeper
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,8 @@ def build_agent(
     the agent listens to the view keeper and the quorum monitor)."""
     keys = Keys(config.cluster)
     preferred = config.leader.preferred == node_id
-    member = MemberKey(store, keys, record.model_copy(update={"preferred": preferred}))
+    proving = {"preferred": preferred, "proof_ttl": config.lease_ttl}
+    member = MemberKey(store, keys, record.model_copy(update=proving))
     checks = config.orchestrator
     orchestrator = (
         OrchestratorWatch(
@@ -81,7 +82,7 @@ def build_agent(
     parts = Parts(
         keys=keys,
         member=member,
-        view=ViewKeeper(store, keys),
+        view=ViewKeeper(store, keys, rules=Rules(max_ttl_s=config.max_lease_ttl)),
         quorum=QuorumMonitor(store, interval_s=quorum_interval_s, probe_key=keys.prefix),
         hooks=RoleHooks(leader.on_elected, leader.on_demoted, leader.hook_timeout, node_id),
         events=events,

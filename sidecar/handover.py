@@ -6,7 +6,8 @@ planned, a crash is not) and an operator can read the sentence. The codes:
 
 - ``election``: there was no leader before (a cluster starting, or back from a quorum loss);
 - ``crash``: the old leader's keys vanished with no handover said: its lease expired (a
-  crash, a cut-off node) or was revoked by a sidecar that found its epoch over;
+  crash, a cut-off node) or was revoked by a sidecar that found its epoch over; or it stopped
+  rewriting its key and another candidate deposed it (decision 0022);
 - ``resign``: the old leader stepped down and stayed (``ringside resign``);
 - ``switchover``: ``ringside switchover`` or ``POST /v1/leader/switchover`` (decision 0016);
 - ``orchestrator-unhealthy``: the old leader's orchestrator was down (decision 0015);
@@ -108,4 +109,7 @@ def leader_change(old: ClusterView, new: ClusterView) -> Why:
         return Why("orchestrator-unhealthy", why_down(gone, record.orchestrator))
     if gone not in new.members:
         return Why("crash", f"{gone}'s lease ended without a handover")
+    deposal = next((d for d in new.deposals.values() if d.epoch == before.create_revision), None)
+    if deposal is not None:
+        return Why("crash", f"{gone} stopped proving it is alive (deposed by {deposal.by})")
     return Why("resign", f"{gone} stepped down")

@@ -237,6 +237,19 @@ class MemberKey:
             self.written, self.revision = record, revision
         return revision
 
+    async def refresh(self, session: Session) -> bool:
+        """Write our record again, unchanged, as proof that we are alive (decision 0022):
+        only while our lease holds the key; False when it does not (the loop restores it)."""
+        if self._session is not session:
+            return False  # not registered on this session yet
+        record = self.record
+        revision = await update_record(self.store, self.keys, record, session)
+        if revision is None:
+            return False
+        if self.written != record:
+            self.written, self.revision = record, revision
+        return True
+
     async def say_leaving(self, session: Session, why: str, also: Sequence[TxnOp] = ()) -> None:
         """Mark our record as leaving, just before the lease is revoked, so every node can
         tell a clean stop from a lease that expired (the deletes look the same in a watch);

@@ -72,6 +72,10 @@ class MemberRecord(BaseModel):
     orchestrator: OrchestratorHealth | None = None  # None: no health URL configured
     preferred: bool = False  # this node's config names it the preferred leader (decision 0017)
     leaving: str = ""  # set as the sidecar stops, just before its lease is revoked: why
+    # The seconds within which this node proves it is alive by writing its keys again
+    # (decision 0022): a key not rewritten for that long may be deposed, whatever its lease
+    # says. 0: a sidecar from before proofs of life, which only its lease can end.
+    proof_ttl: int = 0
 
     @field_validator("orchestrator", mode="wrap")
     @classmethod

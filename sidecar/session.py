@@ -8,6 +8,11 @@ The validity clock follows the design's timing model: after each successful keep
 is good until `t_send + granted TTL` on our monotonic clock, where `t_send` is when we *sent*
 the keepalive (etcd reset the lease no earlier than that). etcd cannot expire the lease before
 that instant, so a leader that stops claiming a margin before it never overlaps its successor.
+
+A lease alone proves nothing about us, though (rule 21: anyone may renew it), so each renewal
+also proves we are alive by rewriting our own keys (`prove`, see `sidecar.proof`), and the
+clock advances only when both went through, and never by more than the TTL we asked for and
+declared to the others: they may depose us that long after our last proof.
 """
 
 from __future__ import annotations
@@ -15,13 +20,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from sidecar.store.base import Store
 from sidecar.store.errors import LeaseNotFound, StoreError
 from sidecar.store.model import Lease
 
 log = logging.getLogger(__name__)
+
+PROOF_RETRY_S = 0.2  # after a refused proof: a deposal of another node we had not seen yet
 
 
 class Session:
@@ -37,12 +44,18 @@ class Session:
         lease: Lease,
         valid_until: float,
         on_keepalive: Callable[[float], None] = lambda latency_s: None,
+        *,
+        declared_ttl: int | None = None,
+        prove: Callable[[Session], Awaitable[bool]] | None = None,
     ) -> None:
         self.store = store
         self.lease = lease
         self.valid_until = valid_until
         self.lost = asyncio.Event()
         self._on_keepalive = on_keepalive
+        self.declared_ttl = min(lease.ttl, declared_ttl or lease.ttl)
+        self._prove = prove
+        self.unproven = 0  # renewals in a row whose proof etcd refused
 
     @classmethod
     async def open(
@@ -51,12 +64,19 @@ class Session:
         ttl_s: int,
         *,
         on_keepalive: Callable[[float], None] = lambda latency_s: None,
+        declared_ttl: int | None = None,
+        prove: Callable[[Session], Awaitable[bool]] | None = None,
     ) -> Session:
         """Grant a lease. Its TTL is what etcd granted (rule 4), which may exceed `ttl_s`.
-        `on_keepalive(latency_s)` is called after every successful renewal."""
+        `on_keepalive(latency_s)` is called after every successful renewal. `declared_ttl`:
+        the proof of life our record declares, which caps the validity clock. `prove(session)`:
+        rewrites our keys after each keepalive (True when etcd took every write)."""
         sent = time.monotonic()
         lease = await store.lease_grant(ttl_s)
-        return cls(store, lease, sent + lease.ttl, on_keepalive)
+        declared = min(lease.ttl, declared_ttl or lease.ttl)
+        return cls(
+            store, lease, sent + declared, on_keepalive, declared_ttl=declared, prove=prove
+        )
 
     @property
     def lease_id(self) -> int:
@@ -66,16 +86,22 @@ class Session:
         """Seconds until etcd could expire the lease, by our clock (negative once past)."""
         return self.valid_until - (time.monotonic() if now is None else now)
 
-    async def keepalive(self) -> None:
-        """Renew once. Raises `LeaseNotFound` (and marks the session lost) or `StoreError`."""
+    async def keepalive(self) -> bool:
+        """Renew once, then prove we are alive; whether the validity clock advanced. Raises
+        `LeaseNotFound` (and marks the session lost) or `StoreError`."""
         sent = time.monotonic()
         try:
             ttl = await self.store.lease_keepalive(self.lease.id)
         except LeaseNotFound:
             self.lost.set()
             raise
-        self.valid_until = max(self.valid_until, sent + ttl)
         self._on_keepalive(time.monotonic() - sent)
+        if self._prove is not None and not await self._prove(self):
+            self.unproven += 1
+            return False
+        self.unproven = 0
+        self.valid_until = max(self.valid_until, sent + min(ttl, self.declared_ttl))
+        return True
 
     async def run_keepalives(self) -> None:
         """Renew every TTL/3 until the lease is lost; failures retry sooner, never give up.
@@ -84,12 +110,15 @@ class Session:
         keepalive must never cost the lease, and the validity clock keeps counting down
         meanwhile, so a leader that cannot renew stops claiming in time anyway.
         """
-        period = self.lease.ttl / 3
+        period = self.declared_ttl / 3
         while not self.lost.is_set():
-            delay = max(0.0, period - (time.monotonic() - (self.valid_until - self.lease.ttl)))
+            last_sent = self.valid_until - self.declared_ttl
+            delay = max(0.0, period - (time.monotonic() - last_sent))
             await asyncio.sleep(delay)
             try:
-                await self.keepalive()
+                if not await self.keepalive():
+                    await asyncio.sleep(PROOF_RETRY_S)  # the view catches up, the owner heals
+                    continue
             except LeaseNotFound:
                 log.warning(
                     "lease %x is gone (expired or revoked)",

@@ -302,6 +302,8 @@ class RingsideConfig(_Settings):
     node_id: str | None = None
     etcd: EtcdSettings = Field(default_factory=EtcdSettings)
     lease_ttl: int = Field(default=10, ge=2, le=600)
+    # The longest proof of life any node may declare (decision 0022); set alike on every node.
+    max_lease_ttl: int = Field(default=60, ge=2, le=600)
     http: HttpSettings = Field(default_factory=HttpSettings)
     leader: LeaderSettings = Field(default_factory=LeaderSettings)
     labels: dict[str, str] = Field(default_factory=dict)
@@ -320,6 +322,9 @@ class RingsideConfig(_Settings):
             if seconds >= self.lease_ttl:
                 message = f"{seconds} s must be less than lease_ttl ({self.lease_ttl} s)"
                 raise field_error((section, name), message, related="lease_ttl")
+        if self.lease_ttl > self.max_lease_ttl:
+            message = f"{self.lease_ttl} s is longer than max_lease_ttl ({self.max_lease_ttl} s)"
+            raise field_error(("lease_ttl",), message, related="max_lease_ttl")
         call = self.etcd.call_timeout
         if call is not None:
             period = self.lease_ttl / 3

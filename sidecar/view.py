@@ -12,9 +12,12 @@ while it is on a live lease (not 0), its value is a node id and its key names th
 (`election/<node_id>`; or, from a ringside 0.1 member during an upgrade, its lease: decision
 0010), and that node is a live member, on the same lease, whose record says it is eligible and
 was written before the candidacy (a member key written again later means the node re-joined:
-its old candidacy is over). Every other key under `election/` is ignored and reported
-(`ClusterView.ignored`): a stray or forged key must never lead, and never block a real
-candidate. All sidecars see the same keys at the same revision, so they all agree on it.
+its old candidacy is over), whose record declares a proof of life no longer than the cluster's
+maximum (`Rules.max_ttl_s`), and whose candidacy no deposal names (decision 0022: a candidate
+that stopped rewriting its key was deposed by another, through a transaction that proved it).
+Every other key under `election/` is ignored and reported (`ClusterView.ignored`): a stray or
+forged key must never lead, and never block a real candidate. All sidecars see the same keys at
+the same revision, so they all agree on it.
 """
 
 from __future__ import annotations
@@ -39,6 +42,13 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class Rules:
+    """What every node must configure alike for the view to be the same everywhere."""
+
+    max_ttl_s: int = 60  # a proof of life declared longer than this counts for nothing
+
+
+@dataclass(frozen=True)
 class Member:
     """A live member: its key exists, so its lease is alive."""
 
@@ -46,6 +56,46 @@ class Member:
     record: MemberRecord | None  # None when the value is not a record ringside can read
     lease: int
     create_revision: int
+    # Its last proof of life (decision 0022); not part of its identity: a key rewritten as
+    # proof is the same membership.
+    mod_revision: int = field(default=0, compare=False)
+
+
+@dataclass(frozen=True)
+class Deposal:
+    """Node `by` deposed `target`'s candidacy at `epoch`, whose key it proved unchanged since
+    revision `proof` for longer than its proof of life (decision 0022)."""
+
+    by: str
+    target: str
+    epoch: int
+    proof: int
+
+
+MAX_DEPOSAL_BYTES = 256
+
+
+def parse_deposal(keys: Keys, kv: KeyValue) -> Deposal | None:
+    """The deposal in `kv`, or None when it is not one (hostile input: rule 14)."""
+    by, _, target = kv.key.removeprefix(keys.deposals).partition("/")
+    if not (DNS_LABEL.fullmatch(by) and DNS_LABEL.fullmatch(target)):
+        return None
+    if len(kv.value) > MAX_DEPOSAL_BYTES:
+        return None
+    try:
+        document = json.loads(kv.value)
+    except ValueError:
+        return None
+    if not isinstance(document, dict):
+        return None
+    epoch, proof = document.get("epoch"), document.get("proof")
+    if not (_revision(epoch) and _revision(proof)):
+        return None
+    return Deposal(by, target, int(epoch), int(proof))  # type: ignore[arg-type]
+
+
+def _revision(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 @dataclass(frozen=True)
@@ -92,6 +142,9 @@ class Candidate:
     node_id: str
     lease: int
     create_revision: int
+    # Its holder's last proof of life (decision 0022); not part of its identity: a key
+    # rewritten as proof is the same candidacy.
+    mod_revision: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True)
@@ -123,6 +176,11 @@ class ClusterView:
     # about a live node (rule 12). Not members; their owner replaces such a key when it runs.
     unleased: frozenset[str] = frozenset()
     switchovers: Mapping[str, Switchover] = field(default_factory=lambda: MappingProxyType({}))
+    # Deposals by key (decision 0022), and the newest revision written under `deposals/`: a
+    # candidate renews its key only while nothing newer is there (a deposal it has not seen).
+    deposals: Mapping[str, Deposal] = field(default_factory=lambda: MappingProxyType({}))
+    deposals_revision: int = 0
+    rules: Rules = Rules()
 
     @property
     def switchover(self) -> Switchover | None:
@@ -158,10 +216,12 @@ class ClusterView:
         )
 
 
-def build_view(keys: Keys, kvs: tuple[KeyValue, ...], header: Header) -> ClusterView:
+def build_view(
+    keys: Keys, kvs: tuple[KeyValue, ...], header: Header, rules: Rules = Rules()
+) -> ClusterView:
     """The view of a full load: every key as if it had just been put."""
     puts = tuple((EventType.PUT, kv) for kv in kvs)
-    return apply_batch(keys, ClusterView(synced=True), puts, header)
+    return apply_batch(keys, ClusterView(synced=True, rules=rules), puts, header)
 
 
 MAX_CANDIDATE_BYTES = 256
@@ -175,9 +235,20 @@ class _Draft:
     candidates: list[Candidate]
     unleased: set[str]
     switchovers: dict[str, Switchover]
+    deposals: dict[str, Deposal]
+    deposal_writes: list[int]  # mod_revisions of every key written under `deposals/`
 
 
 def _apply_put(keys: Keys, kv: KeyValue, draft: _Draft) -> None:
+    if kv.key.startswith(keys.deposals):
+        draft.deposal_writes.append(kv.mod_revision)
+        deposal = parse_deposal(keys, kv)
+        if deposal is None:
+            draft.deposals.pop(kv.key, None)
+            log.warning("ignoring deposal key %s: not a deposal", printable(kv.key, 120))
+        else:
+            draft.deposals[kv.key] = deposal
+        return
     if kv.key.startswith(keys.switchovers):
         by = kv.key.removeprefix(keys.switchovers)
         request = parse_switchover(by, kv) if DNS_LABEL.fullmatch(by) else None
@@ -200,16 +271,24 @@ def _apply_put(keys: Keys, kv: KeyValue, draft: _Draft) -> None:
             return
         draft.unleased.discard(node_id)
         record = parse_record(kv, node_id)
-        draft.members[node_id] = Member(node_id, record, kv.lease, kv.create_revision)
+        draft.members[node_id] = Member(
+            node_id, record, kv.lease, kv.create_revision, kv.mod_revision
+        )
     elif kv.key.startswith(keys.election):
         draft.candidates[:] = [c for c in draft.candidates if c.key != kv.key]
         small = len(kv.value) <= MAX_CANDIDATE_BYTES  # a node id is at most 63 bytes
         node_id = kv.value.decode(errors="replace") if small else ""
-        draft.candidates.append(Candidate(kv.key, node_id, kv.lease, kv.create_revision))
+        draft.candidates.append(
+            Candidate(kv.key, node_id, kv.lease, kv.create_revision, kv.mod_revision)
+        )
 
 
 def why_not_electable(
-    keys: Keys, candidate: Candidate, members: Mapping[str, Member]
+    keys: Keys,
+    candidate: Candidate,
+    members: Mapping[str, Member],
+    rules: Rules = Rules(),
+    deposed: Mapping[int, Deposal] = MappingProxyType({}),
 ) -> str | None:
     """None when `candidate` may lead; else why it is ignored (see the module doc)."""
     if candidate.lease == 0:
@@ -231,16 +310,25 @@ def why_not_electable(
         return f"member {candidate.node_id} is not leader-eligible"
     if member.create_revision > candidate.create_revision:
         return f"member {candidate.node_id} joined again after this candidacy"
+    if member.record.proof_ttl > rules.max_ttl_s:
+        return (
+            f"member {candidate.node_id} declares a proof of life of {member.record.proof_ttl} s, "
+            f"longer than the cluster's maximum ({rules.max_ttl_s} s)"
+        )
+    deposal = deposed.get(candidate.create_revision)
+    if deposal is not None and deposal.proof == candidate.mod_revision:
+        return f"deposed by {deposal.by}: no proof of life since revision {deposal.proof}"
     return None
 
 
 def _judge(
-    keys: Keys, candidates: list[Candidate], members: Mapping[str, Member]
+    keys: Keys, candidates: list[Candidate], draft: _Draft, rules: Rules
 ) -> tuple[tuple[Candidate, ...], tuple[Ignored, ...]]:
     electable: list[Candidate] = []
     ignored: list[Ignored] = []
+    deposed = {d.epoch: d for d in draft.deposals.values()}
     for candidate in candidates:
-        reason = why_not_electable(keys, candidate, members)
+        reason = why_not_electable(keys, candidate, draft.members, rules, deposed)
         if reason is None:
             electable.append(candidate)
         else:
@@ -253,11 +341,18 @@ def apply_batch(
 ) -> ClusterView:
     """The view after one batch of events (pure: the old view is not touched)."""
     draft = _Draft(
-        dict(view.members), list(view.candidates), set(view.unleased), dict(view.switchovers)
+        dict(view.members),
+        list(view.candidates),
+        set(view.unleased),
+        dict(view.switchovers),
+        dict(view.deposals),
+        [view.deposals_revision],
     )
     for kind, kv in events:
         if kind is EventType.PUT:
             _apply_put(keys, kv, draft)
+        elif kv.key.startswith(keys.deposals):
+            draft.deposals.pop(kv.key, None)
         elif kv.key.startswith(keys.switchovers):
             draft.switchovers.pop(kv.key.removeprefix(keys.switchovers), None)
         elif kv.key.startswith(keys.members):
@@ -266,7 +361,7 @@ def apply_batch(
         else:
             draft.candidates[:] = [c for c in draft.candidates if c.key != kv.key]
     candidates = sorted(draft.candidates, key=lambda c: c.create_revision)
-    electable, ignored = _judge(keys, candidates, draft.members)
+    electable, ignored = _judge(keys, candidates, draft, view.rules)
     return replace(
         view,
         revision=header.revision,
@@ -278,6 +373,8 @@ def apply_batch(
         ignored=ignored,
         unleased=frozenset(draft.unleased),
         switchovers=MappingProxyType(draft.switchovers),
+        deposals=MappingProxyType(draft.deposals),
+        deposals_revision=max(draft.deposal_writes),
     )
 
 
@@ -298,10 +395,13 @@ class ViewKeeper:
     """Keeps `current` up to date from etcd and tells each listener (`listen`) of every new
     view, every etcd header seen, and every full load."""
 
-    def __init__(self, store: Store, keys: Keys, *, retry_s: float = 0.5) -> None:
+    def __init__(
+        self, store: Store, keys: Keys, *, retry_s: float = 0.5, rules: Rules = Rules()
+    ) -> None:
         self.store = store
         self.keys = keys
-        self.current = ClusterView()
+        self.rules = rules
+        self.current = ClusterView(rules=rules)
         self._listeners: list[ViewListener] = []
         self._retry_s = retry_s
 
@@ -334,7 +434,7 @@ class ViewKeeper:
         for listener in self._listeners:
             listener.header_seen(loaded.header)
             listener.view_loaded(sent)  # a linearizable read: current as of its sending
-        self._publish(build_view(self.keys, loaded.kvs, loaded.header))
+        self._publish(build_view(self.keys, loaded.kvs, loaded.header, self.rules))
         start = loaded.revision + 1
         async with self.store.watch(self.keys.prefix, prefix=True, start_revision=start) as batches:
             async for batch in batches:

@@ -21,7 +21,7 @@ from sidecar.keys import Keys
 from sidecar.records import MemberRecord, OrchestratorHealth
 from sidecar.store.base import Store
 from sidecar.store.memory import MemoryStore
-from sidecar.store.model import Header, TxnResult
+from sidecar.store.model import Header, Put, TxnResult
 from tests.agents import make_agent, running, running_agent, until
 from tests.reads import get_one
 from tests.waiting import wait_for
@@ -334,17 +334,21 @@ async def test_a_follower_whose_node_id_is_taken_stands_aside(store: Store, clus
 
 
 class HeldAnswers(MemoryStore):
-    """Applies every transaction at once, but while `held` answers it only once `release` is
-    set: the moment in which etcd holds a write that its writer has not heard back about."""
+    """Applies every transaction at once, but while `held` answers the first that writes
+    `marker` only once `release` is set: the moment in which etcd holds a write that its
+    writer has not heard back about. (Other writes, such as proofs of life, go on as usual.)"""
 
-    def __init__(self) -> None:
+    def __init__(self, marker: bytes) -> None:
         super().__init__()
         self.held = False
+        self.marker = marker
         self.release = asyncio.Event()
 
     async def txn(self, *args: Any, **kwargs: Any) -> TxnResult:
         result = await super().txn(*args, **kwargs)
-        if self.held:
+        writes = [op for op in args[1] if isinstance(op, Put)] if len(args) > 1 else []
+        if self.held and any(self.marker in op.value for op in writes):
+            self.held = False  # the first such write only
             await self.release.wait()
         return result
 
@@ -353,7 +357,7 @@ async def test_our_health_update_in_flight_is_not_taken_for_an_overwrite(cluster
     """The watch can show our own new record before the write's answer arrives. Taken for a
     stranger's overwrite, it used to be 'restored', ending the candidacy: the leader stepped
     down because its orchestrator's health changed (seen once under load in CI)."""
-    store = HeldAnswers()
+    store = HeldAnswers(marker=b"HTTP 503")
     keepalives: list[float] = []
     async with running_agent(store, "n1", cluster) as agent:
         agent.listen_keepalives(keepalives.append)

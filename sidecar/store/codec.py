@@ -116,10 +116,11 @@ def key_range(key: str, prefix: bool) -> JsonObject:
 
 def encode_compare(c: Compare) -> JsonObject:
     operand = b64(c.operand) if isinstance(c.operand, bytes) else str(c.operand)
-    return {
-        "key": b64(c.key), "target": c.target.value, "result": c.result.value,
+    body: JsonObject = {
+        **key_range(c.key, c.prefix), "target": c.target.value, "result": c.result.value,
         c.target.field: operand,
     }  # fmt: skip
+    return body
 
 
 def encode_op(op: TxnOp) -> JsonObject:

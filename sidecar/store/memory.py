@@ -349,7 +349,18 @@ class MemoryStore(Store):
         return kvs
 
     def _holds(self, guard: Compare) -> bool:
-        kv = self._kvs.get(guard.key)
+        if guard.prefix:
+            end = _range_end(guard.key, prefix=True)
+            found = [kv for k, kv in self._kvs.items() if _in_range(k, guard.key, end)]
+            return (
+                all(self._compare(guard, kv) for kv in found)
+                if found
+                else (self._compare(guard, None))
+            )
+        return self._compare(guard, self._kvs.get(guard.key))
+
+    @staticmethod
+    def _compare(guard: Compare, kv: KeyValue | None) -> bool:
         if kv is None and guard.target is CompareTarget.VALUE:
             return False  # etcd: a value compare on a missing key fails, whatever the operand
         actual = getattr(kv or _MISSING, guard.target.field)

@@ -122,6 +122,7 @@ class Compare:
     target: CompareTarget
     result: CompareResult
     operand: int | bytes
+    prefix: bool = False  # every key under `key` must hold (none: compared as a missing key)
 
     @classmethod
     def absent(cls, key: str) -> Compare:
@@ -137,6 +138,13 @@ class Compare:
     def modified_at(cls, key: str, revision: int) -> Compare:
         """Nobody wrote the key since `revision`."""
         return cls(key, CompareTarget.MOD, CompareResult.EQUAL, revision)
+
+    @classmethod
+    def none_written_after(cls, prefix: str, revision: int) -> Compare:
+        """No key under `prefix` was written after `revision`: `mod_revision < revision + 1`
+        over the whole range (etcd 3.3+ compares every key in a range; an empty range
+        compares as one missing key, whose mod_revision is 0)."""
+        return cls(prefix, CompareTarget.MOD, CompareResult.LESS, revision + 1, prefix=True)
 
     @classmethod
     def value_is(cls, key: str, value: bytes) -> Compare:

@@ -243,6 +243,27 @@ async def test_txn_greater_less_and_not_equal(store: Store, prefix: str) -> None
     assert await holds(CompareTarget.VALUE, CompareResult.LESS, b"c")
 
 
+async def test_a_range_compare_holds_for_every_key_under_the_prefix(
+    store: Store, prefix: str
+) -> None:
+    """The guard of a renewal (decision 0022): nothing under a prefix written since the
+    revision the writer last saw; an empty range compares as one missing key."""
+    area = prefix + "deposals/"
+
+    async def holds(guard: Compare) -> bool:
+        return (await store.txn([guard], [])).succeeded
+
+    assert await holds(Compare.none_written_after(area, 0)), "an empty range holds"
+    first = await store.put(area + "a", b"1")
+    await store.put(prefix + "deposals0", b"beside the range, not in it")
+    assert await holds(Compare.none_written_after(area, first))
+    second = await store.put(area + "b", b"2")
+    assert not await holds(Compare.none_written_after(area, first)), "b is newer"
+    assert await holds(Compare.none_written_after(area, second))
+    await store.delete(area + "b")
+    assert await holds(Compare.none_written_after(area, first)), "a deleted key is gone"
+
+
 async def test_missing_key_compares_as_zero_and_its_value_compare_fails(
     store: Store, prefix: str
 ) -> None:
