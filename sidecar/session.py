@@ -74,9 +74,7 @@ class Session:
         sent = time.monotonic()
         lease = await store.lease_grant(ttl_s)
         declared = min(lease.ttl, declared_ttl or lease.ttl)
-        return cls(
-            store, lease, sent + declared, on_keepalive, declared_ttl=declared, prove=prove
-        )
+        return cls(store, lease, sent + declared, on_keepalive, declared_ttl=declared, prove=prove)
 
     @property
     def lease_id(self) -> int:
