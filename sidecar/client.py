@@ -207,8 +207,8 @@ def _what_failed(error: BaseException, took_s: float) -> str:
     """
     if isinstance(error, asyncio.TimeoutError | TimeoutError):
         return f"no answer within {took_s:.1f} s"
-    cause = getattr(error, "os_error", None) or error
-    number = getattr(cause, "errno", None)
+    cause = error.os_error if isinstance(error, aiohttp.ClientConnectorError) else error
+    number = cause.errno if isinstance(cause, OSError) else None
     if isinstance(number, int) and number > 0:
         what = os.strerror(number).lower()
     else:

@@ -169,17 +169,17 @@ async def read_recorded(
 ) -> HistoryRead:
     """The believed events at or after unix time `since` (about `node`, when given), oldest
     first, and what was left out."""
-    read = HistoryRead()
+    skipped: Counter[str] = Counter()
     entries: list[Entry] = []
-    for kv in await _bounded_read(store, keys, read.skipped):
+    for kv in await _bounded_read(store, keys, skipped):
         entry = parse_entry(keys, kv)
         if isinstance(entry, Entry):
             entries.append(entry)
         else:
-            read.skipped[entry] += 1
-    events = merged(believed(entries, read.skipped))
-    read.events = [e for e in events if e.at >= since and (node is None or _about(e, node))]
-    return read
+            skipped[entry] += 1
+    events = merged(believed(entries, skipped))
+    wanted = [e for e in events if e.at >= since and (node is None or _about(e, node))]
+    return HistoryRead(wanted, skipped)
 
 
 async def read_history(
