@@ -10,9 +10,10 @@ from `received` to `sent + v`, and a check fires only when that is enough to pro
   no lower epoch answered to a request sent after a higher one was seen, a validity on
   every claim;
 - overlapping validity: two nodes' promises for different epochs overlap in time. A promise
-  ends early when the campaign itself resigned, terminated or killed that node (from that
-  moment, for requests sent before the resign was answered or the process was restarted);
-  partitions and SIGSTOP end nothing: those promises must hold;
+  ends early when the campaign itself resigned or terminated that node (from that moment,
+  for requests sent before the resign was answered or the process was restarted); kill -9,
+  partitions and SIGSTOP end nothing: those promises must hold (rule 22: the orchestrator
+  that heard a promise outlives the sidecar that made it, restarted or not);
 - claim after SIGTERM: rule 13, nothing said after the signal (plus a 0.25 s grace for the
   signal to reach the event loop) may be "leader";
 - epoch resumed: an epoch the node resigned (200), or held in a process the campaign
@@ -89,9 +90,10 @@ class ClaimChecks:
     # --- what the campaign did -------------------------------------------------------------
 
     def stopped(self, node_id: str, at: float, *, sigterm: bool) -> None:
-        """kill -9 or SIGTERM sent at `at`: its promises end then, until it is restarted."""
-        self._end(Ending(node_id, at))
+        """kill -9 or SIGTERM sent at `at`. A SIGTERM hands over on purpose: its promises end
+        then, until it is restarted. A killed process's promises hold to their end (rule 22)."""
         if sigterm:
+            self._end(Ending(node_id, at))
             self._terminated[node_id] = at
 
     def restarted(self, node_id: str, at: float) -> None:

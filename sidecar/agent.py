@@ -66,6 +66,7 @@ from sidecar.keys import Keys
 from sidecar.membership import DuplicateNode, MemberKey
 from sidecar.orchestrator import OrchestratorWatch
 from sidecar.preference import Preference
+from sidecar.promise import PromiseFile
 from sidecar.proof import ProofOfLife
 from sidecar.quorum import QuorumHealth, QuorumMonitor
 from sidecar.records import OrchestratorHealth
@@ -120,8 +121,12 @@ class Agent:
         parts: Parts,
         *,
         previous_instance: str | None = None,
+        promises: PromiseFile | None = None,
     ) -> None:
         self.config = config
+        # Rule 22: what our predecessor promised binds us too (sidecar.promise).
+        self.promises = promises
+        self._inherited_until = time.monotonic() + (promises.inherited() if promises else 0.0)
         self.previous_instance = previous_instance
         self.node_id = node_id
         self.store = store
@@ -302,6 +307,10 @@ class Agent:
             self._answered = now.epoch
             promise = time.monotonic() + (now.valid_for_s or 0.0)
             self._promised_until = max(self._promised_until, promise)
+            if self.promises is not None and self.session is not None:
+                # On disk before the answer leaves: all we may promise until the next renewal.
+                furthest = self.session.valid_until - self.config.leader.validity_margin
+                self.promises.cover(furthest, now.epoch)
         return now
 
     def _leading(self) -> Campaign | None:
@@ -358,6 +367,7 @@ class Agent:
     async def _cycle(self) -> str:
         if self._leaving is not None:
             return self._leaving  # nothing new is started on the way out
+        self.keeper.judge_silence()
         now = self.leadership()
         if (self._claimed or self._answered is not None) and not now.is_leader:
             # Rule 5, checked before anything else: this epoch is over for good.
@@ -697,7 +707,7 @@ class Agent:
         view = self.view
         if not view.synced or view.revision < self.member.revision:
             return None
-        mine = view.members.get(self.node_id)
+        mine = view.member_keys.get(self.node_id)  # proven or not: the key is what we heal
         if mine is not None and mine.lease != session.lease_id:  # the view has no lease-0 keys
             return await self._held_by_another(mine.lease)
         if self.conflict is not None:
@@ -801,6 +811,12 @@ class Agent:
         """
         if self.session is not None:
             self._drop_session()
+        owed = self._inherited_until - time.monotonic()
+        if owed > 0:
+            return (
+                f"not registering for {owed:.1f} s more: the previous process on this node "
+                "promised leadership until then, and its lease must outlive that promise"
+            )
         await self._revoke_stale_leases()
         session = await Session.open(
             self.store,
@@ -916,6 +932,8 @@ class Agent:
         lease = f"lease {leases[-1]:x}"
         if revoked:
             self.farewell = f"{lease} revoked"
+            if self.promises is not None:
+                self.promises.forget()  # our keys are gone: a successor leads already
         else:
             ttl = session.lease.ttl if session is not None else self.config.lease_ttl
             self.farewell = (

@@ -49,6 +49,9 @@ def _with_reason(event: ClusterEvent, old: ClusterView, new: ClusterView) -> Clu
         record = gone.record if gone is not None else None
         if record is not None and record.leaving:
             detail = {"reason": "stopped", "why": printable(record.leaving)}
+        elif str(event.detail.get("node_id")) in new.silent:
+            silent = "it stopped rewriting its key in time: its lease alone does not count"
+            detail = {"reason": "expired", "why": silent}
         else:
             detail = {"reason": "expired", "why": "its lease ended without a clean stop"}
         return replace(event, detail={**event.detail, **detail})

@@ -34,6 +34,7 @@ from sidecar.lock import InstanceLock, default_lock_path
 from sidecar.membership import MemberKey
 from sidecar.metrics import Metrics
 from sidecar.orchestrator import OrchestratorWatch
+from sidecar.promise import PromiseFile
 from sidecar.quorum import QuorumMonitor
 from sidecar.records import MemberRecord, printable
 from sidecar.settings import DNS_LABEL, RingsideConfig
@@ -58,6 +59,7 @@ def build_agent(
     *,
     previous_instance: str | None = None,
     quorum_interval_s: float = 2.0,
+    promises: PromiseFile | None = None,
 ) -> Agent:
     """An agent and its collaborators, wired from the configuration: the one place that
     knows which part talks to which (the orchestrator check publishes through our member key;
@@ -90,7 +92,9 @@ def build_agent(
         orchestrator=orchestrator,
         journal=Journal(store, keys, events, node_id=node_id) if leader.eligible else None,
     )
-    return Agent(config, node_id, store, parts, previous_instance=previous_instance)
+    return Agent(
+        config, node_id, store, parts, previous_instance=previous_instance, promises=promises
+    )
 
 
 def with_preference(config: RingsideConfig, inventory: Inventory | None) -> RingsideConfig:
@@ -150,7 +154,14 @@ async def _serve(
         eligible=config.leader.eligible,
         instance=lock.instance,
     )
-    agent = build_agent(config, node_id, store, record, previous_instance=lock.previous_instance)
+    agent = build_agent(
+        config,
+        node_id,
+        store,
+        record,
+        previous_instance=lock.previous_instance,
+        promises=PromiseFile.beside(lock.path),
+    )
     token = config.http.token or ensure_token(token_path(config.http.token_file, lock.path))
     tls = config.etcd.tls
     certificates = expiries({"ca": tls.ca, "client": tls.cert} if tls is not None else {})

@@ -101,15 +101,15 @@ def leader_change(old: ClusterView, new: ClusterView) -> Why:
     now = new.leader.node_id if new.leader is not None else None
     if request is not None and request.to in (None, now):  # else it moved for another reason
         return requested(request)
-    member = new.members.get(gone) or old.members.get(gone)
+    member = new.member_keys.get(gone) or old.member_keys.get(gone)
     record = member.record if member is not None else None
     if record is not None and record.leaving:
         return Why("shutdown", f"{gone} stopped ({printable(record.leaving)})")
     if record is not None and record.orchestrator is not None and not orchestrator_ok(member):
         return Why("orchestrator-unhealthy", why_down(gone, record.orchestrator))
-    if gone not in new.members:
-        return Why("crash", f"{gone}'s lease ended without a handover")
     deposal = next((d for d in new.deposals.values() if d.epoch == before.create_revision), None)
     if deposal is not None:
         return Why("crash", f"{gone} stopped proving it is alive (deposed by {deposal.by})")
+    if gone not in new.members:
+        return Why("crash", f"{gone}'s lease ended without a handover")
     return Why("resign", f"{gone} stepped down")

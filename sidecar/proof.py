@@ -104,7 +104,7 @@ class Sightings:
         for candidate in view.electable:
             if candidate.create_revision >= ours.epoch:
                 break
-            member = view.members.get(candidate.node_id)
+            member = view.member_keys.get(candidate.node_id)
             record = member.record if member is not None else None
             proof_ttl = record.proof_ttl if record is not None else 0
             if proof_ttl and self.silent_for(candidate, now) > proof_ttl:

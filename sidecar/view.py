@@ -26,7 +26,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Protocol
@@ -165,7 +165,12 @@ class ClusterView:
     """
 
     revision: int = 0
+    # Live members: a key on a lease, whose holder proved itself in time as far as this node
+    # saw (`silent` are the others, decision 0022). `member_keys` holds every member key on a
+    # lease, proven or not: the election is judged on it, the same on every node.
     members: Mapping[str, Member] = field(default_factory=lambda: MappingProxyType({}))
+    member_keys: Mapping[str, Member] = field(default_factory=lambda: MappingProxyType({}))
+    silent: frozenset[str] = frozenset()
     candidates: tuple[Candidate, ...] = ()
     synced: bool = False
     changed_at: float = 0.0  # wall-clock time of the last change, for people
@@ -341,7 +346,7 @@ def apply_batch(
 ) -> ClusterView:
     """The view after one batch of events (pure: the old view is not touched)."""
     draft = _Draft(
-        dict(view.members),
+        dict(view.member_keys),
         list(view.candidates),
         set(view.unleased),
         dict(view.switchovers),
@@ -362,10 +367,20 @@ def apply_batch(
             draft.candidates[:] = [c for c in draft.candidates if c.key != kv.key]
     candidates = sorted(draft.candidates, key=lambda c: c.create_revision)
     electable, ignored = _judge(keys, candidates, draft, view.rules)
+    member_keys = dict(sorted(draft.members.items()))
+    # Still silent: unchanged since the keeper judged them so; a new proof speaks for itself.
+    silent = frozenset(
+        node_id
+        for node_id in view.silent
+        if node_id in member_keys
+        and member_keys[node_id].mod_revision == view.member_keys[node_id].mod_revision
+    )
     return replace(
         view,
         revision=header.revision,
-        members=MappingProxyType(dict(sorted(draft.members.items()))),
+        members=_live(member_keys, silent),
+        member_keys=MappingProxyType(member_keys),
+        silent=silent,
         candidates=tuple(candidates),
         changed_at=time.time(),
         header=header,
@@ -376,6 +391,43 @@ def apply_batch(
         deposals=MappingProxyType(draft.deposals),
         deposals_revision=max(draft.deposal_writes),
     )
+
+
+def _live(member_keys: Mapping[str, Member], silent: frozenset[str]) -> Mapping[str, Member]:
+    return MappingProxyType({k: m for k, m in member_keys.items() if k not in silent})
+
+
+def with_silent(view: ClusterView, silent: frozenset[str]) -> ClusterView:
+    """`view` with `silent` members set apart (they keep their keys, and their place in the
+    election, until a deposal or their lease ends them)."""
+    silent = silent & view.member_keys.keys()
+    if silent == view.silent:
+        return view
+    return replace(view, silent=silent, members=_live(view.member_keys, silent))
+
+
+@dataclass
+class MemberSightings:
+    """When this node first saw each member key at its current `mod_revision` (monotonic):
+    a member whose key has not changed for longer than the proof of life its record declares
+    is silent, whoever keeps its lease alive (decision 0022). One declaring more than the
+    cluster's maximum counts as silent at once; records from before proofs of life (0) are
+    judged by their lease alone."""
+
+    _first_seen: dict[str, tuple[int, float]] = field(default_factory=dict)
+
+    def silent(self, view: ClusterView, now: float) -> frozenset[str]:
+        found = set()
+        for node_id, member in view.member_keys.items():
+            seen = self._first_seen.get(node_id)
+            if seen is None or seen[0] != member.mod_revision:
+                seen = self._first_seen[node_id] = (member.mod_revision, now)
+            declared = member.record.proof_ttl if member.record is not None else 0
+            if declared > view.rules.max_ttl_s or (declared and now - seen[1] > declared):
+                found.add(node_id)
+        for gone in self._first_seen.keys() - view.member_keys.keys():
+            del self._first_seen[gone]
+        return frozenset(found)
 
 
 class ViewListener(Protocol):
@@ -396,19 +448,36 @@ class ViewKeeper:
     view, every etcd header seen, and every full load."""
 
     def __init__(
-        self, store: Store, keys: Keys, *, retry_s: float = 0.5, rules: Rules = Rules()
+        self,
+        store: Store,
+        keys: Keys,
+        *,
+        retry_s: float = 0.5,
+        rules: Rules = Rules(),
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.keys = keys
         self.rules = rules
         self.current = ClusterView(rules=rules)
+        self.sightings = MemberSightings()
+        self._clock = clock
         self._listeners: list[ViewListener] = []
         self._retry_s = retry_s
 
     def listen(self, listener: ViewListener) -> None:
         self._listeners.append(listener)
 
+    def judge_silence(self) -> None:
+        """Set apart the members that stopped proving they are alive, by our clock now (the
+        keeper does after every batch; the owner's loop calls it between batches too)."""
+        current = self.current
+        judged = with_silent(current, self.sightings.silent(current, self._clock()))
+        if judged is not current:
+            self._publish(judged)
+
     def _publish(self, view: ClusterView) -> None:
+        view = with_silent(view, self.sightings.silent(view, self._clock()))
         old, self.current = self.current, view
         for listener in self._listeners:
             listener.view_changed(old, view)

@@ -18,7 +18,7 @@ from sidecar.keys import Keys
 from sidecar.proof import Sightings, depose, renew
 from sidecar.records import MemberRecord
 from sidecar.store.memory import MemoryStore
-from sidecar.view import ClusterView, Rules, build_view
+from sidecar.view import ClusterView, Rules, ViewKeeper, build_view
 from tests.agents import TTL, running_agent, until
 
 KEYS = Keys("proof")
@@ -124,6 +124,45 @@ def test_a_key_is_stale_once_unchanged_for_its_proof_ttl_by_our_clock() -> None:
     assert sightings.stale(view, Campaign("k", 1, view.electable[0].create_revision), 300) == []
 
 
+async def test_a_member_that_stops_proving_is_silent_until_it_proves_again() -> None:
+    """Members are judged by their proof too: a key kept by someone else's keepalives is not a
+    live member. It keeps its key (and its place in the election, which only a deposal ends)."""
+    store = MemoryStore()
+    clock = [100.0]
+    keeper = ViewKeeper(store, KEYS, clock=lambda: clock[0])
+    await stand(store, "node-a", proof_ttl=5)
+    await stand(store, "node-b", proof_ttl=5)
+    keeper._publish(await load(store))  # as a full load does
+    clock[0] = 105.0
+    keeper.judge_silence()
+    assert set(keeper.current.members) == {"node-a", "node-b"}
+    member = keeper.current.member_keys["node-b"]
+    assert member.record is not None
+    await store.put(KEYS.member("node-b"), member.record.encode(), lease=member.lease)
+    keeper._publish(await load(store))
+    clock[0] = 105.1
+    keeper.judge_silence()
+    assert set(keeper.current.members) == {"node-b"}, "node-a has not proved itself for 5.1 s"
+    assert set(keeper.current.member_keys) == {"node-a", "node-b"}
+    assert keeper.current.alive == 1
+    assert keeper.current.leader is not None, "silence alone deposes nobody"
+    record = keeper.current.member_keys["node-a"]
+    assert record.record is not None
+    await store.put(KEYS.member("node-a"), record.record.encode(), lease=record.lease)
+    keeper._publish(await load(store))
+    assert set(keeper.current.members) == {"node-a", "node-b"}, "a new proof speaks at once"
+
+
+async def test_a_member_declaring_more_than_the_maximum_is_never_live() -> None:
+    store = MemoryStore()
+    keeper = ViewKeeper(store, KEYS, rules=Rules(max_ttl_s=60))
+    await stand(store, "node-a", proof_ttl=9_000)
+    found = await store.get(KEYS.prefix, prefix=True)
+    keeper._publish(build_view(KEYS, found.kvs, found.header, Rules(max_ttl_s=60)))
+    assert keeper.current.members == {}
+    assert keeper.current.leader is None
+
+
 class Freezable:
     """A store seen through a process that can be frozen: while `frozen`, every call hangs
     (SIGSTOP), while etcd itself, and anyone else talking to it, goes on."""
@@ -189,6 +228,7 @@ async def test_a_frozen_leader_whose_lease_a_stranger_renews_is_deposed_in_time(
             assert (n2.leadership().epoch or 0) > (epoch or 0)
             assert n2.liveness.deposed == 1
             assert not n1.leadership().is_leader
+            await until(lambda: "n1" not in n2.view.members, within_s=1)
         finally:
             stop.set()
             await stranger

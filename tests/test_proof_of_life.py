@@ -75,7 +75,17 @@ async def test_a_strangers_keepalives_keep_no_killed_leader_leading(
         assert renewed[-1] > 0, "the stranger's keepalives went through"
         assert (await root.get(KEYS.candidate(dead))).kvs, "the dead leader's key still exists"
         assert took <= TTL + 1
+
+        async def dead_is_gone() -> bool:
+            for node_id in (heir, OBSERVER):
+                status = await fleet.get(fleet.sidecars[node_id], "/v1/status")
+                if status is None or dead in {m["node_id"] for m in status["members"]}:
+                    return False
+            return True
+
+        await wait_for(dead_is_gone, TTL + 1 - took, what=f"{dead} gone from the members")
         # For another lease time of keepalives, nobody names the dead node as leader again.
+        assert (await root.get(KEYS.member(dead))).kvs, "its member key is still kept alive"
         until = time.monotonic() + TTL
         while time.monotonic() < until:
             for node_id in (heir, OBSERVER):
