@@ -65,6 +65,7 @@ from sidecar.journal import Journal, read_history
 from sidecar.keys import Keys
 from sidecar.membership import DuplicateNode, MemberKey
 from sidecar.orchestrator import OrchestratorWatch
+from sidecar.pending import PendingSwitchover
 from sidecar.preference import Preference
 from sidecar.promise import PromiseFile
 from sidecar.proof import ProofOfLife
@@ -171,6 +172,9 @@ class Agent:
         self.leadership_note: str | None = None  # leading with our orchestrator down, and why
         leader = config.leader
         self.preference = Preference(leader.preferred or None, stable_after=leader.preferred_after)
+        # A request nobody can complete stops blocking the rules (issue 21): the switchover
+        # hold is the most a leader may wait before honouring one.
+        self.pending = PendingSwitchover(grace_s=leader.switchover_hold + 1.0)
         self._preference_asked: int | None = None  # the epoch we asked to hand over for it
         self.last_change: LeaderChange | None = None  # the latest leader change seen, and why
 
@@ -277,7 +281,7 @@ class Agent:
             last_cycle=self.last_cycle,
             health_handovers=self.health_handovers,
             leadership_note=self.leadership_note if now.is_leader else None,
-            switchover=self.view.switchover,
+            switchover=self.pending.current(self.view, time.monotonic()),
             preferred=self.preference.standing,
             last_change=self.last_change,
         )
@@ -390,12 +394,14 @@ class Agent:
         if deposed is not None:
             return deposed
         await self.liveness.forget(self.view)
-        moved = await self._switchover_rule(now)
-        if moved is not None:
-            return moved
+        # The orchestrator's health first: a pending request must never keep a leader whose
+        # orchestrator is down (issue 21: 55 s behind a request that could not complete).
         aside = await self._orchestrator_rule(now)
         if aside is not None:
             return aside
+        moved = await self._switchover_rule(now)
+        if moved is not None:
+            return moved
         preferred = await self._preference_rule(now)
         if preferred is not None:
             return preferred
@@ -448,7 +454,15 @@ class Agent:
                 raise SwitchoverRefused(f"{to} leads already (epoch {view.epoch})")
         elif len(view.electable) < 2:
             raise SwitchoverRefused("there is no other candidate to hand over to")
-        request = json.dumps({"to": to, "epoch": view.epoch, "by": self.node_id, "reason": reason})
+        request = json.dumps(
+            {
+                "to": to,
+                "epoch": view.epoch,
+                "by": self.node_id,
+                "reason": reason,
+                "timeout_s": timeout_s,
+            }
+        )
         # Before the write: the loop may see the key in the view before the put returns here.
         self._request_deadline = time.monotonic() + timeout_s
         await self.store.put(
@@ -461,7 +475,7 @@ class Agent:
         """Act on a switchover asked for the current epoch (decision 0016): the leader hands
         over, and with a target every candidate older than it queues again behind it."""
         await self._drop_stale_request()
-        request, session = self.view.switchover, self.session
+        request, session = self.pending.current(self.view, time.monotonic()), self.session
         if now.is_leader and self._held[0] != now.epoch:
             self._held = (now.epoch, time.monotonic())
         if request is None or self.candidacy is None or session is None:
@@ -494,7 +508,8 @@ class Agent:
         (decision 0017), through a switchover request of our own; once per epoch."""
         target = self.preference.due(self.view, self.node_id)
         epoch = now.epoch
-        if target is None or not now.is_leader or self.view.switchover is not None:
+        pending = self.pending.current(self.view, time.monotonic())
+        if target is None or not now.is_leader or pending is not None:
             return None
         if epoch is None or self._preference_asked == epoch:
             return None

@@ -37,6 +37,7 @@ from sidecar.settings import DNS_LABEL
 from sidecar.store.base import Store
 from sidecar.store.errors import Compacted, StoreError
 from sidecar.store.model import EventType, Header, KeyValue
+from sidecar.throttle import KeyedThrottle
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +109,11 @@ class Switchover:
     epoch: int
     revision: int
     reason: str = "switchover"  # or "preferred-leader" (decision 0017)
+    timeout_s: float = 30.0  # its writer withdraws it then; every node stops waiting then
 
 
 MAX_SWITCHOVER_BYTES = 1024
+MAX_SWITCHOVER_WAIT_S = 660.0  # the API's longest timeout (600 s) and the longest hold
 
 
 def parse_switchover(by: str, kv: KeyValue) -> Switchover | None:
@@ -131,7 +134,11 @@ def parse_switchover(by: str, kv: KeyValue) -> Switchover | None:
     reason = document.get("reason", "switchover")
     if reason not in ("switchover", "preferred-leader"):
         return None
-    return Switchover(by, to, epoch, kv.mod_revision, reason)
+    timeout_s = document.get("timeout_s", 30.0)
+    if not isinstance(timeout_s, (int, float)) or isinstance(timeout_s, bool):
+        return None
+    timeout_s = min(max(float(timeout_s), 1.0), MAX_SWITCHOVER_WAIT_S)
+    return Switchover(by, to, epoch, kv.mod_revision, reason, timeout_s)
 
 
 @dataclass(frozen=True)
@@ -230,6 +237,7 @@ def build_view(
 
 
 MAX_CANDIDATE_BYTES = 256
+_said = KeyedThrottle()  # warnings about keys others wrote (sidecar.throttle)
 
 
 @dataclass
@@ -250,7 +258,9 @@ def _apply_put(keys: Keys, kv: KeyValue, draft: _Draft) -> None:
         deposal = parse_deposal(keys, kv)
         if deposal is None:
             draft.deposals.pop(kv.key, None)
-            log.warning("ignoring deposal key %s: not a deposal", printable(kv.key, 120))
+            _said.warn(
+                log, kv.key, "ignoring deposal key %s: not a deposal", printable(kv.key, 120)
+            )
         else:
             draft.deposals[kv.key] = deposal
         return
@@ -259,7 +269,9 @@ def _apply_put(keys: Keys, kv: KeyValue, draft: _Draft) -> None:
         request = parse_switchover(by, kv) if DNS_LABEL.fullmatch(by) else None
         if request is None:
             draft.switchovers.pop(by, None)
-            log.warning("ignoring switchover key %s: not a request", printable(kv.key, 120))
+            _said.warn(
+                log, kv.key, "ignoring switchover key %s: not a request", printable(kv.key, 120)
+            )
         else:
             draft.switchovers[by] = request
         return
@@ -267,12 +279,14 @@ def _apply_put(keys: Keys, kv: KeyValue, draft: _Draft) -> None:
         node_id = kv.key.removeprefix(keys.members)
         if not DNS_LABEL.fullmatch(node_id):
             draft.members.pop(node_id, None)
-            log.warning("ignoring member key %r: not a node id", printable(kv.key, 120))
+            _said.warn(log, kv.key, "ignoring member key %r: not a node id", printable(kv.key, 120))
             return
         if kv.lease == 0:
             draft.members.pop(node_id, None)
             draft.unleased.add(node_id)
-            log.warning("ignoring member key %s: on no lease, so no live node holds it", kv.key)
+            _said.warn(
+                log, kv.key, "ignoring member key %s: on no lease, so no live node holds it", kv.key
+            )
             return
         draft.unleased.discard(node_id)
         record = parse_record(kv, node_id)

@@ -84,7 +84,7 @@ def test_a_new_leader_after_the_old_promise_ended_is_fine(
     assert findings.items == []
 
 
-@pytest.mark.parametrize("how", ["resign", "sigterm", "kill"])
+@pytest.mark.parametrize("how", ["resign", "sigterm"])
 def test_the_campaigns_own_stop_ends_a_promise_at_once(
     checks: ClaimChecks, findings: Findings, how: str
 ) -> None:
@@ -97,6 +97,16 @@ def test_the_campaigns_own_stop_ends_a_promise_at_once(
         checks.stopped("a", 1.5, sigterm=how == "sigterm")
     checks.leader_answer("b", leader("b", 12, at=1.53, valid=3.0))
     assert findings.items == []
+
+
+def test_a_killed_process_promise_holds_to_its_end(checks: ClaimChecks, findings: Findings) -> None:
+    """Rule 22: the orchestrator that heard it outlives the sidecar that made it."""
+    checks.leader_answer("a", leader("a", 10, at=1.0, valid=2.5))
+    checks.stopped("a", 1.5, sigterm=False)
+    checks.restarted("a", 1.6)
+    checks.leader_answer("b", leader("b", 12, at=2.0, valid=3.0))
+    assert checks_failed(findings) == ["overlapping-validity"]
+    checks.leader_answer("b", leader("b", 12, at=3.6, valid=3.0))  # after it: fine
 
 
 def test_a_partition_or_a_freeze_ends_no_promise(checks: ClaimChecks, findings: Findings) -> None:

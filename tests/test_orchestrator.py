@@ -79,12 +79,13 @@ async def test_health_reaches_other_nodes_and_only_changes_are_written(
         assert document["orchestrator"] == first.model_dump()
         assert member_document(observer.view.members["hetzner-cpu2"], None)["orchestrator"] is None
 
-        # A steady state is not rewritten: more checks, the same key version.
+        # A steady state changes nothing: more checks, the same record (its `since` too). The
+        # key itself is rewritten with every keepalive, unchanged, as proof of life (0022).
         key = Keys(cluster).member("hetzner-cpu1")
-        version = await _version(store, key)
+        value = await _value(store, key)
         later = fake.checks + 3
         await until(lambda: fake.checks >= later, within_s=10)
-        assert await _version(store, key) == version
+        assert await _value(store, key) == value
 
         fake.status = 503
         failing_from = fake.checks
@@ -93,10 +94,10 @@ async def test_health_reaches_other_nodes_and_only_changes_are_written(
         down = seen(observer, "hetzner-cpu1")
         assert down is not None
         assert down.detail == "HTTP 503"
-        version = await _version(store, key)  # staying down is not rewritten either
+        value = await _value(store, key)  # nor does staying down
         later = fake.checks + 3
         await until(lambda: fake.checks >= later, within_s=10)
-        assert await _version(store, key) == version
+        assert await _value(store, key) == value
 
         fake.status = 200
         await until(lambda: (seen(observer, "hetzner-cpu1") or _down()).healthy, within_s=10)
@@ -125,10 +126,10 @@ def _up() -> OrchestratorHealth:
     return OrchestratorHealth(healthy=True, detail="not seen yet", since="")
 
 
-async def _version(store: EtcdStore, key: str) -> int:
+async def _value(store: EtcdStore, key: str) -> bytes:
     kv = await get_one(store, key)
     assert kv is not None
-    return kv.version
+    return kv.value
 
 
 async def test_status_wide_shows_each_nodes_orchestrator(
