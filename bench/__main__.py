@@ -24,7 +24,7 @@ from typing import Any
 
 import psutil
 
-from bench import health, node, security, sidecars, trouble
+from bench import health, node, seat, security, sidecars, trouble
 from bench.floors import measure_floors
 from bench.netem import bad_network
 from bench.report import render_markdown
@@ -53,7 +53,7 @@ def _machine() -> dict[str, Any]:
 # asked, as the handover and convergence figures are compared with them).
 SECTIONS = (
     "floors", "detection", "failover", "handover", "convergence", "scale", "api", "footprint",
-    "bad_network", "trouble", "security", "orchestrator", "switchover",
+    "bad_network", "trouble", "security", "orchestrator", "switchover", "seat",
 )  # fmt: skip
 
 
@@ -158,6 +158,14 @@ class Bench:
         path = self.step("switchover")
         moved = await health.switchover(self.etcd, path, 5 if self.quick else 20)
         self.sections["switchover"] = [moved]
+
+    async def seat(self) -> None:
+        """Issue 21: crash-and-restart failover, and leader changes per etcd member fault."""
+        trials = 2 if self.quick else 5
+        restart = await seat.crash_restart(self.etcd, self.step("crash restart"), trials)
+        self.sections["crash_restart"] = restart
+        faults = await seat.member_faults(self.etcd, self.step("member faults"), trials)
+        self.sections["etcd_member_fault"] = faults
 
     async def security(self) -> None:
         """TLS + auth against plain, on two clusters of its own (not `self.etcd`)."""

@@ -53,6 +53,16 @@ EXPLAIN = {
     "as the floor. A trial that runs out of time counts in the median and the worst as more "
     "than its limit.",
 }
+EXPLAIN["crash_restart"] = (
+    "kill -9 the leader's sidecar and start it again at once, as a supervisor does; time until "
+    "another sidecar claims the leadership, and how many trials had a successor lead inside the "
+    "validity the killed process had just promised (target 0; decision 0025)."
+)
+EXPLAIN["etcd_member_fault"] = (
+    "five sidecars at TTL 5 s; one etcd member killed or paused for 3 s, the Raft leader or "
+    "another, then healed; ringside leader changes seen per trial (target 0: a majority stays "
+    "up). Keepalives and proofs of life go to two members at once and retry every 0.25 s."
+)
 ANCHORS = (
     "Defaults of the systems ringside is compared with: Kubernetes leader election fails over "
     "in about 15-17 s, Patroni in 20-30 s, Consul locks in 21-53 s, etcd's own election "
@@ -282,6 +292,7 @@ def render_markdown(results: dict[str, Any], previous: str | None = None) -> str
     for key in (
         "floors", "crash_detection", "crash_failover", "failover_during_etcd_election",
         "graceful_handover", "orchestrator_failover", "switchover", "convergence",
+        "crash_restart", "etcd_member_fault",
     ):  # fmt: skip
         if key not in s:
             continue  # results written before the scenario existed

@@ -37,7 +37,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sidecar.asyncio_compat import timeout
 from sidecar.changes import QuorumChanges, view_changes
@@ -157,6 +157,7 @@ class Agent:
         self._promised_until = 0.0  # monotonic; the furthest validity we reported as leader
         self._retiring_until = 0.0  # monotonic; keep the old session (never campaign) until then
         self._retry_at = 0.0  # monotonic; when to try registering again after a conflict
+        self._suspended_since: float | None = None  # monotonic: our validity ran out then
         self._wake = asyncio.Event()
         self._keepalive_task: asyncio.Task[None] | None = None
         self._stale_leases: list[int] = []
@@ -170,11 +171,12 @@ class Agent:
         self._request_deadline = 0.0  # monotonic: our switchover request is withdrawn then
         self._held: tuple[int | None, float] = (None, 0.0)  # (epoch, monotonic) we began leading
         self.leadership_note: str | None = None  # leading with our orchestrator down, and why
-        leader = config.leader
-        self.preference = Preference(leader.preferred or None, stable_after=leader.preferred_after)
+        self.preference = Preference(
+            config.leader.preferred or None, stable_after=config.leader.preferred_after
+        )
         # A request nobody can complete stops blocking the rules (issue 21): the switchover
         # hold is the most a leader may wait before honouring one.
-        self.pending = PendingSwitchover(grace_s=leader.switchover_hold + 1.0)
+        self.pending = PendingSwitchover(grace_s=config.leader.switchover_hold + 1.0)
         self._preference_asked: int | None = None  # the epoch we asked to hand over for it
         self.last_change: LeaderChange | None = None  # the latest leader change seen, and why
 
@@ -306,7 +308,17 @@ class Agent:
                 else None
             )
             reason = f"no answer from an etcd quorum for {stale:.1f} s"
-            return Leadership(False, None, None, None, reason, last, stale=True)
+            now = Leadership(False, None, None, None, reason, last, stale=True)
+        if not now.is_leader:
+            return self._suspended(now)
+        if self._suspended_since is not None:
+            log.warning(
+                "leading again at epoch %s after %.1f s without a renewal: etcd confirmed our "
+                "key, so nobody else could have led meanwhile",
+                now.epoch, time.monotonic() - self._suspended_since,
+                extra={"event": "resumed", "epoch": now.epoch},
+            )  # fmt: skip
+            self._suspended_since = None
         if now.is_leader:
             self._answered = now.epoch
             promise = time.monotonic() + (now.valid_for_s or 0.0)
@@ -316,6 +328,35 @@ class Agent:
                 furthest = self.session.valid_until - self.config.leader.validity_margin
                 self.promises.cover(furthest, now.epoch)
         return now
+
+    def _suspended(self, now: Leadership) -> Leadership:
+        """`now` (not leading), marked suspended when we led and may lead again at the same
+        epoch (decision 0026): our validity ran out, but our session lives and etcd, as we
+        last saw it, still has our key at the head of the election, undeposed. A renewal that
+        gets through proves nobody else could have led in between (it is fenced on our key
+        and on every deposal); anything else ends the epoch (rule 5, `_cycle`)."""
+        ours, session, view = self.candidacy, self.session, self.view
+        head = view.leader
+        held = self._claimed or self._answered is not None
+        if not (
+            held
+            and ours is not None
+            and session is not None
+            and not session.lost.is_set()
+            and head is not None
+            and (head.key, head.create_revision, head.lease) == (ours.key, ours.epoch, ours.lease)
+            and not any(d.epoch == ours.epoch for d in view.deposals.values())
+            and self.blocked() is None
+        ):
+            self._suspended_since = None
+            return now
+        if self._suspended_since is None:
+            self._suspended_since = time.monotonic()
+        reason = (
+            f"{now.reason} (suspended at epoch {ours.epoch}: leading again once etcd confirms "
+            "our key, else stepping down)"
+        )
+        return replace(now, reason=reason, suspended=True)
 
     def _leading(self) -> Campaign | None:
         """Our candidacy while we lead (leader-only work, such as the history, runs on it)."""
@@ -373,6 +414,8 @@ class Agent:
             return self._leaving  # nothing new is started on the way out
         self.keeper.judge_silence()
         now = self.leadership()
+        if now.suspended:
+            return now.reason  # nothing else moves until we lead again or step down
         if (self._claimed or self._answered is not None) and not now.is_leader:
             # Rule 5, checked before anything else: this epoch is over for good.
             return self._end_epoch(now.reason)

@@ -115,6 +115,10 @@ class Leadership:
     reason: str  # why we do or do not lead, for logs and status
     last_known: LastKnown | None = None  # set only when `leader` is None for lack of news
     stale: bool = False  # no answer from an etcd quorum within the validity budget (rule 11)
+    # We led this epoch, our validity ran out, and etcd still shows our key leading: we claim
+    # nothing, and lead again at the same epoch once a renewal proves nobody else could have
+    # (decision 0026), else step down.
+    suspended: bool = False
 
 
 def decide_leadership(

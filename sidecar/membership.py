@@ -179,7 +179,13 @@ async def _wait_out(
 
 
 async def update_record(
-    store: Store, keys: Keys, record: MemberRecord, session: Session, also: Sequence[TxnOp] = ()
+    store: Store,
+    keys: Keys,
+    record: MemberRecord,
+    session: Session,
+    also: Sequence[TxnOp] = (),
+    *,
+    hedged: bool = False,
 ) -> int | None:
     """Rewrite our member key with `record`, only while it is still ours (our lease holds it).
 
@@ -190,6 +196,7 @@ async def update_record(
     result = await store.txn(
         [Compare.lease_is(key, session.lease_id)],
         [Put(key, record.encode(), session.lease_id), *also],
+        hedged=hedged,
     )
     return result.header.revision if result.succeeded else None
 
@@ -243,7 +250,7 @@ class MemberKey:
         if self._session is not session:
             return False  # not registered on this session yet
         record = self.record
-        revision = await update_record(self.store, self.keys, record, session)
+        revision = await update_record(self.store, self.keys, record, session, hedged=True)
         if revision is None:
             return False
         if self.written != record:

@@ -55,6 +55,7 @@ async def renew(store: Store, keys: Keys, ours: Campaign, node_id: str, view: Cl
             Compare.none_written_after(keys.deposals, view.deposals_revision),
         ],
         [Put(ours.key, node_id.encode(), ours.lease)],
+        hedged=True,
     )
     return result.succeeded
 

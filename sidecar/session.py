@@ -22,6 +22,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from sidecar.deadline import within
 from sidecar.store.base import Store
 from sidecar.store.errors import LeaseNotFound, StoreError
 from sidecar.store.model import Lease
@@ -29,6 +30,8 @@ from sidecar.store.model import Lease
 log = logging.getLogger(__name__)
 
 PROOF_RETRY_S = 0.2  # after a refused proof: a deposal of another node we had not seen yet
+RETRY_S = 0.25  # after a failed renewal
+MIN_CALL_S = 0.5  # the shortest deadline a renewal gets, even once the validity ran out
 
 
 class Session:
@@ -102,19 +105,25 @@ class Session:
         return True
 
     async def run_keepalives(self) -> None:
-        """Renew every TTL/3 until the lease is lost; failures retry sooner, never give up.
+        """Renew every TTL/3 until the lease is lost; failures retry soon, never give up.
 
-        A keepalive that fails (no endpoint answered) is retried after TTL/6: one lost
-        keepalive must never cost the lease, and the validity clock keeps counting down
-        meanwhile, so a leader that cannot renew stops claiming in time anyway.
+        Each renewal must end while the lease may still live (its deadline is the validity
+        left, never less than `MIN_CALL_S`), and goes to two etcd members at once, so one slow
+        or paused member costs nothing. One that fails (no endpoint answered: an etcd leader
+        election takes 1-2 s) is retried every `RETRY_S`: one lost keepalive must never cost
+        the leadership, and the validity clock keeps counting down meanwhile, so a leader that
+        cannot renew stops claiming in time anyway.
         """
         period = self.declared_ttl / 3
+        failures = 0
         while not self.lost.is_set():
             last_sent = self.valid_until - self.declared_ttl
             delay = max(0.0, period - (time.monotonic() - last_sent))
             await asyncio.sleep(delay)
             try:
-                if not await self.keepalive():
+                with within(max(MIN_CALL_S, self.remaining())):
+                    renewed = await self.keepalive()
+                if not renewed:
                     await asyncio.sleep(PROOF_RETRY_S)  # the view catches up, the owner heals
                     continue
             except LeaseNotFound:
@@ -125,8 +134,16 @@ class Session:
                 )
                 return
             except StoreError as e:
-                log.warning("keepalive of lease %x failed: %s", self.lease.id, e)
-                await asyncio.sleep(self.lease.ttl / 6)
+                failures += 1
+                if failures == 1:  # once per outage; retries follow every RETRY_S
+                    log.warning("keepalive of lease %x failed: %s", self.lease.id, e)
+                await asyncio.sleep(min(RETRY_S, self.declared_ttl / 6))
+                continue
+            if failures:
+                log.info(
+                    "keepalive of lease %x went through after %d failures", self.lease.id, failures
+                )
+                failures = 0
 
     async def revoke(self) -> None:
         """End the lease now (best effort): our keys vanish at once instead of after the TTL."""

@@ -24,13 +24,14 @@ def make_agent(
     eligible: bool = True,
     token: str | None = None,
     orchestrator: dict[str, object] | None = None,
+    lease_ttl: int = TTL,
     **leader: object,
 ) -> Agent:
     """An agent with a short lease; `leader` overrides `leader.*` settings (hooks, margin)."""
     config = RingsideConfig.model_validate(
         {
             "cluster": cluster,
-            "lease_ttl": TTL,
+            "lease_ttl": lease_ttl,
             "leader": {"eligible": eligible, "validity_margin": 0.5, **leader},
             "http": {"token": token},
             "orchestrator": orchestrator or {},

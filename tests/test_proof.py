@@ -17,6 +17,7 @@ from sidecar.election import Campaign
 from sidecar.keys import Keys
 from sidecar.proof import Sightings, depose, renew
 from sidecar.records import MemberRecord
+from sidecar.store.errors import StoreUnavailable
 from sidecar.store.memory import MemoryStore
 from sidecar.view import ClusterView, Rules, ViewKeeper, build_view
 from tests.agents import TTL, running_agent, until
@@ -239,3 +240,51 @@ async def test_a_frozen_leader_whose_lease_a_stranger_renews_is_deposed_in_time(
         await until(lambda: n1.view.leader is not None and n1.view.leader.node_id == "n2")
         await until(lambda: n1.candidacy is not None and n1.candidacy.epoch > (epoch or 0))
         assert not n1.leadership().is_leader
+
+
+class Unrenewable:
+    """A store whose keepalives fail while `failing` (an etcd leader election, as seen by
+    one sidecar), everything else passing through."""
+
+    def __init__(self, inner: MemoryStore) -> None:
+        self.inner = inner
+        self.failing = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def lease_keepalive(self, lease_id: int) -> int:
+        if self.failing:
+            raise StoreUnavailable("no etcd endpoint answered: electing a leader")
+        return await self.inner.lease_keepalive(lease_id)
+
+
+async def test_a_leader_whose_renewals_fail_for_a_while_keeps_its_epoch() -> None:
+    """Issue 21: an etcd leader election (1-2 s with no renewal) used to move the leadership
+    at TTL 5 s. Past its validity the leader claims nothing (suspended, and its fence answers
+    503, not 409), then leads again at the same epoch once a renewal proves its key still
+    heads the election; nobody else led, no demotion was announced."""
+    store = MemoryStore()
+    flaky = Unrenewable(store)
+    options: dict[str, Any] = {"lease_ttl": 4, "validity_margin": 2.0}
+    async with (
+        running_agent(flaky, "n1", "proof", **options) as n1,  # type: ignore[arg-type]
+        running_agent(store, "n2", "proof", **options) as n2,
+    ):
+        await until(lambda: n1.leadership().is_leader and len(n2.view.electable) == 2)
+        epoch = n1.leadership().epoch
+        flaky.failing = True
+        await until(lambda: n1.leadership().suspended, within_s=4)
+        suspended = n1.leadership()
+        assert not suspended.is_leader
+        assert f"suspended at epoch {epoch}" in suspended.reason
+        assert not n2.leadership().is_leader
+        flaky.failing = False
+        await until(lambda: n1.leadership().is_leader, within_s=3)
+        assert n1.leadership().epoch == epoch
+        assert not [
+            e for e in n1.events if e.kind == "leader_changed" and e.detail.get("epoch") != epoch
+        ]
+        assert n1.session is not None
+        assert n1.candidacy is not None
+        assert n1.candidacy.epoch == epoch

@@ -215,6 +215,8 @@ async def fence(request: web.Request) -> web.Response:
         raise web.HTTPBadRequest(reason="epoch is required")
     now = request.app[STATE].agent.leadership()
     fields = {"epoch": now.epoch, "leader": now.leader, "is_self": now.is_leader}
+    if now.suspended:  # it cannot vouch either way until etcd answers (decision 0026)
+        return error(503, "this node cannot vouch for any epoch now", reason=now.reason, **fields)
     if not now.is_leader:
         return error(409, "this node is not the leader", reason=now.reason, **fields)
     if epoch != now.epoch:

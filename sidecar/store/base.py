@@ -97,6 +97,8 @@ class Store(abc.ABC):
         compare: Sequence[Compare],
         success: Sequence[TxnOp],
         failure: Sequence[TxnOp] = (),
+        *,
+        hedged: bool = False,
     ) -> TxnResult:
         """If every compare holds, apply `success`, else `failure` (etcd: kv txn).
 
@@ -105,6 +107,10 @@ class Store(abc.ABC):
         This is how ringside acquires anything: `Compare.absent(key)` then
         `Put(key, value, lease)`; a lost race returns `succeeded=False` with the failure
         branch's responses (put a `Get` there to learn who holds the key).
+
+        `hedged`: the request may go to two members at once, the first answer winning, so
+        one slow member costs nothing. Only for a transaction that may apply twice (a proof
+        of life rewrites a key with the value it has).
         """
 
     @abc.abstractmethod
@@ -120,6 +126,7 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def lease_keepalive(self, lease_id: int) -> int:
         """Renew the lease to its full TTL and return that TTL (etcd: lease keepalive).
+        The store may ask two members at once (a renewal may apply twice).
 
         Raises `LeaseNotFound` once the lease expired or was revoked: it cannot be revived,
         its keys are gone.

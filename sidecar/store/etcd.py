@@ -121,6 +121,8 @@ class EtcdStore(Store):
         compare: Sequence[Compare],
         success: Sequence[TxnOp],
         failure: Sequence[TxnOp] = (),
+        *,
+        hedged: bool = False,
     ) -> TxnResult:
         body = {
             "compare": [encode_compare(c) for c in compare],
@@ -128,7 +130,7 @@ class EtcdStore(Store):
             "failure": [encode_op(op) for op in failure],
         }
         try:
-            answer = await self.gateway.call("/v3/kv/txn", body)
+            answer = await self.gateway.call("/v3/kv/txn", body, hedge=2 if hedged else 1)
         except EtcdApiError as e:
             leases = [op.lease for op in (*success, *failure) if isinstance(op, Put) and op.lease]
             raise LeaseNotFound(leases[0] if leases else 0) from e
@@ -147,7 +149,7 @@ class EtcdStore(Store):
         return Lease(id=as_int(answer, "ID"), ttl=as_int(answer, "TTL"))
 
     async def lease_keepalive(self, lease_id: int) -> int:
-        answer = await self.gateway.call("/v3/lease/keepalive", {"ID": str(lease_id)})
+        answer = await self.gateway.call("/v3/lease/keepalive", {"ID": str(lease_id)}, hedge=2)
         ttl = as_int(as_obj(answer, "result"), "TTL")
         if ttl <= 0:
             raise LeaseNotFound(lease_id)

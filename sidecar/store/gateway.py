@@ -138,15 +138,23 @@ class EtcdGateway:
 
     # --- public --------------------------------------------------------------------------
 
-    async def call(self, path: str, body: JsonObject) -> JsonObject:
+    async def call(self, path: str, body: JsonObject, *, hedge: int = 1) -> JsonObject:
         """POST `body` to `path` on the first endpoint that serves it; raise otherwise.
 
         The whole call, all endpoints included, ends within `call_timeout`, or by the
-        enclosing deadline when that comes first.
+        enclosing deadline when that comes first. With `hedge` > 1 the first `hedge`
+        endpoints are asked at once and the first answer wins, so one slow or paused member
+        costs nothing (keepalives and proofs of life: requests that may be applied twice).
         """
         deadline = Deadline(self.call_timeout).earlier(enclosing())
         failures: list[str] = []
-        for endpoint in self._rotation():
+        rotation = self._rotation()
+        if hedge > 1 and len(rotation) > 1:
+            first, rotation = rotation[:hedge], rotation[hedge:]
+            answer = await self._first_answer(first, path, body, deadline, failures)
+            if answer is not None:
+                return answer
+        for endpoint in rotation:
             if deadline.expired:
                 break
             try:
@@ -159,6 +167,39 @@ class EtcdGateway:
             self._preferred = self.endpoints.index(endpoint)
             return answer
         raise StoreUnavailable("no etcd endpoint answered: " + "; ".join(failures or ["timed out"]))
+
+    async def _first_answer(
+        self,
+        endpoints: list[str],
+        path: str,
+        body: JsonObject,
+        deadline: Deadline,
+        failures: list[str],
+    ) -> JsonObject | None:
+        """The first answer of `endpoints`, asked at once; None when every one failed (each
+        failure noted). An error etcd answered (a refused compare's peer: lease not found,
+        permission denied) is an answer, raised as the first such one came."""
+        asks = {
+            asyncio.ensure_future(self._post(endpoint, path, body, deadline)): endpoint
+            for endpoint in endpoints
+        }
+        try:
+            pending = set(asks)
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    error = task.exception()
+                    if isinstance(error, _EndpointFailed):
+                        failures.append(f"{asks[task]}: {error}")
+                        continue
+                    if error is None:
+                        self._preferred = self.endpoints.index(asks[task])
+                    return task.result()
+            return None
+        finally:
+            for task in asks:
+                task.cancel()
+            await asyncio.gather(*asks, return_exceptions=True)
 
     async def call_endpoint(self, endpoint: str, path: str, body: JsonObject) -> JsonObject:
         """POST to exactly `endpoint`, without failing over (health checks use this)."""

@@ -195,6 +195,8 @@ class MemoryStore(Store):
         compare: Sequence[Compare],
         success: Sequence[TxnOp],
         failure: Sequence[TxnOp] = (),
+        *,
+        hedged: bool = False,
     ) -> TxnResult:
         self._expire_due()
         _check_branch(success)

@@ -16,7 +16,7 @@ import pytest
 
 from sidecar.store.errors import StoreUnavailable
 from sidecar.store.etcd import EtcdStore
-from sidecar.store.model import EventType, WatchBatch
+from sidecar.store.model import Compare, EventType, Put, WatchBatch
 from sidecar.testing.localcluster import EtcdMember, LocalEtcdCluster
 from tests.reads import get_one
 from tests.waiting import next_batch, wait_for
@@ -165,3 +165,34 @@ async def test_every_endpoint_down_is_store_unavailable(etcd: LocalEtcdCluster) 
         assert all(state.reachable is False for state in store.endpoint_states())
     finally:
         await store.close()
+
+
+async def test_a_renewal_asks_two_members_at_once_so_a_paused_one_costs_nothing(
+    etcd: LocalEtcdCluster, prefix: str
+) -> None:
+    """Issue 21: one etcd member's fault must not cost the leader its seat. A keepalive and
+    a proof of life (a hedged txn) go to two members at once and the first answer wins, so a
+    paused member first in line delays neither (each asked by a client that has not yet
+    learned to avoid it; a plain request waits the request timeout out, as above)."""
+    used = etcd.followers()[0]
+    setup = client_using(etcd, used)
+    renewing, proving = client_using(etcd, used), client_using(etcd, used)
+    try:
+        lease = await setup.lease_grant(10)
+        await setup.put(prefix + "proof", b"1", lease=lease.id)
+        used.pause()
+        started = time.monotonic()
+        assert await renewing.lease_keepalive(lease.id) == 10
+        assert time.monotonic() - started < 0.5 * REQUEST_TIMEOUT_S
+        started = time.monotonic()
+        proved = await proving.txn(
+            [Compare.lease_is(prefix + "proof", lease.id)],
+            [Put(prefix + "proof", b"1", lease.id)],
+            hedged=True,
+        )
+        assert proved.succeeded
+        assert time.monotonic() - started < 0.5 * REQUEST_TIMEOUT_S
+    finally:
+        used.resume()
+        for store in (setup, renewing, proving):
+            await store.close()
