@@ -64,7 +64,10 @@ class Prober:
             return Answer(None, None, sent, time.monotonic())
         received = time.monotonic()
         body = _json_object(text)
-        if status >= 500:
+        # A 503 in the API's error shape is an answer ("not ready", "cannot vouch": decision
+        # 0026), documented in the OpenAPI file; any other 5xx is a server error.
+        refusal = status == 503 and body is not None and isinstance(body.get("error"), str)
+        if status >= 500 and not refusal:
             self.server_errors += 1
             self.findings.violation(
                 "server-error",

@@ -81,22 +81,30 @@ def parse_deposal(keys: Keys, kv: KeyValue) -> Deposal | None:
     by, _, target = kv.key.removeprefix(keys.deposals).partition("/")
     if not (DNS_LABEL.fullmatch(by) and DNS_LABEL.fullmatch(target)):
         return None
-    if len(kv.value) > MAX_DEPOSAL_BYTES:
+    document = json_object(kv.value, MAX_DEPOSAL_BYTES)
+    if document is None:
+        return None
+    epoch, proof = _revision(document.get("epoch")), _revision(document.get("proof"))
+    if epoch is None or proof is None:
+        return None
+    return Deposal(by, target, epoch, proof)
+
+
+def json_object(raw: bytes, limit: int) -> dict[str, object] | None:
+    """`raw` as a JSON object, or None when it is longer than `limit` bytes or no object."""
+    if len(raw) > limit:
         return None
     try:
-        document = json.loads(kv.value)
+        document = json.loads(raw)
     except ValueError:
         return None
-    if not isinstance(document, dict):
-        return None
-    epoch, proof = document.get("epoch"), document.get("proof")
-    if not (_revision(epoch) and _revision(proof)):
-        return None
-    return Deposal(by, target, int(epoch), int(proof))  # type: ignore[arg-type]
+    return document if isinstance(document, dict) else None
 
 
-def _revision(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+def _revision(value: object) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return None
 
 
 @dataclass(frozen=True)
@@ -118,13 +126,8 @@ MAX_SWITCHOVER_WAIT_S = 660.0  # the API's longest timeout (600 s) and the longe
 
 def parse_switchover(by: str, kv: KeyValue) -> Switchover | None:
     """The request in `kv`, or None when it is not one (hostile input: rule 14)."""
-    if len(kv.value) > MAX_SWITCHOVER_BYTES or kv.lease == 0:
-        return None
-    try:
-        document = json.loads(kv.value)
-    except ValueError:
-        return None
-    if not isinstance(document, dict):
+    document = json_object(kv.value, MAX_SWITCHOVER_BYTES)
+    if document is None or kv.lease == 0:
         return None
     to, epoch = document.get("to"), document.get("epoch")
     if to is not None and not (isinstance(to, str) and DNS_LABEL.fullmatch(to)):

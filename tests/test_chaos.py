@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 import bench.report
 import chaos.converge
@@ -20,9 +22,9 @@ from chaos.campaign import Campaign, Options
 from chaos.claims import ClaimChecks
 from chaos.findings import Findings
 from chaos.plan import ALL_FAULTS, Fault, compatible, make_plan, parse_faults
-from chaos.probe import Answer
+from chaos.probe import Answer, Prober
 from sidecar.testing.localcluster import LocalEtcdCluster
-from tests.fleet import Fleet
+from tests.fleet import Fleet, Sidecar
 from tests.paths import ROOT
 
 TTL, MARGIN = 5.0, 2.0
@@ -250,3 +252,32 @@ async def test_a_short_campaign_finds_nothing_and_reports(
     assert "<!-- chaos:begin -->" in section
     assert "| 5 s |" in section
     assert f"| 5 s | {result['date']} | 5 | 3/3 |" in section
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "flagged"),
+    [
+        (503, {"error": "this node cannot vouch for any epoch now"}, False),  # decision 0026
+        (503, "<html>Service Unavailable</html>", True),
+        (500, {"error": "boom"}, True),
+    ],
+)
+async def test_only_a_documented_refusal_is_not_a_server_error(
+    status: int, body: Any, flagged: bool
+) -> None:
+    async def answer(request: web.Request) -> web.Response:
+        text = json.dumps(body) if isinstance(body, dict) else body
+        return web.Response(status=status, text=text)
+
+    app = web.Application()
+    app.router.add_get("/v1/fence", answer)
+    async with TestServer(app) as server:
+        findings = Findings(seed=1, started=0.0, echo=False)
+        prober = Prober(findings)
+        sidecar = Sidecar("n1", server.port or 0, {}, Path("/dev/null"))
+        try:
+            reply = await prober.request(sidecar, "/v1/fence?epoch=3")
+        finally:
+            await prober.close()
+    assert reply.status == status
+    assert bool(findings.items) is flagged
