@@ -81,10 +81,11 @@ def build_agent(
     )
     leader = config.leader
     events = EventLog()
+    rules = Rules(max_ttl_s=config.max_lease_ttl, legacy=leader.upgrade_from_0_1)
     parts = Parts(
         keys=keys,
         member=member,
-        view=ViewKeeper(store, keys, rules=Rules(max_ttl_s=config.max_lease_ttl)),
+        view=ViewKeeper(store, keys, rules=rules),
         quorum=QuorumMonitor(store, interval_s=quorum_interval_s, probe_key=keys.prefix),
         hooks=RoleHooks(leader.on_elected, leader.on_demoted, leader.hook_timeout, node_id),
         events=events,

@@ -272,6 +272,9 @@ class LeaderSettings(_Settings):
     # A leader honours a switchover request only once it has led this long, so requests
     # (from any node's credential) cannot move the leadership more often than this.
     switchover_hold: float = Field(default=5.0, ge=0, le=600)
+    # Only while upgrading from 0.1 (decision 0010): count 0.1 candidates, which prove nothing
+    # but their lease (decision 0022). Off, a record that declares no proof of life never leads.
+    upgrade_from_0_1: bool = False
 
 
 class OrchestratorSettings(_Settings):

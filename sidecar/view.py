@@ -47,6 +47,7 @@ class Rules:
     """What every node must configure alike for the view to be the same everywhere."""
 
     max_ttl_s: int = 60  # a proof of life declared longer than this counts for nothing
+    legacy: bool = False  # ringside 0.1 candidates count, by their lease alone (an upgrade)
 
 
 @dataclass(frozen=True)
@@ -332,6 +333,11 @@ def why_not_electable(
         return f"member {candidate.node_id} is not leader-eligible"
     if member.create_revision > candidate.create_revision:
         return f"member {candidate.node_id} joined again after this candidacy"
+    if member.record.proof_ttl == 0 and not (rules.legacy and member.record.election_layout == 1):
+        return (
+            f"member {candidate.node_id} declares no proof of life: its lease alone proves "
+            "nothing (a sidecar from before 0.2, or a record written by hand)"
+        )
     if member.record.proof_ttl > rules.max_ttl_s:
         return (
             f"member {candidate.node_id} declares a proof of life of {member.record.proof_ttl} s, "

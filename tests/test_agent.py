@@ -56,7 +56,7 @@ async def sole_candidate(store: Store, cluster: str) -> tuple[Session, Campaign,
     """A session that campaigned alone, and the view that makes it the leader."""
     keys = Keys(cluster)
     session = await Session.open(store, TTL)
-    await register(store, keys, MemberRecord(node_id="n1", eligible=True), session)
+    await register(store, keys, MemberRecord(node_id="n1", eligible=True, proof_ttl=TTL), session)
     ours = await enter_election(store, keys, session, "n1")
     loaded = await store.get(keys.prefix, prefix=True)
     return session, ours, build_view(keys, loaded.kvs, loaded.header)

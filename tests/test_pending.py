@@ -53,14 +53,15 @@ def test_a_request_carries_its_timeout_and_a_hostile_one_is_bounded() -> None:
 
 
 async def test_a_leader_stops_waiting_for_a_switchover_nobody_can_complete() -> None:
-    """A request to n3 while a candidate ahead of n3 never queues again (a sidecar from before
-    proofs of life, frozen, its lease kept alive): the leader drops it after its timeout."""
+    """A request to n3 while a candidate ahead of n3 never queues again (its sidecar stuck,
+    its proof of life not yet stale): the leader drops it after its timeout."""
     store = MemoryStore()
     async with running_agent(store, "n1", CLUSTER, switchover_hold=0.5) as n1:
         await until(lambda: n1.leadership().is_leader)
         zombie = await store.lease_grant(60)
-        legacy = MemberRecord(node_id="zz", eligible=True)  # no proof_ttl: its lease judges it
-        await store.put(KEYS.member("zz"), legacy.encode(), lease=zombie.id)
+        # Proves itself for the longest time allowed, and never queues again (a stuck sidecar).
+        stuck = MemberRecord(node_id="zz", eligible=True, proof_ttl=60)
+        await store.put(KEYS.member("zz"), stuck.encode(), lease=zombie.id)
         await store.put(KEYS.candidate("zz"), b"zz", lease=zombie.id)
         async with running_agent(store, "n3", CLUSTER, switchover_hold=0.5) as n3:
             await until(lambda: n3.candidacy is not None and len(n1.view.electable) == 3)

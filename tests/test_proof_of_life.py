@@ -8,16 +8,29 @@ now the next candidate deposes it within TTL + 1 s of the kill, and nobody names
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 from pathlib import Path
 
 import pytest
 
+from sidecar.records import MemberRecord
+from sidecar.store.errors import StoreError
 from sidecar.store.etcd import EtcdStore
 from sidecar.testing.localcluster import LocalEtcdCluster
 from tests.fleet import FLEET_TTL, Fleet
-from tests.test_auth import CLUSTER, ELIGIBLE, KEYS, OBSERVER, OTHER, as_root, secured, tls_settings
+from tests.test_auth import (
+    CLUSTER,
+    ELIGIBLE,
+    KEYS,
+    OBSERVER,
+    OTHER,
+    as_root,
+    login,
+    secured,
+    tls_settings,
+)
 from tests.waiting import wait_for
 
 __all__ = ["secured"]  # the module's TLS + auth cluster fixture, shared with test_auth
@@ -100,3 +113,47 @@ async def test_a_strangers_keepalives_keep_no_killed_leader_leading(
         await fleet.close()
         await stranger.close()
         await root.close()
+
+
+@pytest.mark.parametrize(
+    ("proof_ttl", "why"),
+    [
+        (0, "declares no proof of life"),  # as ringside before 0.2, or a hand-written record
+        (9_000_000_000, "longer than the cluster's maximum"),
+        (TTL, "deposed by"),  # declared, then never proved again
+    ],
+)
+async def test_a_long_lease_without_a_sidecar_leads_nothing(
+    secured: tuple[LocalEtcdCluster, Path], tmp_path: Path, proof_ttl: int, why: str
+) -> None:
+    """Issue 21's second attack: an eligible node's own credential grants a 9,000,000,000 s
+    lease and puts its member and candidate keys on it, first in line, and runs no sidecar.
+    It led within 9 s and for as long as the lease lived; now the real candidate leads."""
+    etcd, secrets = secured
+    attacker = login(etcd, secrets, ELIGIBLE)
+    fleet = Fleet(etcd, tmp_path, lease_ttl=TTL)
+    fleet.cluster = CLUSTER
+    lease = await attacker.lease_grant(9_000_000_000)
+    try:
+        record = MemberRecord(node_id=ELIGIBLE, eligible=True, proof_ttl=proof_ttl)
+        await attacker.put(KEYS.member(ELIGIBLE), record.encode(), lease=lease.id)
+        await attacker.put(KEYS.candidate(ELIGIBLE), ELIGIBLE.encode(), lease=lease.id)
+        password = str(secrets / f"{OTHER}.password")
+        honest = fleet.add(
+            OTHER, settings={"etcd": {"password_file": password, **tls_settings(etcd)}}
+        )
+
+        async def honest_leads() -> bool:
+            answer = await fleet.get(honest, "/v1/leader")
+            return answer is not None and answer.get("is_self") is True
+
+        await wait_for(honest_leads, 10 + TTL + 1, what=f"{OTHER} leading beside the long lease")
+        status = await fleet.get(honest, "/v1/status")
+        assert status is not None
+        reasons = [c["reason"] for c in status["ignored_candidates"]]
+        assert any(why in reason for reason in reasons), reasons
+    finally:
+        await fleet.close()
+        with contextlib.suppress(StoreError):
+            await attacker.lease_revoke(lease.id)
+        await attacker.close()

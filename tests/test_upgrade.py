@@ -52,6 +52,11 @@ async def stop(sidecar: Sidecar) -> None:
     assert sidecar.wait_exit(10) == 0
 
 
+# This version counts 0.1 candidates (which prove nothing but their lease) only when told that
+# an upgrade from 0.1 is under way (etcd/OPERATIONS.md; decision 0022).
+UPGRADING = {"leader": {"upgrade_from_0_1": True}}
+
+
 async def test_a_rolling_upgrade_never_has_two_leaders(fleet: Fleet, release_0_1: Path) -> None:
     """0.1 leads; this version's eligible node stands aside while any 0.1 eligible node runs,
     and follows the 0.1 leader (it reads lease-named keys from 0.1 members); once the last 0.1
@@ -61,8 +66,8 @@ async def test_a_rolling_upgrade_never_has_two_leaders(fleet: Fleet, release_0_1
     everyone = ["old-a", "old-b", "new-c", "new-d"]
     async with LeaderLog(fleet, interval_s=0.02) as seen:
         old_b = fleet.add("old-b", code=release_0_1)
-        fleet.add("new-c")
-        new_d = fleet.add("new-d", eligible=False)
+        fleet.add("new-c", settings=UPGRADING)
+        new_d = fleet.add("new-d", eligible=False, settings=UPGRADING)
         await fleet.wait_converged(everyone, within_s=20, leader_among=["old-a"])
         waiting = "not a candidate: waiting for old-a (ringside 0.1.0), old-b (ringside 0.1.0)"
         status = await until_status(fleet, "new-c", lambda s: waiting in s["last_cycle"])
@@ -89,8 +94,8 @@ async def test_an_older_sidecar_started_beside_a_leader_of_this_version_takes_ov
     stops claiming as soon as it sees the 0.1 member join, before that member has even put
     its candidate key, so no two answers claim at once. (The validity it already promised
     cannot be taken back: decision 0010 says to stop this version's eligible nodes first.)"""
-    fleet.add("new-a")
-    fleet.add("new-b", eligible=False)
+    fleet.add("new-a", settings=UPGRADING)
+    fleet.add("new-b", eligible=False, settings=UPGRADING)
     await fleet.wait_converged(["new-a", "new-b"], within_s=20, leader_among=["new-a"])
     async with LeaderLog(fleet, interval_s=0.02) as seen:
         fleet.add("old-c", code=release_0_1)
