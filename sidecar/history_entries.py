@@ -32,6 +32,7 @@ from typing import Final, TypeGuard
 
 from sidecar.events import EVENT_KINDS, ClusterEvent, Recorder
 from sidecar.keys import Keys
+from sidecar.records import json_object
 from sidecar.settings import DNS_LABEL
 from sidecar.store.base import Store
 from sidecar.store.model import KeyValue
@@ -100,7 +101,7 @@ def encode_entry(event: ClusterEvent, *, by: str, epoch: int) -> bytes:
 
 def decode_event(raw: bytes) -> ClusterEvent | None:
     """The event in `raw`, or None when it is not one (hostile input: rule 14)."""
-    document = _document(raw)
+    document = json_object(raw, MAX_EVENT_BYTES)
     if document is None:
         return None
     kind, revision, at = document.get("kind"), document.get("revision"), document.get("at")
@@ -124,7 +125,7 @@ def parse_entry(keys: Keys, kv: KeyValue) -> Entry | str:
     head = name.partition("-")[0]
     if not DNS_LABEL.fullmatch(writer) or not (len(head) == REVISION_DIGITS and head.isdigit()):
         return "junk"
-    event, document = decode_event(kv.value), _document(kv.value)
+    event, document = decode_event(kv.value), json_object(kv.value, MAX_EVENT_BYTES)
     if event is None or document is None:
         return "junk"
     by, epoch = document.get("by"), document.get("epoch")
@@ -240,16 +241,6 @@ def _writer_of(keys: Keys, key: str) -> str:
 
 def _about(event: ClusterEvent, node: str) -> bool:
     return node in (event.detail.get("node_id"), event.detail.get("leader"), event.detail.get("to"))
-
-
-def _document(raw: bytes) -> dict[str, object] | None:
-    if len(raw) > MAX_EVENT_BYTES:
-        return None
-    try:
-        document = json.loads(raw)
-    except ValueError:
-        return None
-    return document if isinstance(document, dict) else None
 
 
 def _positive(value: object) -> TypeGuard[int]:

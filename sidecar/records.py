@@ -8,6 +8,7 @@ bodies and `ringside status --etcd` need the types without the daemon's I/O.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -129,6 +130,17 @@ class MemberRecord(BaseModel):
         if "election_layout" not in record.model_fields_set:
             return record.model_copy(update={"election_layout": 1})  # written by ringside 0.1
         return record
+
+
+def json_object(raw: bytes, limit: int) -> dict[str, object] | None:
+    """`raw` as a JSON object, or None when it is longer than `limit` bytes or no object."""
+    if len(raw) > limit:
+        return None
+    try:
+        document = json.loads(raw)
+    except ValueError:
+        return None
+    return document if isinstance(document, dict) else None
 
 
 def printable(text: str, limit: int = 64) -> str:

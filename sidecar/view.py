@@ -23,7 +23,6 @@ the same revision, so they all agree on it.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -32,7 +31,7 @@ from types import MappingProxyType
 from typing import Protocol
 
 from sidecar.keys import Keys
-from sidecar.records import ELECTION_LAYOUT, MemberRecord, parse_record, printable
+from sidecar.records import ELECTION_LAYOUT, MemberRecord, json_object, parse_record, printable
 from sidecar.settings import DNS_LABEL
 from sidecar.store.base import Store
 from sidecar.store.errors import Compacted, StoreError
@@ -89,17 +88,6 @@ def parse_deposal(keys: Keys, kv: KeyValue) -> Deposal | None:
     if epoch is None or proof is None:
         return None
     return Deposal(by, target, epoch, proof)
-
-
-def json_object(raw: bytes, limit: int) -> dict[str, object] | None:
-    """`raw` as a JSON object, or None when it is longer than `limit` bytes or no object."""
-    if len(raw) > limit:
-        return None
-    try:
-        document = json.loads(raw)
-    except ValueError:
-        return None
-    return document if isinstance(document, dict) else None
 
 
 def _revision(value: object) -> int | None:
