@@ -37,6 +37,7 @@ from sidecar.election import Campaign
 from sidecar.keys import Keys
 from sidecar.membership import MemberKey
 from sidecar.session import Session
+from sidecar.sightings import FirstSeen
 from sidecar.store.base import Store
 from sidecar.store.errors import AuthFailed, StoreError
 from sidecar.store.model import Compare, Put
@@ -79,24 +80,17 @@ async def depose(store: Store, keys: Keys, ours: Campaign, node_id: str, stale: 
 
 @dataclass
 class Sightings:
-    """When this node first saw each candidate key at its current `mod_revision`, by its own
-    monotonic clock: how long a rival has gone without proving it is alive."""
+    """How long each rival candidate has gone without proving it is alive, by our clock."""
 
-    _first_seen: dict[tuple[str, int], float] = field(default_factory=dict)
+    first_seen: FirstSeen = field(default_factory=FirstSeen)
 
     def observe(self, view: ClusterView, now: float) -> None:
-        """Note the keys of `view` (every new view, reloads included: an unchanged key keeps
-        the time it was first seen at that revision)."""
-        current = {(c.key, c.mod_revision) for c in view.candidates}
-        for seen in current - self._first_seen.keys():
-            self._first_seen[seen] = now
-        for gone in self._first_seen.keys() - current:
-            del self._first_seen[gone]
+        """Note the keys of `view` (every new view, reloads included)."""
+        self.first_seen.update({c.key: c.mod_revision for c in view.candidates}, now)
 
     def silent_for(self, candidate: Candidate, now: float) -> float:
         """Seconds since `candidate`'s key last changed, as far as we saw; 0 if unseen."""
-        first = self._first_seen.get((candidate.key, candidate.mod_revision))
-        return 0.0 if first is None else now - first
+        return self.first_seen.silent_for(candidate.key, candidate.mod_revision, now)
 
     def stale(self, view: ClusterView, ours: Campaign, now: float) -> list[Candidate]:
         """The candidates ahead of `ours` that have not proved they are alive within the

@@ -30,9 +30,11 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Protocol
 
+from sidecar.deposals import Deposal, parse_deposal
 from sidecar.keys import Keys
 from sidecar.records import ELECTION_LAYOUT, MemberRecord, json_object, parse_record, printable
 from sidecar.settings import DNS_LABEL
+from sidecar.sightings import FirstSeen
 from sidecar.store.base import Store
 from sidecar.store.errors import Compacted, StoreError
 from sidecar.store.model import EventType, Header, KeyValue
@@ -60,40 +62,6 @@ class Member:
     # Its last proof of life (decision 0022); not part of its identity: a key rewritten as
     # proof is the same membership.
     mod_revision: int = field(default=0, compare=False)
-
-
-@dataclass(frozen=True)
-class Deposal:
-    """Node `by` deposed `target`'s candidacy at `epoch`, whose key it proved unchanged since
-    revision `proof` for longer than its proof of life (decision 0022)."""
-
-    by: str
-    target: str
-    epoch: int
-    proof: int
-
-
-MAX_DEPOSAL_BYTES = 256
-
-
-def parse_deposal(keys: Keys, kv: KeyValue) -> Deposal | None:
-    """The deposal in `kv`, or None when it is not one (hostile input: rule 14)."""
-    by, _, target = kv.key.removeprefix(keys.deposals).partition("/")
-    if not (DNS_LABEL.fullmatch(by) and DNS_LABEL.fullmatch(target)):
-        return None
-    document = json_object(kv.value, MAX_DEPOSAL_BYTES)
-    if document is None:
-        return None
-    epoch, proof = _revision(document.get("epoch")), _revision(document.get("proof"))
-    if epoch is None or proof is None:
-        return None
-    return Deposal(by, target, epoch, proof)
-
-
-def _revision(value: object) -> int | None:
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    return None
 
 
 @dataclass(frozen=True)
@@ -417,28 +385,18 @@ def with_silent(view: ClusterView, silent: frozenset[str]) -> ClusterView:
     return replace(view, silent=silent, members=_live(view.member_keys, silent))
 
 
-@dataclass
-class MemberSightings:
-    """When this node first saw each member key at its current `mod_revision` (monotonic):
-    a member whose key has not changed for longer than the proof of life its record declares
-    is silent, whoever keeps its lease alive (decision 0022). One declaring more than the
-    cluster's maximum counts as silent at once; records from before proofs of life (0) are
-    judged by their lease alone."""
-
-    _first_seen: dict[str, tuple[int, float]] = field(default_factory=dict)
-
-    def silent(self, view: ClusterView, now: float) -> frozenset[str]:
-        found = set()
-        for node_id, member in view.member_keys.items():
-            seen = self._first_seen.get(node_id)
-            if seen is None or seen[0] != member.mod_revision:
-                seen = self._first_seen[node_id] = (member.mod_revision, now)
-            declared = member.record.proof_ttl if member.record is not None else 0
-            if declared > view.rules.max_ttl_s or (declared and now - seen[1] > declared):
-                found.add(node_id)
-        for gone in self._first_seen.keys() - view.member_keys.keys():
-            del self._first_seen[gone]
-        return frozenset(found)
+def silent_members(first_seen: FirstSeen, view: ClusterView, now: float) -> frozenset[str]:
+    """The members whose key has not changed for longer than the proof of life their record
+    declares, whoever keeps their lease alive (decision 0022); one declaring more than the
+    cluster's maximum at once. Records from 0.1 (0) are judged by their lease alone."""
+    first_seen.update({n: m.mod_revision for n, m in view.member_keys.items()}, now)
+    found = set()
+    for node_id, member in view.member_keys.items():
+        declared = member.record.proof_ttl if member.record is not None else 0
+        silent = first_seen.silent_for(node_id, member.mod_revision, now)
+        if declared > view.rules.max_ttl_s or (declared and silent > declared):
+            found.add(node_id)
+    return frozenset(found)
 
 
 class ViewListener(Protocol):
@@ -471,7 +429,7 @@ class ViewKeeper:
         self.keys = keys
         self.rules = rules
         self.current = ClusterView(rules=rules)
-        self.sightings = MemberSightings()
+        self.sightings = FirstSeen()
         self._clock = clock
         self._listeners: list[ViewListener] = []
         self._retry_s = retry_s
@@ -483,12 +441,12 @@ class ViewKeeper:
         """Set apart the members that stopped proving they are alive, by our clock now (the
         keeper does after every batch; the owner's loop calls it between batches too)."""
         current = self.current
-        judged = with_silent(current, self.sightings.silent(current, self._clock()))
+        judged = with_silent(current, silent_members(self.sightings, current, self._clock()))
         if judged is not current:
             self._publish(judged)
 
     def _publish(self, view: ClusterView) -> None:
-        view = with_silent(view, self.sightings.silent(view, self._clock()))
+        view = with_silent(view, silent_members(self.sightings, view, self._clock()))
         old, self.current = self.current, view
         for listener in self._listeners:
             listener.view_changed(old, view)
