@@ -53,12 +53,8 @@ from sidecar.election import (
 from sidecar.event_log import EventLog
 from sidecar.events import ClusterEvent
 from sidecar.handover import LeaderChange, Why, requested
-from sidecar.health_rule import (
-    healthy_alternative,
-    orchestrator_ok,
-    seconds_in_state,
-    why_down,
-)
+from sidecar.health_policy import HealthPolicy
+from sidecar.health_rule import orchestrator_ok
 from sidecar.history import HistoryGuard
 from sidecar.hooks import RoleHooks
 from sidecar.journal import Journal, read_history
@@ -70,7 +66,6 @@ from sidecar.preference import Preference
 from sidecar.promise import PromiseFile
 from sidecar.proof import ProofOfLife
 from sidecar.quorum import QuorumHealth, QuorumMonitor
-from sidecar.records import OrchestratorHealth
 from sidecar.session import Session
 from sidecar.settings import RingsideConfig
 from sidecar.state import LeaseState, NodeState
@@ -164,13 +159,20 @@ class Agent:
         self._quorum_changes = QuorumChanges()
         self._restoring_candidate = False
         self._reminded_at = 0.0
-        self.health_handovers = 0  # times we handed over for our orchestrator (decision 0015)
-        self._health_hold = False  # handed over for it: stand again once healthy long enough
-        self._alone_since: float | None = None  # down, and no healthy candidate seen since
         self._dropped = 0  # revision of our last switchover request deleted once stale
         self._request_deadline = 0.0  # monotonic: our switchover request is withdrawn then
         self._held: tuple[int | None, float] = (None, 0.0)  # (epoch, monotonic) we began leading
-        self.leadership_note: str | None = None  # leading with our orchestrator down, and why
+        checks = config.orchestrator
+        aware = config.leader.eligible and checks.leadership  # decision 0015's rule applies
+        self.orchestrator_policy = HealthPolicy(
+            node_id,
+            self.orchestrator if aware else None,
+            checks.rejoin_after,
+            config.lease_ttl,
+            withdraw=self._withdraw,
+            resign=self.resign,
+            record=self._record,
+        )
         self.preference = Preference(
             config.leader.preferred or None, stable_after=config.leader.preferred_after
         )
@@ -281,8 +283,8 @@ class Agent:
             orchestrator=checked,
             store=self.store.stats(),
             last_cycle=self.last_cycle,
-            health_handovers=self.health_handovers,
-            leadership_note=self.leadership_note if now.is_leader else None,
+            health_handovers=self.orchestrator_policy.handovers,
+            leadership_note=self.orchestrator_policy.note if now.is_leader else None,
             switchover=self.pending.current(self.view, time.monotonic()),
             preferred=self.preference.standing,
             last_change=self.last_change,
@@ -439,7 +441,7 @@ class Agent:
         await self.liveness.forget(self.view)
         # The orchestrator's health first: a pending request must never keep a leader whose
         # orchestrator is down (issue 21: 55 s behind a request that could not complete).
-        aside = await self._orchestrator_rule(now)
+        aside = await self.orchestrator_policy.decide(self.view, now, self.candidacy is not None)
         if aside is not None:
             return aside
         moved = await self._switchover_rule(now)
@@ -583,118 +585,6 @@ class Agent:
         with contextlib.suppress(StoreError):
             await self.store.delete(self.keys.switchover(self.node_id))
             self._dropped = ours.revision
-
-    # --- health-aware leadership (decision 0015, sidecar.health_rule) ---------------------
-
-    def _health_aware(self) -> bool:
-        """Whether our orchestrator's health may move leadership: an eligible node with a
-        health URL and the rule on."""
-        return (
-            self.config.leader.eligible
-            and self.orchestrator is not None
-            and self.config.orchestrator.leadership
-        )
-
-    def _own_orchestrator(self) -> OrchestratorHealth | None:
-        """Our orchestrator's state when it may move leadership; None when it may not (no
-        health URL, the rule turned off, or no check yet)."""
-        if self.orchestrator is None or not self._health_aware():
-            return None
-        return self.orchestrator.current
-
-    async def _orchestrator_rule(self, now: Leadership) -> str | None:
-        """Stand aside for our orchestrator's sake: a sentence when we do, else None.
-
-        Down: hand over if we lead, else do not campaign, but only while another candidate
-        with a healthy orchestrator stands; without one we lead anyway and say so. After a
-        handover we stand again only once healthy for `rejoin_after` seconds.
-        """
-        own = self._own_orchestrator()
-        if own is None and self._health_aware() and self.candidacy is None:
-            return "not a candidate yet: waiting for the first orchestrator check"
-        rejoin = self.config.orchestrator.rejoin_after
-        if (
-            own is not None
-            and own.healthy
-            and self._health_hold
-            and (seconds_in_state(own) >= rejoin)
-        ):
-            self._health_hold = False
-        down = own is not None and not own.healthy
-        if not down and not (self._health_hold and own is not None):
-            self.leadership_note = None
-            return None
-        assert own is not None
-        alternative = healthy_alternative(
-            self.view, self.node_id, starting_counts=not now.is_leader
-        )
-        if alternative is None:
-            waiting = self._alone(now, down)
-            if waiting is not None:
-                return waiting
-            self._note_sole_leader(now, own if down else None)
-            return None
-        self._alone_since = None
-        self.leadership_note = None
-        if now.is_leader:
-            return await self._hand_over_for_health(own, alternative) if down else None
-        await self._withdraw()
-        if down:
-            why = f"our orchestrator is down ({own.detail})"
-        else:
-            healthy_s = seconds_in_state(own)
-            why = f"our orchestrator is healthy for {healthy_s:.0f} s of the {rejoin:g} s needed"
-        return f"not a candidate: {why}; {alternative} can lead"
-
-    def _alone(self, now: Leadership, down: bool) -> str | None:
-        """Down and no healthy candidate in view: stand anyway, but only after one lease TTL
-        of that, so nodes starting together (whose keys we may not see yet) stand first."""
-        if now.is_leader or not down or self.candidacy is not None:
-            self._alone_since = None
-            return None
-        started = self._alone_since = self._alone_since or time.monotonic()
-        left = self.config.lease_ttl - (time.monotonic() - started)
-        if left <= 0:
-            return None
-        return (
-            "not a candidate yet: our orchestrator is down and no healthy candidate is in "
-            f"view; standing anyway in {left:.0f} s"
-        )
-
-    def _note_sole_leader(self, now: Leadership, down: OrchestratorHealth | None) -> None:
-        """No healthy candidate to hand over to: keep leading, and say so once."""
-        if not (now.is_leader and down is not None):
-            self.leadership_note = None
-            return
-        if self.leadership_note is None:
-            reason = why_down(self.node_id, down)
-            self._record(
-                ClusterEvent(
-                    "leading_unhealthy",
-                    self.view.revision,
-                    {"node_id": self.node_id, "reason": reason},
-                )
-            )
-        self.leadership_note = (
-            f"leading with our orchestrator down ({down.detail}): no other candidate has a "
-            "healthy one"
-        )
-
-    async def _hand_over_for_health(self, own: OrchestratorHealth, successor: str) -> str:
-        """Resign for `successor`: the same path as `resign` (step down, then delete our
-        candidate key), counted, and held until our orchestrator has been healthy a while."""
-        reason = why_down(self.node_id, own)
-        self.health_handovers += 1
-        self._health_hold = True
-        self._record(
-            ClusterEvent(
-                "health_handover",
-                self.view.revision,
-                {"node_id": self.node_id, "reason": reason, "to": successor},
-            )
-        )
-        await self.resign(Why("orchestrator-unhealthy", reason))
-        return f"handed over to {successor}: {reason}"
 
     def _end_epoch(self, reason: str) -> str:
         """We no longer lead: say so, then give up the session, now or once our word runs out.
